@@ -1,0 +1,220 @@
+"""The adapter protocol: the small surface the kernel drives and every broker implements.
+
+The kernel decides policy (decoding, validation, retries, dead-letter headers); an adapter
+supplies transport: publish durably, deliver messages one at a time per consumer, and
+settle each delivery (ack, nack, hand back for a delayed retry, dead-letter).
+
+Flow: broker client -> adapter -> `Deliver` callback (the kernel's pipeline) -> handler,
+and back to the adapter only through the `Delivery` methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .settings import Settings
+
+
+@dataclass(slots=True)
+class Message:
+    """One outgoing event, transport-neutral.
+
+    `attributes` are the CloudEvents context attributes (id, source, specversion, type,
+    time, datacontenttype, and the extensions partitionkey, correlationid, causationid,
+    plus custom ones). `attempt` is transport bookkeeping (`x-eventbus-attempt`).
+    """
+
+    stream: str
+    type: str
+    key: str | None
+    body: bytes
+    attributes: dict[str, str]
+    attempt: int = 1
+
+    @property
+    def id(self) -> str:
+        return self.attributes.get("id", "")
+
+
+class Delivery:
+    """One received message, as the adapter hands it to the kernel.
+
+    Adapters subclass it and implement the four settlement methods. Exactly one of them
+    is called for every delivery, and only after the handler finished.
+    """
+
+    __slots__ = (
+        "attempt",
+        "attributes",
+        "body",
+        "headers",
+        "key",
+        "offset",
+        "partition",
+        "redelivered",
+        "routing_key",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        *,
+        stream: str,
+        body: bytes,
+        attributes: dict[str, str],
+        headers: dict[str, Any] | None = None,
+        key: str | None = None,
+        attempt: int = 1,
+        partition: int | None = None,
+        offset: int | None = None,
+        routing_key: str | None = None,
+        redelivered: bool = False,
+    ) -> None:
+        self.stream = stream
+        self.body = body
+        self.attributes = attributes
+        self.headers = headers if headers is not None else {}
+        self.key = key
+        self.attempt = attempt
+        self.partition = partition
+        self.offset = offset
+        self.routing_key = routing_key
+        self.redelivered = redelivered
+
+    async def ack(self) -> None:
+        """The handler finished: the broker may forget this message (RabbitMQ ack, Kafka
+        offset marked finished, committed once contiguous)."""
+        raise NotImplementedError
+
+    async def nack(self) -> None:
+        """Give the message back untouched for redelivery (graceful stop mid-retry)."""
+        raise NotImplementedError
+
+    async def retry_later(self, attempt: int, delay: float) -> None:
+        """Delayed retry: store a copy for redelivery after `delay` seconds carrying
+        `attempt` as its attempt number, then ack this one. Durable before it returns."""
+        raise NotImplementedError
+
+    async def dead_letter(self, info: dict[str, str]) -> None:
+        """Store the message, body byte-identical and headers kept, in the group's
+        dead-letter destination with `info` (the x-original-* / x-exception-* headers)
+        added, then ack this one. Durable before it returns."""
+        raise NotImplementedError
+
+
+Deliver = Callable[[Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSpec:
+    """What the adapter must attach: a group reading patterns of one stream."""
+
+    stream: str
+    group: str
+    patterns: tuple[str, ...]
+    #: event types a typed subscription handles (None: untyped, every matching type)
+    types: frozenset[str] | None
+    concurrency: int = 1
+    #: delays (seconds) of the delayed-retry tiers, one per retry; empty if not delayed
+    retry_tiers: tuple[float, ...] = ()
+    #: adapter-specific options given to `subscribe(**options)`
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Consumer(Protocol):
+    async def pause(self) -> None:
+        """Stop delivering new messages (in-flight ones are still settled)."""
+
+    async def close(self) -> None:
+        """Flush acks/commits and detach; unsettled messages go back to the broker."""
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """One dead letter: the raw body and headers as stored, and what was decoded of them."""
+
+    stream: str
+    group: str
+    body: bytes
+    headers: dict[str, str]
+    attributes: dict[str, str]
+    key: str | None = None
+    #: broker position (Kafka offset, memory index, RabbitMQ delivery tag while listing)
+    position: int | None = None
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"{self.headers.get('x-exception-type', '')}: "
+            f"{self.headers.get('x-exception-message', '')}"
+        )
+
+    @property
+    def attempts(self) -> int:
+        return int(self.headers.get("x-attempts", "0") or 0)
+
+    @property
+    def envelope(self) -> Any:
+        from .event import Envelope
+
+        return Envelope.from_attributes(self.attributes, self.body, self.stream, self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a broker honestly offers; the conformance suite reads these flags."""
+
+    #: several bus instances (processes) share the broker, so redelivery survives a process
+    shared_across_processes: bool = True
+    #: delayed retries by the broker (wait queues / retry topics / timers)
+    delayed_retry: bool = True
+    #: a group created after events were published still receives them (Kafka earliest)
+    replays_history_to_new_groups: bool = False
+    #: an event with no group bound is an error (RabbitMQ mandatory)
+    unroutable_is_error: bool = False
+
+
+@runtime_checkable
+class Broker(Protocol):
+    capabilities: Capabilities
+
+    async def start(self) -> None:
+        """Connect. Raise ConfigurationError / ConnectionError with a clear message."""
+
+    async def close(self) -> None:
+        """Flush pending publishes and disconnect."""
+
+    async def publish(self, message: Message) -> None:
+        """Store one event durably; return only when the broker confirmed it."""
+
+    async def publish_many(self, messages: Sequence[Message]) -> None:
+        """Store several events durably (pipelined); return when all are confirmed."""
+
+    async def subscribe(self, spec: SubscriptionSpec, deliver: Deliver) -> Consumer:
+        """Declare the group's topology and start delivering. When this returns, every
+        event published from then on reaches the group ("ready means ready")."""
+
+    def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
+        """The dead letters of a group, oldest first, without removing them."""
+
+    async def replay_dead_letters(self, stream: str, group: str) -> int:
+        """Send every dead letter of a group back to that group only (attempt reset);
+        return how many. A replayed dead letter is not listed any more."""
+
+
+class SyncTransport(Protocol):
+    """The broker side of the sync face (pika / confluent Producer): blocking, confirmed."""
+
+    def publish(self, messages: Sequence[Message]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Adapter(Protocol):
+    """What the `eventbus.adapters` entry point of a URL scheme resolves to."""
+
+    def create_broker(self, settings: Settings) -> Broker: ...
+
+    def create_sync_transport(self, settings: Settings) -> SyncTransport: ...

@@ -1,0 +1,388 @@
+"""`EventBus`: subscribe handlers, publish events, run the lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .broker import Broker, Consumer, DeadLetter, Message, SubscriptionSpec
+from .dispatch import Dispatcher
+from .errors import BusClosed, ConfigurationError, SubscriptionError
+from .event import Envelope, Event, validate_name
+from .log import configure as configure_logging
+from .log import get_logger
+from .middleware import (
+    HandleMiddleware,
+    PublishMiddleware,
+    bind_context,
+    chain_publish,
+    correlate,
+)
+from .outgoing import build_message, envelope_of
+from .pipeline import Pipeline
+from .registry import find_adapter
+from .retry import DEFAULT_RETRY, RetryPolicy
+from .routing import inspect_handler, validate_pattern
+from .settings import Settings, load_settings, redact_url
+
+F = TypeVar("F", bound=Callable[..., Any])
+_log = get_logger()
+
+
+@dataclass(slots=True)
+class Subscription:
+    """A handler attached to a group: what `bus.subscribe` recorded."""
+
+    handler: Callable[..., Any]
+    stream: str
+    patterns: tuple[str, ...]
+    group: str
+    types: dict[str, type[Event]] | None
+    retry: RetryPolicy
+    concurrency: int
+    wants_context: bool
+    is_async: bool
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.handler, "__qualname__", repr(self.handler)))
+
+
+class EventBus:
+    """The bus. The broker comes from the URL (`EVENTBUS_URL`, default `memory://`)::
+
+    bus = EventBus()                       # or EventBus("amqp://guest:guest@127.0.0.1/")
+
+    @bus.subscribe(group="billing")
+    async def charge(event: OrderCreated, ctx: Context) -> None: ...
+
+    async with bus:                        # connect, declare, start consumers
+        await bus.publish(OrderCreated(...), key="o-1")
+                                           # exit: graceful stop
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        middleware: Sequence[HandleMiddleware] = (),
+        publish_middleware: Sequence[PublishMiddleware] = (),
+        **options: Any,
+    ) -> None:
+        if settings is None:
+            settings = load_settings(url, **options)
+        elif url is not None or options:
+            raise ConfigurationError("pass either settings= or url/options, not both")
+        self.settings = settings
+        self._adapter = find_adapter(settings)
+        self._broker: Broker | None = self._adapter.create_broker(settings)  # validates options
+        self._subscriptions: list[Subscription] = []
+        self._handle_middleware = [bind_context, *middleware]
+        self._publish_middleware = [correlate, *publish_middleware]
+        self._publish_chain = chain_publish(self._publish_middleware, self._send)
+        self._consumers: list[Consumer] = []
+        self._dispatchers: list[Dispatcher] = []
+        self._stopping = asyncio.Event()
+        self._running = False
+        self._source = settings.source
+        self._max_bytes = settings.max_message_bytes
+
+    def __repr__(self) -> str:
+        url = redact_url(self.settings.url)
+        return f"EventBus({url!r}, subscriptions={len(self._subscriptions)})"
+
+    # --- subscribing ---------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        stream: str | None = None,
+        *patterns: str,
+        group: str,
+        retry: RetryPolicy | None = None,
+        concurrency: int = 1,
+        **options: Any,
+    ) -> Callable[[F], F]:
+        """Decorator: run the handler for every matching event, once per `group`.
+
+        Typed handlers (annotated with an Event class or a union of them) get the stream
+        and types from the annotation. Untyped handlers take an `Envelope` and need
+        `stream` and optionally patterns (`order.*`, `order.#`; default `#`).
+        """
+
+        def decorator(handler: F) -> F:
+            self.add_handler(
+                handler,
+                stream,
+                *patterns,
+                group=group,
+                retry=retry,
+                concurrency=concurrency,
+                **options,
+            )
+            return handler
+
+        return decorator
+
+    def add_handler(
+        self,
+        handler: Callable[..., Any],
+        stream: str | None = None,
+        *patterns: str,
+        group: str,
+        retry: RetryPolicy | None = None,
+        concurrency: int = 1,
+        **options: Any,
+    ) -> Subscription:
+        if self._running:
+            raise SubscriptionError("subscribe handlers before the bus starts")
+        validate_name("group", group)
+        if concurrency < 1:
+            raise SubscriptionError(f"concurrency must be >= 1, got {concurrency}")
+        shape = inspect_handler(handler)
+        if shape.event_types is not None:
+            assert shape.stream is not None
+            if stream is not None and stream != shape.stream:
+                raise SubscriptionError(
+                    f"handler reads {shape.stream!r} by its annotation but stream={stream!r} "
+                    "was given"
+                )
+            if patterns:
+                raise SubscriptionError(
+                    "a typed handler takes its event types from its annotation; patterns "
+                    "are for untyped (Envelope) handlers"
+                )
+            stream = shape.stream
+            patterns = tuple(sorted(shape.event_types))
+        else:
+            if stream is None:
+                raise SubscriptionError(
+                    f"untyped handler {getattr(handler, '__qualname__', handler)!r} needs a "
+                    "stream: bus.subscribe('orders', 'order.#', group=...)"
+                )
+            patterns = tuple(validate_pattern(p) for p in patterns) or ("#",)
+        validate_name("stream", stream)
+        for existing in self._subscriptions:
+            if existing.stream == stream and existing.group == group:
+                raise SubscriptionError(
+                    f"group {group!r} on stream {stream!r} already has handler "
+                    f"{existing.name!r}; one handler per group and stream (use a union "
+                    "annotation or another group)"
+                )
+        sub = Subscription(
+            handler=handler,
+            stream=stream,
+            patterns=patterns,
+            group=group,
+            types=shape.event_types,
+            retry=retry or DEFAULT_RETRY,
+            concurrency=concurrency,
+            wants_context=shape.wants_context,
+            is_async=shape.is_async,
+            options=options,
+        )
+        self._subscriptions.append(sub)
+        return sub
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._subscriptions)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            self._broker = self._adapter.create_broker(self.settings)
+        return self._broker
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        """Connect, declare every subscription's topology and start consuming.
+        When it returns, every subscription receives every event published afterwards."""
+        if self._running:
+            return
+        configure_logging(self.settings.log_format, self.settings.log_level)
+        broker = self.broker
+        self._stopping = asyncio.Event()
+        await broker.start()
+        self._running = True
+        try:
+            for sub in self._subscriptions:
+                pipeline = Pipeline(
+                    self,
+                    group=sub.group,
+                    patterns=sub.patterns,
+                    types=sub.types,
+                    handler=sub.handler,
+                    wants_context=sub.wants_context,
+                    is_async=sub.is_async,
+                    retry=sub.retry,
+                    middleware=self._handle_middleware,
+                    max_message_bytes=self._max_bytes,
+                    stopping=self._stopping,
+                )
+                dispatcher = Dispatcher(pipeline.process, sub.concurrency)
+                spec = SubscriptionSpec(
+                    stream=sub.stream,
+                    group=sub.group,
+                    patterns=sub.patterns,
+                    types=frozenset(sub.types) if sub.types is not None else None,
+                    concurrency=sub.concurrency,
+                    retry_tiers=tuple(sub.retry.tiers()) if sub.retry.delayed else (),
+                    options=sub.options,
+                )
+                self._dispatchers.append(dispatcher)
+                self._consumers.append(await broker.subscribe(spec, dispatcher.submit))
+        except BaseException:
+            await self.stop()
+            raise
+        _log.info(
+            "bus.started",
+            url=redact_url(self.settings.url),
+            subscriptions=[f"{s.stream}/{s.group}" for s in self._subscriptions],
+        )
+
+    async def stop(self) -> None:
+        """Graceful stop: stop fetching, let in-flight handlers finish, flush acks/commits,
+        give unstarted deliveries back to the broker, disconnect."""
+        if not self._running:
+            return
+        self._stopping.set()
+        consumers, dispatchers = self._consumers, self._dispatchers
+        self._consumers, self._dispatchers = [], []
+        for consumer in consumers:
+            await _quietly(consumer.pause(), "consumer.pause")
+        await asyncio.gather(
+            *(d.drain(self.settings.shutdown_timeout) for d in dispatchers),
+            return_exceptions=True,
+        )
+        for consumer in consumers:
+            await _quietly(consumer.close(), "consumer.close")
+        self._running = False
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            await _quietly(broker.close(), "broker.close")
+        _log.info("bus.stopped", url=redact_url(self.settings.url))
+
+    async def __aenter__(self) -> EventBus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def run(self, stop_signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """Run the subscribers until SIGTERM/SIGINT (or `stop()`), then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        installed = []
+        for sig in stop_signals:
+            try:
+                loop.add_signal_handler(sig, done.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+        try:
+            async with self:
+                stopping = asyncio.ensure_future(self._stopping.wait())
+                signalled = asyncio.ensure_future(done.wait())
+                await asyncio.wait({stopping, signalled}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                signalled.cancel()
+                _log.info("bus.stopping", reason="signal" if done.is_set() else "stop()")
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    # --- publishing ------------------------------------------------------------------------
+
+    async def _send(self, message: Message) -> None:
+        broker = self._broker
+        if broker is None or not self._running:
+            raise BusClosed("the bus is not running: use `async with bus:` before publishing")
+        await broker.publish(message)
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        key: Any = None,
+        headers: dict[str, str] | None = None,
+        id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Envelope:
+        """Publish one event; returns once the broker confirmed it is stored."""
+        message = build_message(
+            event,
+            source=self._source,
+            max_bytes=self._max_bytes,
+            key=key,
+            headers=headers,
+            id=id,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+        await self._publish_chain(message)
+        return envelope_of(message)
+
+    async def publish_many(
+        self,
+        events: Iterable[Event | tuple[Event, Any]],
+        *,
+        key: Callable[[Event], Any] | None = None,
+    ) -> list[str]:
+        """Publish many events, pipelined; returns their ids once all are confirmed.
+
+        Items are events or `(event, key)` pairs; `key=` derives a key from each event.
+        """
+        messages: list[Message] = []
+
+        async def collect(message: Message) -> None:
+            messages.append(message)
+
+        chain = chain_publish(self._publish_middleware, collect)
+        for item in events:
+            if isinstance(item, tuple):
+                event, item_key = item
+            else:
+                event, item_key = item, (key(item) if key is not None else None)
+            await chain(
+                build_message(event, source=self._source, max_bytes=self._max_bytes, key=item_key)
+            )
+        if not self._running or self._broker is None:
+            raise BusClosed("the bus is not running: use `async with bus:` before publishing")
+        await self._broker.publish_many(messages)
+        return [m.attributes["id"] for m in messages]
+
+    # --- dead letters ----------------------------------------------------------------------
+
+    async def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
+        """Each dead letter of a group (oldest first): raw body, headers, envelope, reason."""
+        if not self._running:
+            raise BusClosed("the bus is not running: use `async with bus:` first")
+        async for dead in self.broker.dead_letters(stream, group):
+            yield dead
+
+    async def replay_dead_letters(self, stream: str, group: str) -> int:
+        """Return every dead letter of a group to that group (attempts reset)."""
+        if not self._running:
+            raise BusClosed("the bus is not running: use `async with bus:` first")
+        count = await self.broker.replay_dead_letters(stream, group)
+        _log.info("dead_letters.replayed", stream=stream, group=group, count=count)
+        return count
+
+
+async def _quietly(op: Any, what: str) -> None:
+    try:
+        await op
+    except Exception as exc:
+        _log.warning(f"{what}.failed", error=repr(exc))

@@ -1,0 +1,124 @@
+"""The `eventbus` command: run a bus's subscribers, inspect and replay dead letters."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .bus import EventBus
+from .errors import ConfigurationError, EventBusError
+from .log import configure as configure_logging
+
+
+def load_bus(target: str) -> EventBus:
+    """`package.module:bus` -> the EventBus (or a zero-argument factory returning one)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigurationError(
+            f"expected module:attribute, e.g. myapp.events:bus; got {target!r}"
+        )
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    try:
+        obj: Any = getattr(module, attr)
+    except AttributeError:
+        raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if callable(obj) and not isinstance(obj, EventBus):
+        obj = obj()
+    if not isinstance(obj, EventBus):
+        raise ConfigurationError(f"{target} is {type(obj).__name__}, not an EventBus")
+    return obj
+
+
+async def _dlq(args: argparse.Namespace) -> int:
+    bus = EventBus(args.url) if args.url else EventBus()
+    async with bus:
+        if args.action == "list":
+            count = 0
+            async for dead in bus.dead_letters(args.stream, args.group):
+                count += 1
+                if args.json:
+                    print(
+                        json.dumps(
+                            {
+                                "id": dead.attributes.get("id"),
+                                "type": dead.attributes.get("type"),
+                                "key": dead.key,
+                                "reason": dead.reason,
+                                "attempts": dead.attempts,
+                                "headers": dead.headers,
+                                "body": dead.body.decode("utf-8", "replace"),
+                            }
+                        )
+                    )
+                else:
+                    print(
+                        f"{dead.attributes.get('id', '?')}  {dead.attributes.get('type', '?')}"
+                        f"  key={dead.key}  attempts={dead.attempts}  "
+                        f"at={dead.headers.get('x-dead-lettered-at', '?')}  {dead.reason}"
+                    )
+            if not args.json:
+                print(f"{count} dead letter(s) in {args.stream}.{args.group}.dlq")
+        else:
+            count = await bus.replay_dead_letters(args.stream, args.group)
+            print(f"replayed {count} dead letter(s) to {args.stream}.{args.group}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eventbus", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a bus's subscribers until SIGTERM/SIGINT")
+    run.add_argument("target", help="module:attribute of an EventBus, e.g. myapp.events:bus")
+
+    dlq = sub.add_parser("dlq", help="list or replay the dead letters of a group")
+    dlq.add_argument("action", choices=["list", "replay"])
+    dlq.add_argument("--stream", required=True)
+    dlq.add_argument("--group", required=True)
+    dlq.add_argument("--url", default=None, help="broker URL (default: EVENTBUS_URL)")
+    dlq.add_argument("--json", action="store_true", help="one JSON object per dead letter")
+
+    bench = sub.add_parser("bench", help="run the benchmark suite (see benchmarks/)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            bus = load_bus(args.target)
+            configure_logging(bus.settings.log_format, bus.settings.log_level)
+            asyncio.run(bus.run())
+            return 0
+        if args.command == "dlq":
+            return asyncio.run(_dlq(args))
+        if args.command == "bench":
+            sys.path.insert(0, os.getcwd())
+            try:
+                bench_main = importlib.import_module("benchmarks.__main__").main
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"the benchmark suite lives in the source tree (benchmarks/): {exc}"
+                ) from exc
+            return int(bench_main(args.rest) or 0)
+    except EventBusError as exc:
+        print(f"eventbus: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

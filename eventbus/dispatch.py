@@ -1,0 +1,108 @@
+"""Concurrency per subscription with per-key order: N lanes, a key always on the same lane."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import zlib
+from collections.abc import Awaitable, Callable
+
+from .broker import Delivery
+from .log import get_logger
+
+_log = get_logger()
+
+
+class Dispatcher:
+    """Feeds deliveries to the pipeline.
+
+    The adapter awaits `submit` for one delivery at a time (back-pressure). With
+    `concurrency == 1` the delivery is processed inline; otherwise it goes to the lane of
+    its key (deliveries without a key spread round-robin), so events with the same key
+    are handled one after the other, in order, while different keys run in parallel.
+    """
+
+    def __init__(
+        self,
+        process: Callable[[Delivery], Awaitable[None]],
+        concurrency: int = 1,
+        lane_buffer: int = 16,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self._process = process
+        self.concurrency = concurrency
+        self._closing = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._rr = itertools.count()
+        self._lanes: list[asyncio.Queue[Delivery | None]] = []
+        self._workers: list[asyncio.Task[None]] = []
+        if concurrency > 1:
+            for n in range(concurrency):
+                lane: asyncio.Queue[Delivery | None] = asyncio.Queue(lane_buffer)
+                self._lanes.append(lane)
+                self._workers.append(asyncio.create_task(self._work(lane), name=f"lane-{n}"))
+
+    async def submit(self, delivery: Delivery) -> None:
+        if self._closing:
+            await _quiet_nack(delivery)
+            return
+        if not self._lanes:
+            self._inflight += 1
+            self._idle.clear()
+            try:
+                await self._process(delivery)
+            finally:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._idle.set()
+            return
+        key = delivery.key
+        if key is None:
+            index = next(self._rr) % self.concurrency
+        else:
+            index = zlib.crc32(key.encode()) % self.concurrency
+        await self._lanes[index].put(delivery)
+
+    async def _work(self, lane: asyncio.Queue[Delivery | None]) -> None:
+        while True:
+            delivery = await lane.get()
+            if delivery is None:
+                return
+            self._inflight += 1
+            self._idle.clear()
+            try:
+                await self._process(delivery)
+            finally:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._idle.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Let in-flight handlers finish; give queued, unstarted deliveries back (nack)."""
+        self._closing = True
+        for lane in self._lanes:
+            while not lane.empty():
+                queued = lane.get_nowait()
+                if queued is not None:
+                    await _quiet_nack(queued)
+            lane.put_nowait(None)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+                if self._workers:
+                    await asyncio.gather(*self._workers)
+        except TimeoutError:
+            _log.warning("shutdown.timeout", timeout=timeout, inflight=self._inflight)
+            for task in self._workers:
+                task.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+
+
+async def _quiet_nack(delivery: Delivery) -> None:
+    try:
+        await delivery.nack()
+    except Exception as exc:
+        _log.warning("nack.failed", event_id=delivery.attributes.get("id"), error=repr(exc))

@@ -1,0 +1,54 @@
+"""structlog set-up: JSON or console lines, secrets redacted before any renderer sees them."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from .settings import is_secret_key, redact_url
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask secret-looking keys and credentials inside URLs."""
+    for key, value in list(event_dict.items()):
+        if key != "event" and is_secret_key(key):
+            event_dict[key] = "***"
+        elif isinstance(value, str) and "://" in value and "@" in value:
+            event_dict[key] = redact_url(value)
+    return event_dict
+
+
+def configure(log_format: str = "console", level: str = "INFO", *, force: bool = False) -> None:
+    """Configure structlog for eventbus (skipped if the application configured it already)."""
+    if structlog.is_configured() and not force:
+        return
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**bound: Any) -> Any:
+    return structlog.get_logger("eventbus").bind(**bound)

@@ -1,0 +1,69 @@
+"""Turning an `Event` into an outgoing `Message`: one place for the async and sync faces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .broker import Message
+from .context import current_context
+from .errors import MessageTooLarge
+from .event import Envelope, Event, validate_extension
+from .wire import new_id, now_rfc3339
+
+
+def build_message(
+    event: Event,
+    *,
+    source: str,
+    max_bytes: int,
+    key: Any = None,
+    headers: dict[str, str] | None = None,
+    id: str | None = None,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+) -> Message:
+    cls = type(event)
+    etype = cls.__event_type__
+    stream = cls.__stream__
+    if not etype or not stream:
+        raise TypeError(
+            f"{cls.__name__} has no stream/type: declare "
+            f"class {cls.__name__}(Event, stream='...', type='...')"
+        )
+    body = cls.__pydantic_serializer__.to_json(event)
+    if len(body) > max_bytes:
+        raise MessageTooLarge(
+            f"{etype} event is {len(body)} bytes, above EVENTBUS_MAX_MESSAGE_BYTES={max_bytes}"
+        )
+    attrs = {
+        "id": id or new_id(),
+        "source": source,
+        "specversion": "1.0",
+        "type": etype,
+        "time": now_rfc3339(),
+        "datacontenttype": "application/json",
+    }
+    if key is not None:
+        key = str(key)
+        attrs["partitionkey"] = key
+    if correlation_id:
+        attrs["correlationid"] = correlation_id
+    if causation_id:
+        attrs["causationid"] = causation_id
+    if headers:
+        for name, value in headers.items():
+            attrs[validate_extension(name)] = str(value)
+    return Message(stream=stream, type=etype, key=key, body=body, attributes=attrs)
+
+
+def correlate_sync(message: Message) -> None:
+    """The sync face's version of the `correlate` middleware."""
+    ctx = current_context.get()
+    if ctx is not None:
+        attrs = message.attributes
+        attrs.setdefault("causationid", ctx.envelope.id)
+        attrs.setdefault("correlationid", ctx.envelope.correlation_id or ctx.envelope.id)
+
+
+def envelope_of(message: Message) -> Envelope:
+    return Envelope.from_attributes(message.attributes, message.body, message.stream, message.key)

@@ -1,0 +1,237 @@
+"""The one consume path of every broker: decode -> validate -> handler -> ack | retry | dead-letter.
+
+Adapters hand each `Delivery` to `Pipeline.process`; it settles the delivery exactly once,
+never raises (except cancellation), and logs one line per failure with the event id,
+stream, type, group and attempt bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from .broker import Delivery
+from .context import Context
+from .deadletter import dead_letter_info, describe
+from .event import Envelope, Event
+from .log import get_logger
+from .middleware import HandleMiddleware, HandleNext, chain_handle
+from .retry import Reject, Retry, RetryPolicy
+from .routing import matches_any
+
+if TYPE_CHECKING:
+    from .bus import EventBus
+
+_log = get_logger()
+
+
+class Pipeline:
+    """Decoding, the handler call and the retry/dead-letter policy of one subscription."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        group: str,
+        patterns: tuple[str, ...],
+        types: dict[str, type[Event]] | None,
+        handler: Callable[..., Any],
+        wants_context: bool,
+        is_async: bool,
+        retry: RetryPolicy,
+        middleware: list[HandleMiddleware],
+        max_message_bytes: int,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.bus = bus
+        self.group = group
+        self.patterns = patterns
+        self.types = types
+        self.retry = retry
+        self.max_message_bytes = max_message_bytes
+        self.stopping = stopping
+        self._call: HandleNext = chain_handle(
+            middleware, _endpoint(handler, wants_context, is_async)
+        )
+
+    async def process(self, delivery: Delivery) -> None:
+        try:
+            await self._process(delivery)
+        except asyncio.CancelledError:
+            await self._settle(delivery.nack(), delivery, "nack")
+            raise
+        except Exception as exc:  # a bug or a failed settlement: never kill the consumer
+            _log.error(
+                "pipeline.error",
+                event_id=delivery.attributes.get("id"),
+                stream=delivery.stream,
+                group=self.group,
+                error=repr(exc),
+                exc_info=exc,
+            )
+
+    async def _process(self, d: Delivery) -> None:
+        attrs = d.attributes
+        if len(d.body) > self.max_message_bytes:
+            await self._dead_letter(
+                d,
+                "eventbus.MessageTooLarge",
+                f"body of {len(d.body)} bytes exceeds max_message_bytes={self.max_message_bytes}",
+                d.attempt,
+            )
+            return
+        etype = attrs.get("type")
+        if not etype:
+            await self._dead_letter(
+                d, "eventbus.DecodeError", "message has no event type (ce type header)", d.attempt
+            )
+            return
+        envelope = Envelope.from_attributes(attrs, d.body, d.stream, d.key, d.attempt)
+        event: Event | Envelope
+        if self.types is not None:
+            cls = self.types.get(etype)
+            if cls is None:  # another type on the stream: not this handler's business
+                await d.ack()
+                return
+            try:
+                event = cls.model_validate_json(d.body)
+            except ValidationError as exc:
+                invalid_json = any(e["type"] == "json_invalid" for e in exc.errors())
+                await self._dead_letter(
+                    d,
+                    "eventbus.DecodeError" if invalid_json else "pydantic.ValidationError",
+                    str(exc),
+                    d.attempt,
+                    describe(exc)[2],
+                )
+                return
+        else:
+            if not matches_any(self.patterns, etype):
+                await d.ack()
+                return
+            ctype = envelope.content_type
+            if not ctype or "json" in ctype:
+                try:
+                    envelope._data = json.loads(d.body)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    await self._dead_letter(
+                        d, "eventbus.DecodeError", f"body is not valid JSON: {exc}", d.attempt
+                    )
+                    return
+            else:
+                envelope._data = d.body
+            event = envelope
+        ctx = Context(self.bus, self.group, envelope, event, d)
+        await self._run(ctx, d)
+
+    async def _run(self, ctx: Context, d: Delivery) -> None:
+        policy = self.retry
+        envelope = ctx.envelope
+        while True:
+            try:
+                await self._call(ctx)
+            except Reject as exc:
+                await self._dead_letter(
+                    d, "eventbus.Reject", exc.reason, envelope.attempt, describe(exc)[2]
+                )
+                return
+            except Exception as exc:
+                attempt = envelope.attempt
+                retryable = isinstance(exc, Retry) or policy.retries(exc)
+                if not retryable or attempt >= policy.attempts:
+                    name, message, stack = describe(exc)
+                    _log.warning(
+                        "handler.failed",
+                        outcome="dead_letter",
+                        reason="not retryable" if not retryable else "attempts exhausted",
+                        error=f"{name}: {message}",
+                        **ctx.log_fields(),
+                    )
+                    await self._dead_letter(d, name, message, attempt, stack, logged=True)
+                    return
+                after = exc.after if isinstance(exc, Retry) else None
+                delay = after if after is not None else policy.delay(attempt)
+                _log.warning(
+                    "handler.failed",
+                    outcome="retry",
+                    delayed=policy.delayed,
+                    retry_in=round(delay, 3),
+                    error=f"{type(exc).__name__}: {exc}",
+                    **ctx.log_fields(),
+                )
+                if policy.delayed:
+                    await d.retry_later(attempt + 1, delay)
+                    return
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), delay)
+                if self.stopping.is_set():  # stopping mid-retry: leave it to the broker
+                    await d.nack()
+                    return
+                envelope.attempt = attempt + 1
+                continue
+            await d.ack()
+            return
+
+    async def _dead_letter(
+        self,
+        d: Delivery,
+        exc_type: str,
+        message: str,
+        attempts: int,
+        stack: str = "",
+        *,
+        logged: bool = False,
+    ) -> None:
+        info = dead_letter_info(
+            d, self.group, exc_type=exc_type, message=message, stacktrace=stack, attempts=attempts
+        )
+        if not logged:
+            _log.warning(
+                "event.dead_lettered",
+                event_id=d.attributes.get("id"),
+                stream=d.stream,
+                type=d.attributes.get("type"),
+                group=self.group,
+                attempt=attempts,
+                error=f"{exc_type}: {message[:300]}",
+            )
+        await d.dead_letter(info)
+
+    async def _settle(self, op: Awaitable[None], d: Delivery, what: str) -> None:
+        try:
+            await asyncio.shield(op)
+        except Exception as exc:
+            _log.warning(
+                "settle.failed", what=what, event_id=d.attributes.get("id"), error=repr(exc)
+            )
+
+
+def _endpoint(handler: Callable[..., Any], wants_context: bool, is_async: bool) -> HandleNext:
+    if is_async:
+        if wants_context:
+
+            async def call(ctx: Context) -> None:
+                await handler(ctx.event, ctx)
+
+        else:
+
+            async def call(ctx: Context) -> None:
+                await handler(ctx.event)
+
+    elif wants_context:
+
+        async def call(ctx: Context) -> None:
+            await asyncio.to_thread(handler, ctx.event, ctx)
+
+    else:
+
+        async def call(ctx: Context) -> None:
+            await asyncio.to_thread(handler, ctx.event)
+
+    return call

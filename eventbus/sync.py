@@ -1,0 +1,85 @@
+"""The sync face: publish from Flask, Django or scripts with the same envelope and guarantees
+(RabbitMQ confirms over pika, Kafka delivery reports from the confluent Producer)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .broker import Message, SyncTransport
+from .event import Envelope, Event
+from .outgoing import build_message, correlate_sync, envelope_of
+from .registry import find_adapter
+from .settings import Settings, load_settings, redact_url
+
+
+class SyncPublisher:
+    """Blocking publisher; `publish` returns once the broker confirmed the event::
+
+    with SyncPublisher("amqp://guest:guest@127.0.0.1/") as publisher:
+        publisher.publish(OrderCreated(...), key="o-1")
+    """
+
+    def __init__(
+        self, url: str | None = None, *, settings: Settings | None = None, **options: Any
+    ) -> None:
+        if settings is None:
+            settings = load_settings(url, **options)
+        self.settings = settings
+        self._transport: SyncTransport | None = find_adapter(settings).create_sync_transport(
+            settings
+        )
+
+    def __repr__(self) -> str:
+        return f"SyncPublisher({redact_url(self.settings.url)!r})"
+
+    def _message(
+        self, event: Event, key: Any, headers: dict[str, str] | None, id: str | None
+    ) -> Message:
+        message = build_message(
+            event,
+            source=self.settings.source,
+            max_bytes=self.settings.max_message_bytes,
+            key=key,
+            headers=headers,
+            id=id,
+        )
+        correlate_sync(message)
+        return message
+
+    def publish(
+        self,
+        event: Event,
+        *,
+        key: Any = None,
+        headers: dict[str, str] | None = None,
+        id: str | None = None,
+    ) -> Envelope:
+        message = self._message(event, key, headers, id)
+        self._require().publish([message])
+        return envelope_of(message)
+
+    def publish_many(self, events: Iterable[Event | tuple[Event, Any]]) -> list[str]:
+        messages = [self._message(*_pair(item), None, None) for item in events]
+        self._require().publish(messages)
+        return [m.attributes["id"] for m in messages]
+
+    def _require(self) -> SyncTransport:
+        if self._transport is None:
+            raise RuntimeError("SyncPublisher is closed")
+        return self._transport
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def __enter__(self) -> SyncPublisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _pair(item: Event | tuple[Event, Any]) -> tuple[Event, Any]:
+    return item if isinstance(item, tuple) else (item, None)

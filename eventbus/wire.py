@@ -1,0 +1,129 @@
+"""CloudEvents 1.0 binary content mode, as the CloudEvents Python SDK writes and reads it.
+
+Kafka: attributes as `ce_<name>` headers, `datacontenttype` as `content-type`, record key =
+partition key. RabbitMQ (AMQP 0-9-1 binding): `ce-<name>` headers, `datacontenttype` in the
+`content_type` property, `message_id` = id, routing key = type. Attempt bookkeeping travels
+in `x-eventbus-attempt`. Pure functions: no broker client is imported here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+ATTEMPT_HEADER = "x-eventbus-attempt"
+KAFKA_PREFIX = "ce_"
+AMQP_PREFIX = "ce-"
+KAFKA_CONTENT_TYPE = "content-type"
+
+
+def now_rfc3339() -> str:
+    """UTC time as the SDK writes it: ISO 8601 with a `Z` suffix."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def parse_attempt(value: Any) -> int:
+    """Attempt header value -> int >= 1 (garbage counts as 1: bad input never crashes)."""
+    if value is None:
+        return 1
+    try:
+        attempt = int(_text(value))
+    except ValueError:
+        return 1
+    return attempt if attempt >= 1 else 1
+
+
+# --- Kafka -----------------------------------------------------------------------------
+
+
+def to_kafka_headers(attributes: Mapping[str, str], attempt: int = 1) -> list[tuple[str, bytes]]:
+    headers: list[tuple[str, bytes]] = []
+    for name, value in attributes.items():
+        if name == "datacontenttype":
+            headers.append((KAFKA_CONTENT_TYPE, value.encode()))
+        else:
+            headers.append((KAFKA_PREFIX + name, value.encode()))
+    if attempt > 1:
+        headers.append((ATTEMPT_HEADER, str(attempt).encode()))
+    return headers
+
+
+def from_kafka_headers(
+    headers: Iterable[tuple[str, Any]] | None, key: bytes | str | None
+) -> tuple[dict[str, str], int]:
+    """Kafka record headers + key -> (CloudEvents attributes, attempt)."""
+    attributes: dict[str, str] = {}
+    attempt = 1
+    for name, value in headers or ():
+        lowered = name.lower()
+        if lowered.startswith(KAFKA_PREFIX):
+            attributes[lowered[3:]] = _text(value) if value is not None else ""
+        elif lowered == KAFKA_CONTENT_TYPE:
+            attributes["datacontenttype"] = _text(value) if value is not None else ""
+        elif lowered == ATTEMPT_HEADER:
+            attempt = parse_attempt(value)
+    if key is not None:
+        attributes["partitionkey"] = _text(key)
+    return attributes, attempt
+
+
+# --- RabbitMQ (AMQP 0-9-1) ---------------------------------------------------------------
+
+
+def to_amqp(attributes: Mapping[str, str], attempt: int = 1) -> tuple[dict[str, Any], str | None]:
+    """-> (headers, content_type). `message_id` is `attributes['id']`."""
+    headers: dict[str, Any] = {}
+    content_type = None
+    for name, value in attributes.items():
+        if name == "datacontenttype":
+            content_type = value
+        else:
+            headers[AMQP_PREFIX + name] = value
+    if attempt > 1:
+        headers[ATTEMPT_HEADER] = attempt
+    return headers, content_type
+
+
+def from_amqp(
+    headers: Mapping[str, Any] | None,
+    content_type: str | None,
+    message_id: str | None = None,
+    routing_key: str | None = None,
+) -> tuple[dict[str, str], int]:
+    """AMQP headers + properties -> (CloudEvents attributes, attempt).
+
+    A message from a plain client (no `ce-` headers) still decodes: its type is the routing
+    key and its id the `message_id` property.
+    """
+    attributes: dict[str, str] = {}
+    attempt = 1
+    for name, value in (headers or {}).items():
+        lowered = name.lower()
+        if lowered.startswith(AMQP_PREFIX):
+            attributes[lowered[3:]] = _text(value)
+        elif lowered == ATTEMPT_HEADER:
+            attempt = parse_attempt(value)
+    if content_type:
+        attributes["datacontenttype"] = content_type
+    if "id" not in attributes and message_id:
+        attributes["id"] = message_id
+    if "type" not in attributes and routing_key:
+        attributes["type"] = routing_key
+    return attributes, attempt
+
+
+def header_text(headers: Mapping[str, Any]) -> dict[str, str]:
+    """Any broker's header map -> str values (for dead-letter listings and logs)."""
+    return {k: _text(v) for k, v in headers.items() if v is not None}

@@ -1,0 +1,68 @@
+"""The broker harness of the conformance suite (Watermill-style universal tests).
+
+Every adapter provides one `Harness` subclass, registered in `HARNESSES`. The suite runs
+each test once per harness; capability flags (from the broker itself, `Capabilities`) skip
+what a broker honestly does not offer, and nothing else.
+
+A harness must give every test fresh broker names: tests build their own streams with
+`unique()` so runs never see each other's events on a shared broker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import uuid
+from abc import ABC, abstractmethod
+from typing import Any
+
+from eventbus import Capabilities, EventBus
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+class Harness(ABC):
+    #: pytest marker name of the broker this harness needs ("memory" needs none)
+    name: str = ""
+
+    @abstractmethod
+    def url(self) -> str:
+        """The EVENTBUS_URL of this broker for one test."""
+
+    def bus(self, **options: Any) -> EventBus:
+        """A bus on this broker; `options` are adapter options (`prefetch=...`)."""
+        return EventBus(self.url(), **options)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.bus().broker.capabilities
+
+    @abstractmethod
+    async def inject_raw(
+        self, stream: str, event_type: str | None, body: bytes, key: str | None = None
+    ) -> None:
+        """Publish with the broker's own client, as a foreign producer would: the body and
+        the event type (routing key / `ce_type` header) only, no other eventbus header.
+        `event_type=None` sends no type at all (bad input)."""
+
+    async def setup(self) -> None:  # noqa: B027 - optional hook
+        """Called before each test (after the broker is known to be reachable)."""
+
+    async def teardown(self) -> None:  # noqa: B027 - optional hook
+        """Called after each test: delete what the test declared, if the broker needs it."""
+
+
+#: harness name -> "module:Class"; the adapter issues add theirs here
+HARNESSES: dict[str, str] = {
+    "memory": "tests.conformance.memory_harness:MemoryHarness",
+    "rabbitmq": "tests.rabbitmq.harness:RabbitMQHarness",
+    "kafka": "tests.kafka.harness:KafkaHarness",
+}
+
+
+def load_harness(name: str) -> Harness:
+    module_name, _, cls_name = HARNESSES[name].partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    harness: Harness = cls()
+    return harness
