@@ -51,4 +51,5 @@ def configure(log_format: str = "console", level: str = "INFO", *, force: bool =
 
 
 def get_logger(**bound: Any) -> Any:
-    return structlog.get_logger("eventbus").bind(**bound)
+    """A lazy logger: it follows the configuration in force when it logs, not at import."""
+    return structlog.get_logger(logger_name="eventbus", **bound)

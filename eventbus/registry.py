@@ -51,6 +51,11 @@ def find_adapter(settings: Settings) -> Adapter:
     try:
         return cast(Adapter, found[0].load() if found else _load(target))
     except ImportError as exc:
+        if exc.name and exc.name == target.split(":")[0]:
+            raise ConfigurationError(
+                f"EVENTBUS_URL={redact_url(settings.url)!r}: the adapter module "
+                f"{exc.name!r} is missing from this installation: reinstall eventbus"
+            ) from None
         missing = (exc.name or "").split(".")[0]
         extra = _EXTRA_OF_MODULE.get(missing) or _BUILTIN.get(scheme, (None, None))[1]
         hint = f"pip install 'eventbus[{extra}]'" if extra else "install the adapter's package"

@@ -1,0 +1,104 @@
+"""Our binary-mode headers are what the CloudEvents SDK writes and reads."""
+
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.bindings import rabbitmq as ce_rabbitmq
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+from eventbus import Event
+from eventbus.outgoing import build_message
+from eventbus.wire import from_amqp, from_kafka_headers, to_amqp, to_kafka_headers
+
+
+class Paid(Event, stream="orders", type="order.paid"):
+    order_id: str
+    amount: float
+
+
+def message():  # type: ignore[no-untyped-def]
+    return build_message(
+        Paid(order_id="o-1", amount=9.5),
+        source="/billing",
+        max_bytes=10_000,
+        key="o-1",
+        headers={"tenant": "acme"},
+        correlation_id="c-1",
+    )
+
+
+def test_sdk_reads_our_kafka_record() -> None:
+    m = message()
+    record = ce_kafka.KafkaMessage(
+        headers=dict(to_kafka_headers(m.attributes)), key=m.key.encode(), value=m.body
+    )
+    event = ce_kafka.from_binary(record, JSONFormat(), CloudEvent)
+    assert event.get_id() == m.attributes["id"]
+    assert event.get_type() == "order.paid"
+    assert event.get_source() == "/billing"
+    assert event.get_data() == {"order_id": "o-1", "amount": 9.5}
+    assert event.get_extension("partitionkey") == "o-1"
+    assert event.get_extension("correlationid") == "c-1"
+    assert event.get_extension("tenant") == "acme"
+
+
+def test_we_read_the_sdks_kafka_record() -> None:
+    event = CloudEvent(
+        {
+            "id": "e-9",
+            "source": "/sdk",
+            "type": "order.paid",
+            "specversion": "1.0",
+            "datacontenttype": "application/json",
+            "partitionkey": "o-2",
+        },
+        {"order_id": "o-2", "amount": 1.0},
+    )
+    record = ce_kafka.to_binary(event, JSONFormat())
+    attributes, attempt = from_kafka_headers(list(record.headers.items()), record.key)
+    assert attributes["id"] == "e-9" and attributes["type"] == "order.paid"
+    assert attributes["partitionkey"] == "o-2" and attempt == 1
+    assert Paid.model_validate_json(record.value) == Paid(order_id="o-2", amount=1.0)
+
+
+def test_sdk_reads_our_amqp_message() -> None:
+    m = message()
+    headers, content_type = to_amqp(m.attributes)
+    event = ce_rabbitmq.from_binary(
+        ce_rabbitmq.RabbitMQMessage(headers=headers, content_type=content_type, body=m.body),
+        JSONFormat(),
+        CloudEvent,
+    )
+    assert event.get_id() == m.attributes["id"]
+    assert event.get_type() == "order.paid"
+    assert event.get_extension("tenant") == "acme"
+    assert event.get_data() == {"order_id": "o-1", "amount": 9.5}
+
+
+def test_we_read_the_sdks_amqp_message() -> None:
+    event = CloudEvent(
+        {
+            "id": "e-1",
+            "source": "/sdk",
+            "type": "order.paid",
+            "specversion": "1.0",
+            "datacontenttype": "application/json",
+        },
+        {"order_id": "o-3", "amount": 2.0},
+    )
+    msg = ce_rabbitmq.to_binary(event, JSONFormat())
+    attributes, _ = from_amqp(msg.headers, msg.content_type)
+    assert attributes["id"] == "e-1" and attributes["datacontenttype"] == "application/json"
+
+
+def test_plain_amqp_message_falls_back_to_routing_key_and_message_id() -> None:
+    attributes, attempt = from_amqp({}, None, message_id="m-1", routing_key="order.paid")
+    assert attributes == {"id": "m-1", "type": "order.paid"}
+    assert attempt == 1
+
+
+def test_attempt_header_round_trip_and_garbage() -> None:
+    headers = to_kafka_headers({"type": "t"}, attempt=3)
+    assert from_kafka_headers(headers, None)[1] == 3
+    assert from_kafka_headers([("x-eventbus-attempt", b"lots")], None)[1] == 1
+    amqp_headers, _ = to_amqp({"type": "t"}, attempt=2)
+    assert from_amqp(amqp_headers, None)[1] == 2
