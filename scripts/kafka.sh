@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# Fetch (Maven Central), configure and start a local single-node Apache Kafka
+# broker (KRaft, combined broker+controller) for the test suite:
+# PLAINTEXT on 127.0.0.1:9092, controller on 127.0.0.1:9093.
+# Also installs Debian's kcat. Idempotent: a second run changes nothing.
+#
+#   scripts/kafka.sh            ensure fetched + formatted + running (default)
+#   scripts/kafka.sh start      same
+#   scripts/kafka.sh restart    stop, then start
+#   scripts/kafka.sh stop       stop the broker started by this script
+#   scripts/kafka.sh status     exit 0 iff the broker answers on 127.0.0.1:9092
+#
+# Everything lives in ${EVENTBUS_CACHE:-$HOME/.cache/eventbus}/kafka:
+#   libs/ (jars), data/ (log.dirs), server.properties, log4j2.properties,
+#   cluster.id, kafka.pid, server.log (broker log), kafka.out (JVM stdout/stderr),
+#   tools.log (StorageTool/TopicCommand log).
+# Env: KAFKA_HEAP_OPTS (default "-Xms256m -Xmx1g"), KAFKA_START_TIMEOUT (default 90 s).
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SRC_DIR="$SCRIPT_DIR/kafka"
+CACHE_ROOT="${EVENTBUS_CACHE:-${HOME:-/root}/.cache/eventbus}"
+CACHE="$CACHE_ROOT/kafka"
+LIBS="$CACHE/libs"
+DATA="$CACHE/data"
+CONF="$CACHE/server.properties"
+LOG4J_CONF="$CACHE/log4j2.properties"
+PIDFILE="$CACHE/kafka.pid"
+OUT="$CACHE/kafka.out"
+SERVER_LOG="$CACHE/server.log"
+HOST=127.0.0.1
+PORT=9092
+BOOTSTRAP="$HOST:$PORT"
+START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
+HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
+export DEBIAN_FRONTEND=noninteractive
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+
+log_tail() {
+  local f
+  for f in "$SERVER_LOG" "$OUT" "$CACHE/tools.log"; do
+    if [ -s "$f" ]; then
+      echo "----- tail of $f -----" >&2
+      tail -n 40 "$f" >&2 || true
+    fi
+  done
+}
+
+die() {
+  echo "kafka: FAILED: $*" >&2
+  log_tail
+  exit 1
+}
+
+pkg_installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# Install Debian packages that are missing; `apt-get update` only when some
+# missing package has no install candidate (package lists empty or stale).
+ensure_pkgs() {
+  local p missing=() need_update=0
+  for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  for p in "${missing[@]}"; do
+    if ! apt-cache policy "$p" 2>/dev/null | grep -Eq 'Candidate: [^(]'; then need_update=1; fi
+  done
+  if [ "$need_update" = 1 ]; then
+    $SUDO apt-get update -q >/tmp/eventbus-apt-update.log 2>&1 ||
+      { cat /tmp/eventbus-apt-update.log >&2; die "apt-get update failed"; }
+  fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+    >/tmp/eventbus-apt-install.log 2>&1 ||
+    { tail -n 40 /tmp/eventbus-apt-install.log >&2; die "apt-get install ${missing[*]} failed"; }
+}
+
+need_cmd() { command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH ($2)"; }
+
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# Real readiness check: a Kafka Metadata request that lists broker 1.
+kafka_answers() {
+  port_open "$PORT" || return 1
+  if command -v kcat >/dev/null 2>&1; then
+    kcat -b "$BOOTSTRAP" -L -m 5 -J 2>/dev/null | grep -q '"brokers":\[{"id":1,'
+  else
+    run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list >/dev/null 2>&1
+  fi
+}
+
+run_tool() {
+  java -Xmx256m -Dkafka.logs.dir="$CACHE" -Dkafka.log.file=tools.log \
+    -Dlog4j2.configurationFile="$LOG4J_CONF" -cp "$LIBS/*" "$@"
+}
+
+pid_alive() {
+  local pid
+  [ -s "$PIDFILE" ] || return 1
+  pid="$(cat "$PIDFILE")"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka'
+}
+
+# --- libs: mvn copy-dependencies, only when the pom changed or libs are missing
+ensure_libs() {
+  local stamp want
+  want="$(sha256sum "$SRC_DIR/pom.xml" | cut -d' ' -f1)"
+  stamp="$CACHE/libs.stamp"
+  if [ -d "$LIBS" ] && [ -s "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
+     compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then
+    return 0
+  fi
+  need_cmd mvn "install Maven"
+  need_cmd java "install a JDK 17+"
+  rm -rf "$LIBS.tmp"
+  if ! mvn -B -q -f "$SRC_DIR/pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" >"$CACHE/mvn.log" 2>&1; then
+    tail -n 40 "$CACHE/mvn.log" >&2
+    die "mvn dependency:copy-dependencies failed (full log: $CACHE/mvn.log)"
+  fi
+  rm -rf "$LIBS"
+  mv "$LIBS.tmp" "$LIBS"
+  echo "$want" >"$stamp"
+}
+
+# --- config files rendered into the cache dir; returns 0 if any changed
+render_configs() {
+  local changed=1 tmp
+  tmp="$(mktemp)"
+  sed "s|@KAFKA_DATA_DIR@|$DATA|g" "$SRC_DIR/server.properties" >"$tmp"
+  if ! cmp -s "$tmp" "$CONF"; then chmod 0644 "$tmp"; mv "$tmp" "$CONF"; changed=0; else rm -f "$tmp"; fi
+  if ! cmp -s "$SRC_DIR/log4j2.properties" "$LOG4J_CONF"; then
+    cp "$SRC_DIR/log4j2.properties" "$LOG4J_CONF"; changed=0
+  fi
+  return $changed
+}
+
+# --- storage: format once (KRaft, standalone controller quorum)
+ensure_formatted() {
+  [ -f "$DATA/meta.properties" ] && return 0
+  if [ ! -s "$CACHE/cluster.id" ]; then
+    local id
+    id="$(run_tool kafka.tools.StorageTool random-uuid 2>>"$CACHE/tools.log" | tail -n 1)" ||
+      die "StorageTool random-uuid failed"
+    [ -n "$id" ] || die "StorageTool random-uuid printed nothing"
+    echo "$id" >"$CACHE/cluster.id"
+  fi
+  mkdir -p "$DATA"
+  run_tool kafka.tools.StorageTool format --standalone -t "$(cat "$CACHE/cluster.id")" -c "$CONF" \
+    >>"$CACHE/tools.log" 2>&1 || die "StorageTool format failed"
+  [ -f "$DATA/meta.properties" ] || die "StorageTool format did not write $DATA/meta.properties"
+}
+
+start_broker() {
+  need_cmd java "install a JDK 17+"
+  if port_open "$PORT" || port_open 9093; then
+    die "port $PORT or 9093 is in use by something that is not answering as our broker"
+  fi
+  : >"$OUT"
+  # setsid: own session, survives the calling shell; pid written by the child itself.
+  # shellcheck disable=SC2086,SC2016
+  setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
+    java $HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dkafka.logs.dir="$CACHE" -Dlog4j2.configurationFile="$LOG4J_CONF" \
+    -cp "$LIBS/*" kafka.Kafka "$CONF" \
+    </dev/null >>"$OUT" 2>&1 &
+  local deadline=$((SECONDS + START_TIMEOUT))
+  sleep 1
+  until kafka_answers; do
+    pid_alive || { sleep 1; pid_alive; } || die "broker process exited during startup"
+    [ $SECONDS -lt $deadline ] || die "broker did not answer on $BOOTSTRAP within ${START_TIMEOUT}s"
+    sleep 1
+  done
+}
+
+stop_broker() {
+  local pid
+  if pid_alive; then
+    pid="$(cat "$PIDFILE")"
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 60))
+    while kill -0 "$pid" 2>/dev/null; do
+      if [ $SECONDS -ge $deadline ]; then
+        echo "kafka: broker $pid did not stop within 60s, killing" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 1
+        break
+      fi
+      sleep 0.5
+    done
+  fi
+  rm -f "$PIDFILE"
+  if port_open "$PORT"; then
+    die "something still listens on $BOOTSTRAP (not started by this script? no live pid in $PIDFILE)"
+  fi
+}
+
+ensure_running() {
+  mkdir -p "$CACHE"
+  ensure_pkgs kcat
+  ensure_libs
+  local conf_changed=0
+  render_configs && conf_changed=1
+  ensure_formatted
+  if kafka_answers; then
+    if [ "$conf_changed" = 1 ] && pid_alive; then
+      stop_broker
+      start_broker
+    fi
+    return 0
+  fi
+  if pid_alive; then
+    # Started but not answering yet (e.g. a parallel run): wait for it.
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until kafka_answers; do
+      pid_alive || break
+      [ $SECONDS -lt $deadline ] || die "broker (pid $(cat "$PIDFILE")) does not answer on $BOOTSTRAP"
+      sleep 1
+    done
+    kafka_answers && return 0
+  fi
+  start_broker
+}
+
+cmd="${1:-start}"
+case "$cmd" in
+  start)
+    ensure_running
+    echo "kafka: ready on $BOOTSTRAP (KRaft node 1, controller $HOST:9093, data in $DATA)"
+    ;;
+  restart)
+    mkdir -p "$CACHE"
+    stop_broker
+    ensure_running
+    echo "kafka: restarted, ready on $BOOTSTRAP"
+    ;;
+  stop)
+    stop_broker
+    echo "kafka: stopped"
+    ;;
+  status)
+    if kafka_answers; then echo "kafka: running on $BOOTSTRAP"; else echo "kafka: not running"; exit 1; fi
+    ;;
+  *)
+    echo "usage: $0 [start|restart|stop|status]" >&2; exit 2 ;;
+esac
