@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .broker import Broker, Consumer, DeadLetter, Message, SubscriptionSpec
+from .context import current_context
 from .dispatch import Dispatcher
 from .errors import BusClosed, ConfigurationError, SubscriptionError
 from .event import Envelope, Event, validate_name
@@ -17,7 +18,6 @@ from .log import get_logger
 from .middleware import (
     HandleMiddleware,
     PublishMiddleware,
-    bind_context,
     chain_publish,
     correlate,
 )
@@ -82,9 +82,11 @@ class EventBus:
         self._adapter = find_adapter(settings)
         self._broker: Broker | None = self._adapter.create_broker(settings)  # validates options
         self._subscriptions: list[Subscription] = []
-        self._handle_middleware = [bind_context, *middleware]
+        self._handle_middleware = list(middleware)
         self._publish_middleware = [correlate, *publish_middleware]
         self._publish_chain = chain_publish(self._publish_middleware, self._send)
+        #: without user publish middleware, `correlate` is inlined into `publish`
+        self._fast_publish = not publish_middleware
         self._consumers: list[Consumer] = []
         self._dispatchers: list[Dispatcher] = []
         self._stopping = asyncio.Event()
@@ -331,7 +333,20 @@ class EventBus:
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
-        await self._publish_chain(message)
+        if self._fast_publish:
+            ctx = current_context.get()
+            if ctx is not None:
+                attrs = message.attributes
+                if "causationid" not in attrs:
+                    attrs["causationid"] = ctx.envelope.id
+                if "correlationid" not in attrs:
+                    attrs["correlationid"] = ctx.envelope.correlation_id or ctx.envelope.id
+            broker = self._broker
+            if broker is None or not self._running:
+                raise BusClosed("the bus is not running: use `async with bus:` before publishing")
+            await broker.publish(message)
+        else:
+            await self._publish_chain(message)
         return envelope_of(message)
 
     async def publish_many(

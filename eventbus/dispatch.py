@@ -51,12 +51,11 @@ class Dispatcher:
             return
         if not self._lanes:
             self._inflight += 1
-            self._idle.clear()
             try:
                 await self._process(delivery)
             finally:
                 self._inflight -= 1
-                if not self._inflight:
+                if not self._inflight and self._closing:
                     self._idle.set()
             return
         key = delivery.key
@@ -72,17 +71,18 @@ class Dispatcher:
             if delivery is None:
                 return
             self._inflight += 1
-            self._idle.clear()
             try:
                 await self._process(delivery)
             finally:
                 self._inflight -= 1
-                if not self._inflight:
+                if not self._inflight and self._closing:
                     self._idle.set()
 
     async def drain(self, timeout: float) -> None:
         """Let in-flight handlers finish; give queued, unstarted deliveries back (nack)."""
         self._closing = True
+        if self._inflight:
+            self._idle.clear()
         for lane in self._lanes:
             while not lane.empty():
                 queued = lane.get_nowait()

@@ -78,24 +78,11 @@ class Envelope:
     `body` is the exact bytes on the wire; `data` is the body parsed as JSON.
     `extensions` holds CloudEvents extension attributes that have no field here,
     which is where custom headers given to `publish(headers=...)` arrive.
+    Fields are read from the CloudEvents attributes on access, so an envelope is cheap
+    to make on the hot path.
     """
 
-    __slots__ = (
-        "_data",
-        "attempt",
-        "body",
-        "causation_id",
-        "content_type",
-        "correlation_id",
-        "extensions",
-        "id",
-        "key",
-        "source",
-        "specversion",
-        "stream",
-        "time",
-        "type",
-    )
+    __slots__ = ("_attrs", "_data", "attempt", "body", "key", "stream")
 
     def __init__(
         self,
@@ -115,19 +102,28 @@ class Envelope:
         specversion: str = "1.0",
         data: Any = ...,
     ) -> None:
-        self.id = id
-        self.type = type
+        attrs = {
+            "id": id,
+            "source": source,
+            "specversion": specversion,
+            "type": type,
+            "datacontenttype": content_type,
+        }
+        if time:
+            attrs["time"] = time
+        if key is not None:
+            attrs["partitionkey"] = key
+        if correlation_id:
+            attrs["correlationid"] = correlation_id
+        if causation_id:
+            attrs["causationid"] = causation_id
+        if extensions:
+            attrs.update(extensions)
+        self._attrs = attrs
         self.stream = stream
-        self.source = source
-        self.time = time
         self.key = key
         self.body = body
-        self.content_type = content_type
-        self.correlation_id = correlation_id
-        self.causation_id = causation_id
-        self.extensions = extensions if extensions is not None else {}
         self.attempt = attempt
-        self.specversion = specversion
         self._data = data
 
     @classmethod
@@ -139,42 +135,56 @@ class Envelope:
         key: str | None = None,
         attempt: int = 1,
     ) -> Envelope:
-        get = attributes.get
-        extensions = {k: v for k, v in attributes.items() if k not in KNOWN_ATTRIBUTES}
-        return cls(
-            id=get("id", ""),
-            type=get("type", ""),
-            stream=stream,
-            source=get("source", ""),
-            time=get("time", ""),
-            key=key if key is not None else get("partitionkey"),
-            body=body,
-            content_type=get("datacontenttype", "application/json"),
-            correlation_id=get("correlationid"),
-            causation_id=get("causationid"),
-            extensions=extensions,
-            attempt=attempt,
-            specversion=get("specversion", "1.0"),
-        )
+        self = cls.__new__(cls)
+        self._attrs = attributes
+        self.stream = stream
+        self.key = key if key is not None else attributes.get("partitionkey")
+        self.body = body
+        self.attempt = attempt
+        self._data = ...
+        return self
+
+    @property
+    def id(self) -> str:
+        return self._attrs.get("id", "")
+
+    @property
+    def type(self) -> str:
+        return self._attrs.get("type", "")
+
+    @property
+    def source(self) -> str:
+        return self._attrs.get("source", "")
+
+    @property
+    def specversion(self) -> str:
+        return self._attrs.get("specversion", "1.0")
+
+    @property
+    def time(self) -> str:
+        return self._attrs.get("time", "")
+
+    @property
+    def content_type(self) -> str:
+        return self._attrs.get("datacontenttype", "application/json")
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._attrs.get("correlationid")
+
+    @property
+    def causation_id(self) -> str | None:
+        return self._attrs.get("causationid")
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        return {k: v for k, v in self._attrs.items() if k not in KNOWN_ATTRIBUTES}
 
     def attributes(self) -> dict[str, str]:
         """The CloudEvents context attributes, as they travel (extensions included)."""
-        attrs = {
-            "id": self.id,
-            "source": self.source,
-            "specversion": self.specversion,
-            "type": self.type,
-            "datacontenttype": self.content_type,
-        }
-        if self.time:
-            attrs["time"] = self.time
+        attrs = dict(self._attrs)
         if self.key is not None:
             attrs["partitionkey"] = self.key
-        if self.correlation_id:
-            attrs["correlationid"] = self.correlation_id
-        if self.causation_id:
-            attrs["causationid"] = self.causation_id
-        attrs.update(self.extensions)
         return attrs
 
     @property

@@ -27,17 +27,11 @@ PublishNext = Callable[[Message], Awaitable[None]]
 PublishMiddleware = Callable[[Message, PublishNext], Awaitable[None]]
 
 
-async def bind_context(ctx: Context, call_next: HandleNext) -> None:
-    """Make `ctx` the current context while the handler runs (for `correlate`)."""
-    token = current_context.set(ctx)
-    try:
-        await call_next(ctx)
-    finally:
-        current_context.reset(token)
-
-
 async def correlate(message: Message, call_next: PublishNext) -> None:
-    """Events published while handling another carry its correlation and causation ids."""
+    """Events published while handling another carry its correlation and causation ids.
+
+    The pipeline makes the handler's `Context` current (`current_context`) while it runs.
+    """
     ctx = current_context.get()
     if ctx is not None:
         attrs = message.attributes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .broker import Message
@@ -9,6 +10,20 @@ from .context import current_context
 from .errors import MessageTooLarge
 from .event import Envelope, Event, validate_extension
 from .wire import new_id, now_rfc3339
+
+
+_CLASSES: dict[type[Event], tuple[str, str, Callable[[Event], bytes]]] = {}
+
+
+def _class_info(cls: type[Event]) -> tuple[str, str, Callable[[Event], bytes]]:
+    if not cls.__event_type__ or not cls.__stream__:
+        raise TypeError(
+            f"{cls.__name__} has no stream/type: declare "
+            f"class {cls.__name__}(Event, stream='...', type='...')"
+        )
+    info = (cls.__stream__, cls.__event_type__, cls.__pydantic_serializer__.to_json)
+    _CLASSES[cls] = info
+    return info
 
 
 def build_message(
@@ -23,14 +38,11 @@ def build_message(
     causation_id: str | None = None,
 ) -> Message:
     cls = type(event)
-    etype = cls.__event_type__
-    stream = cls.__stream__
-    if not etype or not stream:
-        raise TypeError(
-            f"{cls.__name__} has no stream/type: declare "
-            f"class {cls.__name__}(Event, stream='...', type='...')"
-        )
-    body = cls.__pydantic_serializer__.to_json(event)
+    info = _CLASSES.get(cls)
+    if info is None:
+        info = _class_info(cls)
+    stream, etype, to_json = info
+    body = to_json(event)
     if len(body) > max_bytes:
         raise MessageTooLarge(
             f"{etype} event is {len(body)} bytes, above EVENTBUS_MAX_MESSAGE_BYTES={max_bytes}"
@@ -44,7 +56,8 @@ def build_message(
         "datacontenttype": "application/json",
     }
     if key is not None:
-        key = str(key)
+        if type(key) is not str:
+            key = str(key)
         attrs["partitionkey"] = key
     if correlation_id:
         attrs["correlationid"] = correlation_id
@@ -53,7 +66,7 @@ def build_message(
     if headers:
         for name, value in headers.items():
             attrs[validate_extension(name)] = str(value)
-    return Message(stream=stream, type=etype, key=key, body=body, attributes=attrs)
+    return Message(stream, etype, key, body, attrs)
 
 
 def correlate_sync(message: Message) -> None:

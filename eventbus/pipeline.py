@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import ValidationError
 
 from .broker import Delivery
-from .context import Context
+from .context import Context, current_context
 from .deadletter import dead_letter_info, describe
 from .event import Envelope, Event
 from .log import get_logger
@@ -28,6 +28,14 @@ if TYPE_CHECKING:
     from .bus import EventBus
 
 _log = get_logger()
+
+
+class _Bad(NamedTuple):
+    """Why a delivery is bad input (it goes to the dead-letter destination)."""
+
+    exc_type: str
+    message: str
+    stack: str = ""
 
 
 class Pipeline:
@@ -58,122 +66,133 @@ class Pipeline:
         self._call: HandleNext = chain_handle(
             middleware, _endpoint(handler, wants_context, is_async)
         )
+        self._direct = handler if (is_async and wants_context and not middleware) else None
 
-    async def process(self, delivery: Delivery) -> None:
+    async def process(self, d: Delivery) -> None:
         try:
-            await self._process(delivery)
+            ctx = self._decode(d)
+            if type(ctx) is not Context:
+                if type(ctx) is _Bad:
+                    await self._dead_letter(d, ctx.exc_type, ctx.message, d.attempt, ctx.stack)
+                else:
+                    await d.ack()
+                return
+            token = current_context.set(ctx)
+            try:
+                if self._direct is not None:  # no middleware, async handler: fast path
+                    await self._direct(ctx.event, ctx)
+                else:
+                    await self._call(ctx)
+            except Exception as exc:
+                await self._failed(ctx, d, exc)
+                return
+            finally:
+                current_context.reset(token)
+            await d.ack()
         except asyncio.CancelledError:
-            await self._settle(delivery.nack(), delivery, "nack")
+            await self._settle(d.nack(), d, "nack")
             raise
         except Exception as exc:  # a bug or a failed settlement: never kill the consumer
             _log.error(
                 "pipeline.error",
-                event_id=delivery.attributes.get("id"),
-                stream=delivery.stream,
+                event_id=d.attributes.get("id"),
+                stream=d.stream,
                 group=self.group,
                 error=repr(exc),
                 exc_info=exc,
             )
 
-    async def _process(self, d: Delivery) -> None:
+    def _decode(self, d: Delivery) -> Context | _Bad | None:
+        """The delivery as a handler context; None for another type (ack it, not this
+        handler's business); or why it is bad input."""
         attrs = d.attributes
-        if len(d.body) > self.max_message_bytes:
-            await self._dead_letter(
-                d,
+        body = d.body
+        if len(body) > self.max_message_bytes:
+            return _Bad(
                 "eventbus.MessageTooLarge",
-                f"body of {len(d.body)} bytes exceeds max_message_bytes={self.max_message_bytes}",
-                d.attempt,
+                f"body of {len(body)} bytes exceeds max_message_bytes={self.max_message_bytes}",
             )
-            return
         etype = attrs.get("type")
         if not etype:
-            await self._dead_letter(
-                d, "eventbus.DecodeError", "message has no event type (ce type header)", d.attempt
-            )
-            return
-        envelope = Envelope.from_attributes(attrs, d.body, d.stream, d.key, d.attempt)
+            return _Bad("eventbus.DecodeError", "message has no event type (ce type header)")
+        envelope = Envelope.from_attributes(attrs, body, d.stream, d.key, d.attempt)
         event: Event | Envelope
-        if self.types is not None:
-            cls = self.types.get(etype)
+        types = self.types
+        if types is not None:
+            cls = types.get(etype)
             if cls is None:  # another type on the stream: not this handler's business
-                await d.ack()
-                return
+                return None
             try:
-                event = cls.model_validate_json(d.body)
+                event = cls.__pydantic_validator__.validate_json(body)
             except ValidationError as exc:
                 invalid_json = any(e["type"] == "json_invalid" for e in exc.errors())
-                await self._dead_letter(
-                    d,
+                return _Bad(
                     "eventbus.DecodeError" if invalid_json else "pydantic.ValidationError",
                     str(exc),
-                    d.attempt,
                     describe(exc)[2],
                 )
-                return
         else:
             if not matches_any(self.patterns, etype):
-                await d.ack()
-                return
+                return None
             ctype = envelope.content_type
             if not ctype or "json" in ctype:
                 try:
-                    envelope._data = json.loads(d.body)
+                    envelope._data = json.loads(body)
                 except (ValueError, UnicodeDecodeError) as exc:
-                    await self._dead_letter(
-                        d, "eventbus.DecodeError", f"body is not valid JSON: {exc}", d.attempt
-                    )
-                    return
+                    return _Bad("eventbus.DecodeError", f"body is not valid JSON: {exc}")
             else:
-                envelope._data = d.body
+                envelope._data = body
             event = envelope
-        ctx = Context(self.bus, self.group, envelope, event, d)
-        await self._run(ctx, d)
+        return Context(self.bus, self.group, envelope, event, d)
 
-    async def _run(self, ctx: Context, d: Delivery) -> None:
+    async def _failed(self, ctx: Context, d: Delivery, exc: Exception) -> None:
+        """The retry policy: in-process retries (order kept), delayed hand-back, or the
+        dead-letter destination. Settles `d`."""
         policy = self.retry
         envelope = ctx.envelope
         while True:
-            try:
-                await self._call(ctx)
-            except Reject as exc:
+            if isinstance(exc, Reject):
                 await self._dead_letter(
                     d, "eventbus.Reject", exc.reason, envelope.attempt, describe(exc)[2]
                 )
                 return
-            except Exception as exc:
-                attempt = envelope.attempt
-                retryable = isinstance(exc, Retry) or policy.retries(exc)
-                if not retryable or attempt >= policy.attempts:
-                    name, message, stack = describe(exc)
-                    _log.warning(
-                        "handler.failed",
-                        outcome="dead_letter",
-                        reason="not retryable" if not retryable else "attempts exhausted",
-                        error=f"{name}: {message}",
-                        **ctx.log_fields(),
-                    )
-                    await self._dead_letter(d, name, message, attempt, stack, logged=True)
-                    return
-                after = exc.after if isinstance(exc, Retry) else None
-                delay = after if after is not None else policy.delay(attempt)
+            attempt = envelope.attempt
+            retryable = isinstance(exc, Retry) or policy.retries(exc)
+            if not retryable or attempt >= policy.attempts:
+                name, message, stack = describe(exc)
                 _log.warning(
                     "handler.failed",
-                    outcome="retry",
-                    delayed=policy.delayed,
-                    retry_in=round(delay, 3),
-                    error=f"{type(exc).__name__}: {exc}",
+                    outcome="dead_letter",
+                    reason="not retryable" if not retryable else "attempts exhausted",
+                    error=f"{name}: {message}",
                     **ctx.log_fields(),
                 )
-                if policy.delayed:
-                    await d.retry_later(attempt + 1, delay)
-                    return
-                if delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stopping.wait(), delay)
-                if self.stopping.is_set():  # stopping mid-retry: leave it to the broker
-                    await d.nack()
-                    return
-                envelope.attempt = attempt + 1
+                await self._dead_letter(d, name, message, attempt, stack, logged=True)
+                return
+            after = exc.after if isinstance(exc, Retry) else None
+            delay = after if after is not None else policy.delay(attempt)
+            _log.warning(
+                "handler.failed",
+                outcome="retry",
+                delayed=policy.delayed,
+                retry_in=round(delay, 3),
+                error=f"{type(exc).__name__}: {exc}",
+                **ctx.log_fields(),
+            )
+            if policy.delayed:
+                await d.retry_later(attempt + 1, delay)
+                return
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+            if self.stopping.is_set():  # stopping mid-retry: leave it to the broker
+                await d.nack()
+                return
+            envelope.attempt = attempt + 1
+            try:
+                await self._call(ctx)
+            except Exception as again:
+                exc = again
                 continue
             await d.ack()
             return

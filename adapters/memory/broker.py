@@ -228,15 +228,17 @@ class MemoryDelivery(Delivery):
     __slots__ = ("_entry", "_member", "_partition")
 
     def __init__(self, member: _Member, partition: _Partition, entry: _Entry) -> None:
-        super().__init__(
-            stream=member.group.stream,
-            body=entry.body,
-            attributes=entry.attributes,
-            key=entry.key,
-            attempt=entry.attempt,
-            partition=partition.index,
-            redelivered=entry.redelivered,
-        )
+        # slots set directly: this runs once per delivered event
+        self.stream = member.group.stream
+        self.body = entry.body
+        self.attributes = entry.attributes
+        self.headers = {}
+        self.key = entry.key
+        self.attempt = entry.attempt
+        self.partition = partition.index
+        self.offset = None
+        self.routing_key = None
+        self.redelivered = entry.redelivered
         self._member = member
         self._partition = partition
         self._entry = entry

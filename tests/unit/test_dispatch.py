@@ -46,7 +46,7 @@ def test_same_key_is_processed_in_submission_order(
             await dispatcher.submit(
                 FakeDelivery(stream="s", body=b"", attributes={"n": str(n)}, key=key)
             )
-        while sum(map(len, seen.values())) < len(keys):
+        while sum(map(len, seen.values())) < len(keys):  # noqa: ASYNC110 - polling a dict
             await asyncio.sleep(0.001)
         await dispatcher.drain(5)
 
