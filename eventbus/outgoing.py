@@ -11,7 +11,6 @@ from .errors import MessageTooLarge
 from .event import Envelope, Event, validate_extension
 from .wire import new_id, now_rfc3339
 
-
 _CLASSES: dict[type[Event], tuple[str, str, Callable[[Event], bytes]]] = {}
 
 
