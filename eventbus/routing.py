@@ -106,7 +106,11 @@ def inspect_handler(handler: Callable[..., Any]) -> HandlerShape:
     try:
         hints = typing.get_type_hints(handler)
     except Exception as exc:  # unresolved forward references
-        raise SubscriptionError(f"cannot resolve the annotations of {handler!r}: {exc}") from exc
+        raise SubscriptionError(
+            f"cannot resolve the annotations of {handler!r}: {exc}. Annotations must name "
+            "classes visible at module level (with `from __future__ import annotations`, "
+            "event classes defined inside a function are not)"
+        ) from exc
     annotation = hints.get(params[0].name, inspect.Parameter.empty)
     classes = _event_classes(annotation)
     is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(

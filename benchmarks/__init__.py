@@ -1,0 +1,1 @@
+"""The benchmark suite: `eventbus bench [--quick]` or `python -m benchmarks`."""

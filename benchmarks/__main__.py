@@ -1,0 +1,53 @@
+"""`eventbus bench [--quick] [--brokers memory,rabbitmq,kafka,store] [--out DIR]`.
+
+Runs every scenario on every broker through eventbus and its baselines, interleaved,
+several repetitions; writes results.json, results.md and PNG charts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .core import Scenario, run_scenarios
+from .report import write
+
+#: broker name -> module with `scenarios(quick) -> list[Scenario]`
+SUITES = {
+    "memory": "benchmarks.memory",
+    "rabbitmq": "benchmarks.rabbitmq",
+    "kafka": "benchmarks.kafka",
+    "store": "benchmarks.store",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="eventbus bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of seconds (CI)")
+    parser.add_argument("--brokers", default=",".join(SUITES), help="comma-separated")
+    parser.add_argument("--repetitions", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    repetitions = args.repetitions or (1 if args.quick else 5)
+    scenarios: list[Scenario] = []
+    for name in args.brokers.split(","):
+        if name not in SUITES:
+            parser.error(f"unknown broker {name!r}; known: {', '.join(SUITES)}")
+        module = importlib.import_module(SUITES[name])
+        scenarios += module.scenarios(args.quick)
+    outcomes = asyncio.run(run_scenarios(scenarios, repetitions))
+    paths = write(outcomes, args.out, "quick" if args.quick else "full")
+    print(paths["markdown"].read_text())
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    failed = [f"{o.scenario.broker}/{o.scenario.name}/{i}" for o in outcomes for i in o.errors]
+    if failed:
+        print("failed runs: " + ", ".join(failed), file=sys.stderr)
+    return 1 if any("eventbus" in f.split("/")[-1] for f in failed) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

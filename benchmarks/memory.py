@@ -1,0 +1,159 @@
+"""memory:// against a raw `asyncio.Queue` + pydantic loop (FastStream has no in-memory
+broker to compare: its TestBroker is a test double, not a transport).
+
+No `from __future__ import annotations`: handlers are annotated with per-run event classes.
+"""
+
+
+import asyncio
+import time
+import uuid
+
+from eventbus import Context, EventBus, Reject, RetryPolicy
+
+from .core import Scenario, metrics_of
+from .pacing import paced, wait_for_count
+from .workload import OrderPayload, make_event_class, payload_fields
+
+
+async def eventbus_e2e(count: int) -> dict[str, float]:
+    cls = make_event_class(f"bench{uuid.uuid4().hex[:8]}")
+    bus = EventBus(f"memory://bench-{uuid.uuid4().hex[:8]}")
+    latencies: list[int] = []
+    done = asyncio.Event()
+
+    @bus.subscribe(group="bench")
+    async def handle(event: cls, ctx: Context) -> None:  # type: ignore[valid-type]
+        latencies.append(time.perf_counter_ns() - event.sent_ns)  # type: ignore[attr-defined]
+        if len(latencies) == count:
+            done.set()
+
+    async with bus:
+        start = time.perf_counter()
+        for i in range(count):
+            await bus.publish(cls(**payload_fields(i)))
+        await asyncio.wait_for(done.wait(), 120)
+        elapsed = time.perf_counter() - start
+    return metrics_of(count, elapsed, latencies)
+
+
+async def raw_e2e(count: int) -> dict[str, float]:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    latencies: list[int] = []
+
+    async def handle(event: OrderPayload) -> None:
+        latencies.append(time.perf_counter_ns() - event.sent_ns)
+
+    async def consume() -> None:
+        for _ in range(count):
+            body = await queue.get()
+            await handle(OrderPayload.model_validate_json(body))
+
+    consumer = asyncio.create_task(consume())
+    start = time.perf_counter()
+    for i in range(count):
+        await queue.put(OrderPayload(**payload_fields(i)).model_dump_json().encode())  # type: ignore[arg-type]
+    await consumer
+    return metrics_of(count, time.perf_counter() - start, latencies)
+
+
+async def eventbus_latency(count: int, rate: float) -> dict[str, float]:
+    cls = make_event_class(f"bench{uuid.uuid4().hex[:8]}")
+    bus = EventBus(f"memory://bench-{uuid.uuid4().hex[:8]}")
+    latencies: list[int] = []
+
+    @bus.subscribe(group="bench")
+    async def handle(event: cls, ctx: Context) -> None:  # type: ignore[valid-type]
+        latencies.append(time.perf_counter_ns() - event.sent_ns)  # type: ignore[attr-defined]
+
+    async with bus:
+
+        async def send(i: int) -> None:
+            await bus.publish(cls(**payload_fields(i)))
+
+        elapsed = await paced(count, rate, send)
+        await wait_for_count(lambda: len(latencies), count, 60)
+    return metrics_of(count, elapsed, latencies)
+
+
+async def raw_latency(count: int, rate: float) -> dict[str, float]:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    latencies: list[int] = []
+
+    async def consume() -> None:
+        for _ in range(count):
+            event = OrderPayload.model_validate_json(await queue.get())
+            latencies.append(time.perf_counter_ns() - event.sent_ns)
+
+    consumer = asyncio.create_task(consume())
+
+    async def send(i: int) -> None:
+        await queue.put(OrderPayload(**payload_fields(i)).model_dump_json().encode())  # type: ignore[arg-type]
+
+    elapsed = await paced(count, rate, send)
+    await consumer
+    return metrics_of(count, elapsed, latencies)
+
+
+async def eventbus_failure_paths(count: int) -> dict[str, float]:
+    """Every event fails once and succeeds on the in-process retry; every tenth is
+    rejected to the dead-letter list: the cost of the failure machinery."""
+    cls = make_event_class(f"bench{uuid.uuid4().hex[:8]}")
+    bus = EventBus(f"memory://bench-{uuid.uuid4().hex[:8]}", log_level="ERROR")
+    settled = 0
+    done = asyncio.Event()
+
+    @bus.subscribe(group="bench", retry=RetryPolicy(attempts=2, backoff=0.0))
+    async def handle(event: cls, ctx: Context) -> None:  # type: ignore[valid-type]
+        nonlocal settled
+        if ctx.attempt == 1:
+            raise RuntimeError("transient")
+        settled += 1
+        if settled == count:
+            done.set()
+        if event.order_id.endswith("0"):  # type: ignore[attr-defined]
+            raise Reject("every tenth order is invalid")
+
+    async with bus:
+        start = time.perf_counter()
+        for i in range(count):
+            await bus.publish(cls(**payload_fields(i)))
+        await asyncio.wait_for(done.wait(), 120)
+        elapsed = time.perf_counter() - start
+    return metrics_of(count, elapsed)
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    n = 5_000 if quick else 100_000
+    lat_n = {1_000: 500 if quick else 5_000, 10_000: 2_000 if quick else 30_000}
+    result = [
+        Scenario(
+            "memory",
+            "end-to-end",
+            "publish -> typed pydantic handler, in-process",
+            {"eventbus": lambda: eventbus_e2e(n), "raw asyncio.Queue": lambda: raw_e2e(n)},
+        )
+    ]
+    for rate, count in lat_n.items():
+        result.append(
+            Scenario(
+                "memory",
+                f"latency@{rate // 1000}k/s",
+                f"publish -> handler latency at {rate} events/s",
+                {
+                    "eventbus": lambda r=rate, c=count: eventbus_latency(c, r),
+                    "raw asyncio.Queue": lambda r=rate, c=count: raw_latency(c, r),
+                },
+                metric="p99_ms",
+                higher_is_better=False,
+            )
+        )
+    result.append(
+        Scenario(
+            "memory",
+            "retry+dead-letter",
+            "every event retried once, every tenth dead-lettered (eventbus only)",
+            {"eventbus": lambda: eventbus_failure_paths(n // 5)},
+        )
+    )
+    return result

@@ -1,0 +1,197 @@
+"""Results as JSON, a Markdown table and PNG charts."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .core import Outcome
+from .targets import evaluate
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    brokers: dict[str, str] = {}
+    try:
+        out = subprocess.run(
+            ["rabbitmqctl", "version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        brokers["rabbitmq"] = out or "-"
+    except (OSError, subprocess.SubprocessError):
+        brokers["rabbitmq"] = "-"
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": _cores(),
+        "versions": {
+            p: _version(p)
+            for p in ("eventbus", "pydantic", "aio-pika", "pika", "confluent-kafka", "faststream")
+        },
+        "brokers": brokers,
+    }
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+def to_json(outcomes: list[Outcome], mode: str) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "machine": machine(),
+        "scenarios": [
+            {
+                "broker": o.scenario.broker,
+                "name": o.scenario.name,
+                "description": o.scenario.description,
+                "metric": o.scenario.metric,
+                "higher_is_better": o.scenario.higher_is_better,
+                "samples": o.samples,
+                "medians": {
+                    impl: {m: o.median(impl, m) for m in metrics}
+                    for impl, metrics in o.samples.items()
+                },
+                "ratios": {
+                    impl: o.ratio("eventbus", impl) for impl in o.samples if impl != "eventbus"
+                },
+                "errors": o.errors,
+            }
+            for o in outcomes
+        ],
+        "targets": evaluate(outcomes),
+    }
+
+
+def _fmt(value: float | None, metric: str) -> str:
+    if value is None:
+        return "-"
+    if metric == "throughput":
+        return f"{value:,.0f}/s"
+    return f"{value:.2f} ms"
+
+
+def to_markdown(outcomes: list[Outcome], mode: str) -> str:
+    info = machine()
+    lines = [
+        f"Benchmark results ({mode} mode), {info['date']}: {info['cpu']}, {info['cores']} cores, "
+        f"Python {info['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        "",
+        "| broker | scenario | implementation | median | spread (min-max) | p50 / p99 "
+        "| eventbus vs this |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for o in outcomes:
+        metric = o.scenario.metric
+        for impl in [*o.samples, *o.errors]:
+            if impl in o.errors:
+                lines.append(
+                    f"| {o.scenario.broker} | {o.scenario.name} | {impl} | failed: "
+                    f"{o.errors[impl][:60]} | | | |"
+                )
+                continue
+            spread = o.spread(impl)
+            p50, p99 = o.median(impl, "p50_ms"), o.median(impl, "p99_ms")
+            ratio = o.ratio("eventbus", impl) if impl != "eventbus" else None
+            lines.append(
+                f"| {o.scenario.broker} | {o.scenario.name} | {impl} | "
+                f"{_fmt(o.median(impl), metric)} | "
+                + (f"{_fmt(spread[0], metric)} - {_fmt(spread[1], metric)}" if spread else "-")
+                + f" | {_fmt(p50, 'ms')} / {_fmt(p99, 'ms')} | "
+                + (f"{ratio:.2f}x" if ratio is not None else "")
+                + " |"
+            )
+    lines += ["", "| DESIGN §7 target | measured | met |", "|---|---|---|"]
+    for row in evaluate(outcomes):
+        value = row["value"]
+        shown = "-" if value is None else f"{value:,.2f}"
+        met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]  # type: ignore[index]
+        lines.append(f"| {row['target']} | {shown} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def charts(outcomes: list[Outcome], directory: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    throughput = [o for o in outcomes if o.scenario.metric == "throughput" and o.samples]
+    if throughput:
+        fig, axes = plt.subplots(
+            1, len(throughput), figsize=(4 * len(throughput), 4), squeeze=False
+        )
+        for ax, o in zip(axes[0], throughput, strict=True):
+            impls = list(o.samples)
+            values = [o.median(i) or 0 for i in impls]
+            lows = [v - (o.spread(i) or (v, v))[0] for v, i in zip(values, impls, strict=True)]
+            highs = [(o.spread(i) or (v, v))[1] - v for v, i in zip(values, impls, strict=True)]
+            colors = ["#2a6fdb" if i == "eventbus" else "#9aa5b1" for i in impls]
+            ax.bar(range(len(impls)), values, yerr=[lows, highs], color=colors, capsize=4)
+            ax.set_xticks(range(len(impls)), impls, rotation=20, ha="right", fontsize=8)
+            ax.set_title(f"{o.scenario.broker}: {o.scenario.name}", fontsize=9)
+            ax.set_ylabel("events/s")
+        fig.tight_layout()
+        path = directory / "throughput.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    latency = [o for o in outcomes if o.scenario.metric == "p99_ms" and o.samples]
+    if latency:
+        fig, axes = plt.subplots(1, len(latency), figsize=(4 * len(latency), 4), squeeze=False)
+        for ax, o in zip(axes[0], latency, strict=True):
+            impls = list(o.samples)
+            width = 0.25
+            for k, pct in enumerate(("p50_ms", "p95_ms", "p99_ms")):
+                ax.bar(
+                    [x + (k - 1) * width for x in range(len(impls))],
+                    [o.median(i, pct) or 0 for i in impls],
+                    width,
+                    label=pct.replace("_ms", ""),
+                )
+            ax.set_xticks(range(len(impls)), impls, rotation=20, ha="right", fontsize=8)
+            ax.set_title(f"{o.scenario.broker}: {o.scenario.name}", fontsize=9)
+            ax.set_ylabel("ms")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = directory / "latency.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write(outcomes: list[Outcome], directory: Path, mode: str) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path = directory / "results.json"
+    json_path.write_text(json.dumps(to_json(outcomes, mode), indent=2))
+    md_path = directory / "results.md"
+    md_path.write_text(to_markdown(outcomes, mode))
+    paths = {"json": json_path, "markdown": md_path}
+    for chart in charts(outcomes, directory):
+        paths[chart.stem] = chart
+    return paths

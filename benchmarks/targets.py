@@ -1,0 +1,68 @@
+"""DESIGN §7 targets, as data checked against one run's outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .core import Outcome
+
+
+@dataclass(frozen=True)
+class Target:
+    broker: str
+    scenario: str
+    #: "ratio": eventbus/baseline (oriented: > 1 is better) >= threshold
+    #: "max": eventbus's metric <= threshold; "min": eventbus's metric >= threshold
+    kind: str
+    threshold: float
+    baseline: str = ""
+    metric: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "ratio":
+            return f"{self.broker} {self.scenario}: >= {self.threshold:g}x {self.baseline}"
+        sign = "<=" if self.kind == "max" else ">="
+        return f"{self.broker} {self.scenario}: {self.metric} {sign} {self.threshold:g}"
+
+
+RAW_RABBIT = "raw aio-pika"
+RAW_KAFKA = "raw confluent-kafka"
+FASTSTREAM = "FastStream"
+
+TARGETS = [
+    Target("rabbitmq", "end-to-end", "ratio", 2.0, FASTSTREAM),
+    Target("rabbitmq", "end-to-end", "ratio", 1.0, RAW_RABBIT),
+    Target("kafka", "end-to-end", "ratio", 0.8, RAW_KAFKA),
+    Target("kafka", "end-to-end", "ratio", 3.0, FASTSTREAM),
+    Target("kafka", "publish", "ratio", 0.9, RAW_KAFKA),
+    Target("memory", "end-to-end", "ratio", 0.5, "raw asyncio.Queue"),
+    Target("rabbitmq", "latency@1k/s", "max", 2.0, metric="p99_ms"),
+    Target("rabbitmq", "latency@1k/s", "ratio", 0.5, RAW_RABBIT),
+    Target("kafka", "latency@1k/s", "max", 10.0, metric="p99_ms"),
+    Target("kafka", "latency@1k/s", "ratio", 0.5, RAW_KAFKA),
+    Target("sqlite", "append (batched)", "min", 20_000, metric="throughput"),
+    Target("sqlite", "replay", "min", 200_000, metric="throughput"),
+]
+
+
+def evaluate(outcomes: list[Outcome]) -> list[dict[str, object]]:
+    """-> one row per target: measured value, met or not (None: not measured in this run)."""
+    by_key = {(o.scenario.broker, o.scenario.name): o for o in outcomes}
+    rows: list[dict[str, object]] = []
+    for target in TARGETS:
+        outcome = by_key.get((target.broker, target.scenario))
+        value: float | None = None
+        if outcome is not None:
+            if target.kind == "ratio":
+                baseline = next(
+                    (impl for impl in outcome.samples if impl.startswith(target.baseline)), None
+                )
+                if baseline is not None:
+                    value = outcome.ratio("eventbus", baseline)
+            else:
+                value = outcome.median("eventbus", target.metric)
+        met = None
+        if value is not None:
+            met = value <= target.threshold if target.kind == "max" else value >= target.threshold
+        rows.append({"target": target.describe(), "value": value, "met": met})
+    return rows
