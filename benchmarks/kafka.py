@@ -1,0 +1,302 @@
+"""Kafka: eventbus against a raw confluent-kafka Producer/Consumer loop and FastStream
+(its confluent-kafka broker), same broker, same pre-created topic (3 partitions).
+
+Every implementation produces with acks=all and idempotence, consumes in a group from the
+earliest offset into a typed pydantic handler, and commits explicitly (FastStream: its
+default acknowledgement policy).
+
+No `from __future__ import annotations`: handlers are annotated with per-run event classes.
+"""
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+from eventbus import Context, EventBus
+
+from .core import Scenario, metrics_of
+from .pacing import paced, wait_for_count
+from .targets import FASTSTREAM, RAW_KAFKA
+from .workload import TYPE, OrderPayload, make_event_class, payload_fields
+
+BOOTSTRAP = os.environ.get("EVENTBUS_BENCH_KAFKA", "127.0.0.1:9092")
+PARTITIONS = 3
+PRODUCER = {
+    "bootstrap.servers": BOOTSTRAP,
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 5,
+}
+
+
+def _topic() -> str:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    name = f"bench{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    for future in admin.create_topics([NewTopic(name, PARTITIONS, 1)]).values():
+        future.result(30)
+    return name
+
+
+def _delete(*topics: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    existing = set(admin.list_topics(timeout=10).topics)
+    doomed = [t for t in existing if any(t == x or t.startswith(x + ".") for x in topics)]
+    if doomed:
+        for future in admin.delete_topics(doomed).values():
+            with contextlib.suppress(Exception):  # already gone
+                future.result(30)
+
+
+# --- eventbus ------------------------------------------------------------------------------
+
+
+async def eventbus_run(count: int, rate: float | None, consume: bool) -> dict[str, float]:
+    topic = _topic()
+    cls = make_event_class(topic)
+    bus = EventBus(f"kafka://{BOOTSTRAP}")
+    latencies: list[int] = []
+
+    if consume:
+
+        @bus.subscribe(group="bench")
+        async def handle(event: cls, ctx: Context) -> None:  # type: ignore[valid-type]
+            latencies.append(time.perf_counter_ns() - event.sent_ns)  # type: ignore[attr-defined]
+
+    try:
+        async with bus:
+            start = time.perf_counter()
+            if rate is None:
+                for first in range(0, count, 1000):
+                    batch = range(first, min(first + 1000, count))
+                    await bus.publish_many(
+                        [(cls(**payload_fields(i)), f"k{i % 64}") for i in batch]
+                    )
+            else:
+
+                async def send(i: int) -> None:
+                    await bus.publish(cls(**payload_fields(i)), key=f"k{i % 64}")
+
+                await paced(count, rate, send)
+            published = time.perf_counter() - start
+            if not consume:
+                return metrics_of(count, published)
+            await wait_for_count(lambda: len(latencies), count, 300)
+            elapsed = time.perf_counter() - start
+        return metrics_of(count, published if rate else elapsed, latencies)
+    finally:
+        await asyncio.to_thread(_delete, topic)
+
+
+# --- raw confluent-kafka ------------------------------------------------------------------
+
+
+class _RawConsumer(threading.Thread):
+    """The raw consumer done well: batch consume, validate, explicit async commits."""
+
+    def __init__(self, topic: str, count: int) -> None:
+        super().__init__(daemon=True)
+        from confluent_kafka import Consumer
+
+        self.count = count
+        self.latencies: list[int] = []
+        self.assigned = threading.Event()
+        self.stop = threading.Event()
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": BOOTSTRAP,
+                "group.id": f"{topic}.raw",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        self.consumer.subscribe([topic], on_assign=lambda c, p: self.assigned.set())
+
+    def run(self) -> None:
+        consumer = self.consumer
+        try:
+            while not self.stop.is_set() and len(self.latencies) < self.count:
+                batch = consumer.consume(500, 0.05)
+                if not batch:
+                    continue
+                for record in batch:
+                    if record.error():
+                        continue
+                    event = OrderPayload.model_validate_json(record.value())
+                    self.latencies.append(time.perf_counter_ns() - event.sent_ns)
+                consumer.commit(asynchronous=True)
+            consumer.commit(asynchronous=False)
+        finally:
+            consumer.close()
+
+
+def _raw_produce(topic: str, count: int, rate: float | None) -> float:
+    from confluent_kafka import Producer
+
+    producer = Producer(PRODUCER)
+    delivered = 0
+    failed: list[str] = []
+
+    def report(err: Any, _msg: Any) -> None:
+        nonlocal delivered
+        if err is None:
+            delivered += 1
+        else:
+            failed.append(str(err))
+
+    start = time.perf_counter()
+    for i in range(count):
+        if rate is not None:
+            ahead = start + i / rate - time.perf_counter()
+            if ahead > 0.001:
+                time.sleep(ahead)
+        body = OrderPayload(**payload_fields(i)).model_dump_json().encode()  # type: ignore[arg-type]
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    body,
+                    key=f"k{i % 64}",
+                    headers=[("ce_type", TYPE.encode())],
+                    on_delivery=report,
+                )
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(60)
+    if failed or delivered != count:
+        raise RuntimeError(f"raw producer: {delivered}/{count} delivered, errors {failed[:3]}")
+    return time.perf_counter() - start
+
+
+async def raw_run(count: int, rate: float | None, consume: bool) -> dict[str, float]:
+    topic = _topic()
+    consumer = _RawConsumer(topic, count) if consume else None
+    try:
+        if consumer is not None:
+            consumer.start()
+            # like eventbus's "ready means ready": wait for the partition assignment
+            await asyncio.to_thread(consumer.assigned.wait, 60)
+        start = time.perf_counter()
+        published = await asyncio.to_thread(_raw_produce, topic, count, rate)
+        if consumer is None:
+            return metrics_of(count, published)
+        await wait_for_count(lambda: len(consumer.latencies), count, 300)
+        elapsed = time.perf_counter() - start
+        return metrics_of(count, published if rate else elapsed, consumer.latencies)
+    finally:
+        if consumer is not None:
+            consumer.stop.set()
+            await asyncio.to_thread(consumer.join, 30)
+        await asyncio.to_thread(_delete, topic)
+
+
+# --- FastStream ------------------------------------------------------------------------------
+
+
+async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[str, float]:
+    from faststream.confluent import KafkaBroker
+
+    topic = _topic()
+    latencies: list[int] = []
+    assigned = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    broker = KafkaBroker(BOOTSTRAP, acks="all", enable_idempotence=True, log_level=40)
+
+    if consume:
+
+        @broker.subscriber(
+            topic,
+            group_id=f"{topic}.faststream",
+            auto_offset_reset="earliest",
+            on_assign=lambda *_: loop.call_soon_threadsafe(assigned.set),
+        )
+        async def handle(event: OrderPayload) -> None:
+            latencies.append(time.perf_counter_ns() - event.sent_ns)
+
+    await broker.start()
+    try:
+        if consume:
+            await asyncio.wait_for(assigned.wait(), 60)
+        start = time.perf_counter()
+
+        async def send(i: int) -> None:
+            await broker.publish(
+                OrderPayload(**payload_fields(i)),  # type: ignore[arg-type]
+                topic=topic,
+                key=f"k{i % 64}",
+            )
+
+        if rate is None:
+            for first in range(0, count, 1000):
+                await broker.publish_batch(
+                    *(
+                        OrderPayload(**payload_fields(i))  # type: ignore[arg-type]
+                        for i in range(first, min(first + 1000, count))
+                    ),
+                    topic=topic,
+                )
+        else:
+            await paced(count, rate, send)
+        published = time.perf_counter() - start
+        if not consume:
+            return metrics_of(count, published)
+        await wait_for_count(lambda: len(latencies), count, 300)
+        elapsed = time.perf_counter() - start
+        return metrics_of(count, published if rate else elapsed, latencies)
+    finally:
+        await broker.stop()
+        await asyncio.to_thread(_delete, topic)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    n = 5_000 if quick else 200_000
+    impls = {
+        "eventbus": eventbus_run,
+        RAW_KAFKA: raw_run,
+        f"{FASTSTREAM} {_version('faststream')}": faststream_run,
+    }
+
+    def runners(count: int, rate: float | None, consume: bool) -> dict[str, Any]:
+        return {name: (lambda f=fn: f(count, rate, consume)) for name, fn in impls.items()}
+
+    result = [
+        Scenario(
+            "kafka",
+            "publish",
+            "produce with acks=all + idempotence, delivery confirmed",
+            runners(n, None, False),
+        ),
+        Scenario(
+            "kafka",
+            "end-to-end",
+            "produce acks=all -> typed handler -> explicit commit, 3 partitions",
+            runners(n, None, True),
+        ),
+    ]
+    for rate, count in ((1_000, 1_000 if quick else 10_000), (10_000, 3_000 if quick else 50_000)):
+        result.append(
+            Scenario(
+                "kafka",
+                f"latency@{rate // 1000}k/s",
+                f"publish -> handler latency at {rate} events/s",
+                runners(count, rate, True),
+                metric="p99_ms",
+                higher_is_better=False,
+            )
+        )
+    return result

@@ -1,0 +1,230 @@
+"""RabbitMQ: eventbus against raw aio-pika (confirm window) and FastStream, same broker.
+
+Every implementation publishes persistent messages with publisher confirms to a durable
+topic exchange, consumes from a durable quorum queue with prefetch 200 and acks after the
+typed handler returned.
+
+No `from __future__ import annotations`: handlers are annotated with per-run event classes.
+"""
+
+import asyncio
+import os
+import time
+import uuid
+from typing import Any
+
+from eventbus import Context, EventBus
+
+from .core import Scenario, metrics_of
+from .pacing import paced, wait_for_count
+from .targets import FASTSTREAM, RAW_RABBIT
+from .workload import TYPE, OrderPayload, make_event_class, payload_fields
+
+URL = os.environ.get("EVENTBUS_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+PREFETCH = 200
+WINDOW = 256  # outstanding confirms / publish batch, for every implementation
+
+
+def _names() -> tuple[str, str]:
+    stream = f"bench{uuid.uuid4().hex[:8]}"
+    return stream, f"{stream}.bench"
+
+
+async def _delete(stream: str, queue: str) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(queue)
+        await channel.exchange_delete(stream)
+
+
+# --- eventbus ------------------------------------------------------------------------------
+
+
+async def eventbus_run(count: int, rate: float | None, consume: bool) -> dict[str, float]:
+    stream, queue = _names()
+    cls = make_event_class(stream)
+    bus = EventBus(URL, prefetch=PREFETCH)
+    latencies: list[int] = []
+
+    @bus.subscribe(group="bench")
+    async def handle(event: cls, ctx: Context) -> None:  # type: ignore[valid-type]
+        latencies.append(time.perf_counter_ns() - event.sent_ns)  # type: ignore[attr-defined]
+
+    try:
+        async with bus:
+            start = time.perf_counter()
+            if rate is None:
+                for first in range(0, count, WINDOW):
+                    batch = range(first, min(first + WINDOW, count))
+                    await bus.publish_many([cls(**payload_fields(i)) for i in batch])
+            else:
+
+                async def send(i: int) -> None:
+                    await bus.publish(cls(**payload_fields(i)))
+
+                await paced(count, rate, send)
+            published = time.perf_counter() - start
+            if not consume:
+                return metrics_of(count, published)
+            await wait_for_count(lambda: len(latencies), count, 300)
+            elapsed = time.perf_counter() - start
+        return metrics_of(count, published if rate else elapsed, latencies)
+    finally:
+        await _delete(stream, queue)
+
+
+# --- raw aio-pika ----------------------------------------------------------------------------
+
+
+async def raw_run(count: int, rate: float | None, consume: bool) -> dict[str, float]:
+    import aio_pika
+
+    stream, queue_name = _names()
+    latencies: list[int] = []
+    connection = await aio_pika.connect(URL)
+    try:
+        publish_channel = await connection.channel(publisher_confirms=True)
+        exchange = await publish_channel.declare_exchange(
+            stream, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        consume_channel = await connection.channel()
+        await consume_channel.set_qos(prefetch_count=PREFETCH)
+        queue = await consume_channel.declare_queue(
+            queue_name, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await queue.bind(stream, TYPE)
+
+        async def on_message(message: Any) -> None:
+            event = OrderPayload.model_validate_json(message.body)
+            latencies.append(time.perf_counter_ns() - event.sent_ns)
+            await message.ack()
+
+        await queue.consume(on_message)
+
+        def message(i: int) -> Any:
+            body = OrderPayload(**payload_fields(i)).model_dump_json().encode()  # type: ignore[arg-type]
+            return aio_pika.Message(
+                body,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=str(uuid.uuid4()),
+            )
+
+        start = time.perf_counter()
+        if rate is None:
+            for first in range(0, count, WINDOW):
+                await asyncio.gather(
+                    *(
+                        exchange.publish(message(i), TYPE, mandatory=True)
+                        for i in range(first, min(first + WINDOW, count))
+                    )
+                )
+        else:
+
+            async def send(i: int) -> None:
+                await exchange.publish(message(i), TYPE, mandatory=True)
+
+            await paced(count, rate, send)
+        published = time.perf_counter() - start
+        if not consume:
+            return metrics_of(count, published)
+        await wait_for_count(lambda: len(latencies), count, 300)
+        elapsed = time.perf_counter() - start
+        return metrics_of(count, published if rate else elapsed, latencies)
+    finally:
+        await connection.close()
+        await _delete(stream, queue_name)
+
+
+# --- FastStream ------------------------------------------------------------------------------
+
+
+async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[str, float]:
+    from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
+
+    stream, queue_name = _names()
+    latencies: list[int] = []
+    broker = RabbitBroker(URL, log_level=40)
+    exchange = RabbitExchange(stream, type=ExchangeType.TOPIC, durable=True)
+    queue = RabbitQueue(
+        queue_name, durable=True, routing_key=TYPE, arguments={"x-queue-type": "quorum"}
+    )
+
+    @broker.subscriber(queue, exchange)
+    async def handle(event: OrderPayload) -> None:
+        latencies.append(time.perf_counter_ns() - event.sent_ns)
+
+    await broker.start()
+    try:
+        start = time.perf_counter()
+
+        async def send(i: int) -> None:
+            await broker.publish(
+                OrderPayload(**payload_fields(i)),  # type: ignore[arg-type]
+                exchange=exchange,
+                routing_key=TYPE,
+                persist=True,
+            )
+
+        if rate is None:
+            for first in range(0, count, WINDOW):
+                await asyncio.gather(*(send(i) for i in range(first, min(first + WINDOW, count))))
+        else:
+            await paced(count, rate, send)
+        published = time.perf_counter() - start
+        if not consume:
+            return metrics_of(count, published)
+        await wait_for_count(lambda: len(latencies), count, 300)
+        elapsed = time.perf_counter() - start
+        return metrics_of(count, published if rate else elapsed, latencies)
+    finally:
+        await broker.stop()
+        await _delete(stream, queue_name)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    n = 2_000 if quick else 30_000
+    impls = {
+        "eventbus": eventbus_run,
+        RAW_RABBIT: raw_run,
+        f"{FASTSTREAM} {_version('faststream')}": faststream_run,
+    }
+
+    def runners(count: int, rate: float | None, consume: bool) -> dict[str, Any]:
+        return {name: (lambda f=fn: f(count, rate, consume)) for name, fn in impls.items()}
+
+    result = [
+        Scenario(
+            "rabbitmq",
+            "publish",
+            "persistent publish with confirms (window 256)",
+            runners(n, None, False),
+        ),
+        Scenario(
+            "rabbitmq",
+            "end-to-end",
+            "publish with confirms -> typed handler -> ack, quorum queue, prefetch 200",
+            runners(n, None, True),
+        ),
+    ]
+    for rate, count in ((1_000, 1_000 if quick else 10_000), (10_000, 3_000 if quick else 50_000)):
+        result.append(
+            Scenario(
+                "rabbitmq",
+                f"latency@{rate // 1000}k/s",
+                f"publish -> handler latency at {rate} events/s",
+                runners(count, rate, True),
+                metric="p99_ms",
+                higher_is_better=False,
+            )
+        )
+    return result
