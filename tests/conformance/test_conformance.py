@@ -683,3 +683,18 @@ async def test_ready_means_ready_for_every_subscription(harness: Harness) -> Non
     async with bus:
         await bus.publish(ev.Created(order_id="first"))
         await until(lambda: dict(got) == {"a": 1, "b": 1, "c": 1})
+
+
+async def test_publishing_where_no_group_listens(harness: Harness) -> None:
+    """RabbitMQ (`mandatory`) reports an unroutable event as an error; a broker that
+    stores streams without consumers (Kafka's log, memory's drop-by-design) accepts it."""
+    from eventbus import UnroutableError
+
+    ev = make_events(unique())
+    bus = harness.bus()
+    async with bus:
+        if harness.capabilities.unroutable_is_error:
+            with pytest.raises(UnroutableError):
+                await bus.publish(ev.Created(order_id="nobody"))
+        else:
+            await bus.publish(ev.Created(order_id="nobody"))
