@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .broker import Broker, Consumer, DeadLetter, Message, SubscriptionSpec
-from .context import current_context
+from .context import correlate_attributes
 from .dispatch import Dispatcher
 from .errors import BusClosed, ConfigurationError, SubscriptionError
 from .event import Envelope, Event, validate_name
@@ -18,7 +18,7 @@ from .log import get_logger
 from .middleware import (
     HandleMiddleware,
     PublishMiddleware,
-    chain_publish,
+    chain,
     correlate,
 )
 from .outgoing import build_message, envelope_of
@@ -84,7 +84,7 @@ class EventBus:
         self._subscriptions: list[Subscription] = []
         self._handle_middleware = list(middleware)
         self._publish_middleware = [correlate, *publish_middleware]
-        self._publish_chain = chain_publish(self._publish_middleware, self._send)
+        self._publish_chain = chain(self._publish_middleware, self._send)
         #: without user publish middleware, `correlate` is inlined into `publish`
         self._fast_publish = not publish_middleware
         self._consumers: list[Consumer] = []
@@ -334,13 +334,7 @@ class EventBus:
             causation_id=causation_id,
         )
         if self._fast_publish:
-            ctx = current_context.get()
-            if ctx is not None:
-                attrs = message.attributes
-                if "causationid" not in attrs:
-                    attrs["causationid"] = ctx.envelope.id
-                if "correlationid" not in attrs:
-                    attrs["correlationid"] = ctx.envelope.correlation_id or ctx.envelope.id
+            correlate_attributes(message.attributes)
             broker = self._broker
             if broker is None or not self._running:
                 raise BusClosed("the bus is not running: use `async with bus:` before publishing")
@@ -364,13 +358,13 @@ class EventBus:
         async def collect(message: Message) -> None:
             messages.append(message)
 
-        chain = chain_publish(self._publish_middleware, collect)
+        wrapped = chain(self._publish_middleware, collect)
         for item in events:
             if isinstance(item, tuple):
                 event, item_key = item
             else:
                 event, item_key = item, (key(item) if key is not None else None)
-            await chain(
+            await wrapped(
                 build_message(event, source=self._source, max_bytes=self._max_bytes, key=item_key)
             )
         if not self._running or self._broker is None:

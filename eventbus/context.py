@@ -17,6 +17,17 @@ current_context: contextvars.ContextVar[Context | None] = contextvars.ContextVar
 )
 
 
+def correlate_attributes(attributes: dict[str, str]) -> None:
+    """Give an outgoing event the correlation and causation ids of the event being handled
+    in this task or thread, if any (explicit ids win)."""
+    ctx = current_context.get()
+    if ctx is not None:
+        if "causationid" not in attributes:
+            attributes["causationid"] = ctx.envelope.id
+        if "correlationid" not in attributes:
+            attributes["correlationid"] = ctx.envelope.correlation_id or ctx.envelope.id
+
+
 class Context:
     """Passed as the second argument of a handler.
 

@@ -50,13 +50,7 @@ class Dispatcher:
             await _quiet_nack(delivery)
             return
         if not self._lanes:
-            self._inflight += 1
-            try:
-                await self._process(delivery)
-            finally:
-                self._inflight -= 1
-                if not self._inflight and self._closing:
-                    self._idle.set()
+            await self._counted(delivery)
             return
         key = delivery.key
         if key is None:
@@ -70,13 +64,16 @@ class Dispatcher:
             delivery = await lane.get()
             if delivery is None:
                 return
-            self._inflight += 1
-            try:
-                await self._process(delivery)
-            finally:
-                self._inflight -= 1
-                if not self._inflight and self._closing:
-                    self._idle.set()
+            await self._counted(delivery)
+
+    async def _counted(self, delivery: Delivery) -> None:
+        self._inflight += 1
+        try:
+            await self._process(delivery)
+        finally:
+            self._inflight -= 1
+            if not self._inflight and self._closing:
+                self._idle.set()
 
     async def drain(self, timeout: float) -> None:
         """Let in-flight handlers finish; give queued, unstarted deliveries back (nack)."""

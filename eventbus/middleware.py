@@ -17,10 +17,13 @@ A publish middleware receives the outgoing `Message` and may change its attribut
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from .broker import Message
-from .context import Context, current_context
+from .context import Context, correlate_attributes
 
+T = TypeVar("T")
+Next = Callable[[T], Awaitable[None]]
 HandleNext = Callable[[Context], Awaitable[None]]
 HandleMiddleware = Callable[[Context, HandleNext], Awaitable[None]]
 PublishNext = Callable[[Message], Awaitable[None]]
@@ -32,39 +35,22 @@ async def correlate(message: Message, call_next: PublishNext) -> None:
 
     The pipeline makes the handler's `Context` current (`current_context`) while it runs.
     """
-    ctx = current_context.get()
-    if ctx is not None:
-        attrs = message.attributes
-        if "causationid" not in attrs:
-            attrs["causationid"] = ctx.envelope.id
-        if "correlationid" not in attrs:
-            attrs["correlationid"] = ctx.envelope.correlation_id or ctx.envelope.id
+    correlate_attributes(message.attributes)
     await call_next(message)
 
 
-def chain_handle(middleware: Sequence[HandleMiddleware], endpoint: HandleNext) -> HandleNext:
+def chain(
+    middleware: Sequence[Callable[[T, Next[T]], Awaitable[None]]], endpoint: Next[T]
+) -> Next[T]:
+    """Wrap `endpoint` in `middleware`, the first outermost."""
     call = endpoint
     for mw in reversed(middleware):
-        call = _bind_handle(mw, call)
+        call = _bind(mw, call)
     return call
 
 
-def _bind_handle(mw: HandleMiddleware, nxt: HandleNext) -> HandleNext:
-    async def step(ctx: Context) -> None:
-        await mw(ctx, nxt)
-
-    return step
-
-
-def chain_publish(middleware: Sequence[PublishMiddleware], endpoint: PublishNext) -> PublishNext:
-    call = endpoint
-    for mw in reversed(middleware):
-        call = _bind_publish(mw, call)
-    return call
-
-
-def _bind_publish(mw: PublishMiddleware, nxt: PublishNext) -> PublishNext:
-    async def step(message: Message) -> None:
-        await mw(message, nxt)
+def _bind(mw: Callable[[T, Next[T]], Awaitable[None]], nxt: Next[T]) -> Next[T]:
+    async def step(value: T) -> None:
+        await mw(value, nxt)
 
     return step

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from .broker import Message
-from .context import current_context
 from .errors import MessageTooLarge
 from .event import Envelope, Event, validate_extension
 from .wire import new_id, now_rfc3339
@@ -66,15 +65,6 @@ def build_message(
         for name, value in headers.items():
             attrs[validate_extension(name)] = str(value)
     return Message(stream, etype, key, body, attrs)
-
-
-def correlate_sync(message: Message) -> None:
-    """The sync face's version of the `correlate` middleware."""
-    ctx = current_context.get()
-    if ctx is not None:
-        attrs = message.attributes
-        attrs.setdefault("causationid", ctx.envelope.id)
-        attrs.setdefault("correlationid", ctx.envelope.correlation_id or ctx.envelope.id)
 
 
 def envelope_of(message: Message) -> Envelope:

@@ -20,7 +20,7 @@ from .context import Context, current_context
 from .deadletter import dead_letter_info, describe
 from .event import Envelope, Event
 from .log import get_logger
-from .middleware import HandleMiddleware, HandleNext, chain_handle
+from .middleware import HandleMiddleware, HandleNext, chain
 from .retry import Reject, Retry, RetryPolicy
 from .routing import matches_any
 
@@ -63,9 +63,7 @@ class Pipeline:
         self.retry = retry
         self.max_message_bytes = max_message_bytes
         self.stopping = stopping
-        self._call: HandleNext = chain_handle(
-            middleware, _endpoint(handler, wants_context, is_async)
-        )
+        self._call: HandleNext = chain(middleware, _endpoint(handler, wants_context, is_async))
         self._direct = handler if (is_async and wants_context and not middleware) else None
 
     async def process(self, d: Delivery) -> None:

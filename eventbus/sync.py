@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from .broker import Message, SyncTransport
+from .context import correlate_attributes
 from .event import Envelope, Event
-from .outgoing import build_message, correlate_sync, envelope_of
+from .outgoing import build_message, envelope_of
 from .registry import find_adapter
 from .settings import Settings, load_settings, redact_url
 
@@ -44,7 +45,7 @@ class SyncPublisher:
             headers=headers,
             id=id,
         )
-        correlate_sync(message)
+        correlate_attributes(message.attributes)
         return message
 
     def publish(
