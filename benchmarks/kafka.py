@@ -14,12 +14,13 @@ import os
 import threading
 import time
 import uuid
+from importlib.metadata import version
 from typing import Any
 
 from eventbus import Context, EventBus
 
 from .core import Scenario, metrics_of
-from .pacing import paced, wait_for_count
+from .pacing import broker_scenarios, drive, wait_for_count
 from .targets import FASTSTREAM, RAW_KAFKA
 from .workload import TYPE, OrderPayload, make_event_class, payload_fields
 
@@ -72,25 +73,18 @@ async def eventbus_run(count: int, rate: float | None, consume: bool) -> dict[st
 
     try:
         async with bus:
-            start = time.perf_counter()
-            if rate is None:
+
+            async def publish_all() -> None:
                 for first in range(0, count, 1000):
                     batch = range(first, min(first + 1000, count))
                     await bus.publish_many(
                         [(cls(**payload_fields(i)), f"k{i % 64}") for i in batch]
                     )
-            else:
 
-                async def send(i: int) -> None:
-                    await bus.publish(cls(**payload_fields(i)), key=f"k{i % 64}")
+            async def send(i: int) -> None:
+                await bus.publish(cls(**payload_fields(i)), key=f"k{i % 64}")
 
-                await paced(count, rate, send)
-            published = time.perf_counter() - start
-            if not consume:
-                return metrics_of(count, published)
-            await wait_for_count(lambda: len(latencies), count, 300)
-            elapsed = time.perf_counter() - start
-        return metrics_of(count, published if rate else elapsed, latencies)
+            return await drive(count, rate, consume, publish_all, send, latencies)
     finally:
         await asyncio.to_thread(_delete, topic)
 
@@ -226,7 +220,6 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
     try:
         if consume:
             await asyncio.wait_for(assigned.wait(), 60)
-        start = time.perf_counter()
 
         async def send(i: int) -> None:
             await broker.publish(
@@ -235,7 +228,7 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
                 key=f"k{i % 64}",
             )
 
-        if rate is None:
+        async def publish_all() -> None:
             for first in range(0, count, 1000):
                 await broker.publish_batch(
                     *(
@@ -244,59 +237,23 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
                     ),
                     topic=topic,
                 )
-        else:
-            await paced(count, rate, send)
-        published = time.perf_counter() - start
-        if not consume:
-            return metrics_of(count, published)
-        await wait_for_count(lambda: len(latencies), count, 300)
-        elapsed = time.perf_counter() - start
-        return metrics_of(count, published if rate else elapsed, latencies)
+
+        return await drive(count, rate, consume, publish_all, send, latencies)
     finally:
         await broker.stop()
         await asyncio.to_thread(_delete, topic)
 
 
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
-
-
 def scenarios(quick: bool) -> list[Scenario]:
-    n = 5_000 if quick else 200_000
-    impls = {
-        "eventbus": eventbus_run,
-        RAW_KAFKA: raw_run,
-        f"{FASTSTREAM} {_version('faststream')}": faststream_run,
-    }
-
-    def runners(count: int, rate: float | None, consume: bool) -> dict[str, Any]:
-        return {name: (lambda f=fn: f(count, rate, consume)) for name, fn in impls.items()}
-
-    result = [
-        Scenario(
-            "kafka",
-            "publish",
-            "produce with acks=all + idempotence, delivery confirmed",
-            runners(n, None, False),
-        ),
-        Scenario(
-            "kafka",
-            "end-to-end",
-            "produce acks=all -> typed handler -> explicit commit, 3 partitions",
-            runners(n, None, True),
-        ),
-    ]
-    for rate, count in ((1_000, 1_000 if quick else 10_000), (10_000, 3_000 if quick else 50_000)):
-        result.append(
-            Scenario(
-                "kafka",
-                f"latency@{rate // 1000}k/s",
-                f"publish -> handler latency at {rate} events/s",
-                runners(count, rate, True),
-                metric="p99_ms",
-                higher_is_better=False,
-            )
-        )
-    return result
+    return broker_scenarios(
+        "kafka",
+        {
+            "eventbus": eventbus_run,
+            RAW_KAFKA: raw_run,
+            f"{FASTSTREAM} {version('faststream')}": faststream_run,
+        },
+        5_000 if quick else 200_000,
+        {1_000: 1_000 if quick else 10_000, 10_000: 3_000 if quick else 50_000},
+        "produce with acks=all + idempotence, delivery confirmed",
+        "produce acks=all -> typed handler -> explicit commit, 3 partitions",
+    )

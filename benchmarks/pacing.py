@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
+
+from .core import Runner, Scenario, metrics_of
 
 
 async def paced(
@@ -51,3 +54,58 @@ async def wait_for_count(get: Callable[[], int], count: int, timeout: float) -> 
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {get()} of {count} events arrived within {timeout}s")
         await asyncio.sleep(0.001)
+
+
+async def drive(
+    count: int,
+    rate: float | None,
+    consume: bool,
+    publish_all: Callable[[], Awaitable[None]],
+    publish_one: Callable[[int], Awaitable[None]],
+    latencies: list[int],
+) -> dict[str, float]:
+    """One run of a broker scenario, the same for every implementation: publish as fast as
+    possible (`rate=None`, throughput) or at `rate` (latency), then wait until `count`
+    events were handled (`latencies` grows by one per handled event)."""
+    start = time.perf_counter()
+    if rate is None:
+        await publish_all()
+    else:
+        await paced(count, rate, publish_one)
+    published = time.perf_counter() - start
+    if not consume:
+        return metrics_of(count, published)
+    await wait_for_count(lambda: len(latencies), count, 300)
+    elapsed = time.perf_counter() - start
+    return metrics_of(count, published if rate else elapsed, latencies)
+
+
+def broker_scenarios(
+    broker: str,
+    impls: dict[str, Callable[[int, float | None, bool], Awaitable[dict[str, float]]]],
+    throughput_count: int,
+    latency_counts: dict[int, int],
+    publish_description: str,
+    e2e_description: str,
+) -> list[Scenario]:
+    """publish, end-to-end and latency-at-rate scenarios of one broker."""
+
+    def runners(count: int, rate: float | None, consume: bool) -> dict[str, Runner]:
+        return {name: partial(fn, count, rate, consume) for name, fn in impls.items()}
+
+    result = [
+        Scenario(broker, "publish", publish_description, runners(throughput_count, None, False)),
+        Scenario(broker, "end-to-end", e2e_description, runners(throughput_count, None, True)),
+    ]
+    for rate, count in latency_counts.items():
+        result.append(
+            Scenario(
+                broker,
+                f"latency@{rate // 1000}k/s",
+                f"publish -> handler latency at {rate} events/s",
+                runners(count, rate, True),
+                metric="p99_ms",
+                higher_is_better=False,
+            )
+        )
+    return result

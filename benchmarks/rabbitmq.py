@@ -11,12 +11,13 @@ import asyncio
 import os
 import time
 import uuid
+from importlib.metadata import version
 from typing import Any
 
 from eventbus import Context, EventBus
 
-from .core import Scenario, metrics_of
-from .pacing import paced, wait_for_count
+from .core import Scenario
+from .pacing import broker_scenarios, drive
 from .targets import FASTSTREAM, RAW_RABBIT
 from .workload import TYPE, OrderPayload, make_event_class, payload_fields
 
@@ -36,7 +37,8 @@ async def _delete(stream: str, queue: str) -> None:
     connection = await aio_pika.connect(URL)
     async with connection:
         channel = await connection.channel()
-        await channel.queue_delete(queue)
+        for name in (queue, f"{queue}.dlq"):
+            await channel.queue_delete(name)
         await channel.exchange_delete(stream)
 
 
@@ -55,23 +57,16 @@ async def eventbus_run(count: int, rate: float | None, consume: bool) -> dict[st
 
     try:
         async with bus:
-            start = time.perf_counter()
-            if rate is None:
+
+            async def publish_all() -> None:
                 for first in range(0, count, WINDOW):
                     batch = range(first, min(first + WINDOW, count))
                     await bus.publish_many([cls(**payload_fields(i)) for i in batch])
-            else:
 
-                async def send(i: int) -> None:
-                    await bus.publish(cls(**payload_fields(i)))
+            async def send(i: int) -> None:
+                await bus.publish(cls(**payload_fields(i)))
 
-                await paced(count, rate, send)
-            published = time.perf_counter() - start
-            if not consume:
-                return metrics_of(count, published)
-            await wait_for_count(lambda: len(latencies), count, 300)
-            elapsed = time.perf_counter() - start
-        return metrics_of(count, published if rate else elapsed, latencies)
+            return await drive(count, rate, consume, publish_all, send, latencies)
     finally:
         await _delete(stream, queue)
 
@@ -113,27 +108,14 @@ async def raw_run(count: int, rate: float | None, consume: bool) -> dict[str, fl
                 message_id=str(uuid.uuid4()),
             )
 
-        start = time.perf_counter()
-        if rate is None:
+        async def send(i: int) -> None:
+            await exchange.publish(message(i), TYPE, mandatory=True)
+
+        async def publish_all() -> None:
             for first in range(0, count, WINDOW):
-                await asyncio.gather(
-                    *(
-                        exchange.publish(message(i), TYPE, mandatory=True)
-                        for i in range(first, min(first + WINDOW, count))
-                    )
-                )
-        else:
+                await asyncio.gather(*(send(i) for i in range(first, min(first + WINDOW, count))))
 
-            async def send(i: int) -> None:
-                await exchange.publish(message(i), TYPE, mandatory=True)
-
-            await paced(count, rate, send)
-        published = time.perf_counter() - start
-        if not consume:
-            return metrics_of(count, published)
-        await wait_for_count(lambda: len(latencies), count, 300)
-        elapsed = time.perf_counter() - start
-        return metrics_of(count, published if rate else elapsed, latencies)
+        return await drive(count, rate, consume, publish_all, send, latencies)
     finally:
         await connection.close()
         await _delete(stream, queue_name)
@@ -159,7 +141,6 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
 
     await broker.start()
     try:
-        start = time.perf_counter()
 
         async def send(i: int) -> None:
             await broker.publish(
@@ -169,62 +150,26 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
                 persist=True,
             )
 
-        if rate is None:
+        async def publish_all() -> None:
             for first in range(0, count, WINDOW):
                 await asyncio.gather(*(send(i) for i in range(first, min(first + WINDOW, count))))
-        else:
-            await paced(count, rate, send)
-        published = time.perf_counter() - start
-        if not consume:
-            return metrics_of(count, published)
-        await wait_for_count(lambda: len(latencies), count, 300)
-        elapsed = time.perf_counter() - start
-        return metrics_of(count, published if rate else elapsed, latencies)
+
+        return await drive(count, rate, consume, publish_all, send, latencies)
     finally:
         await broker.stop()
         await _delete(stream, queue_name)
 
 
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
-
-
 def scenarios(quick: bool) -> list[Scenario]:
-    n = 2_000 if quick else 30_000
-    impls = {
-        "eventbus": eventbus_run,
-        RAW_RABBIT: raw_run,
-        f"{FASTSTREAM} {_version('faststream')}": faststream_run,
-    }
-
-    def runners(count: int, rate: float | None, consume: bool) -> dict[str, Any]:
-        return {name: (lambda f=fn: f(count, rate, consume)) for name, fn in impls.items()}
-
-    result = [
-        Scenario(
-            "rabbitmq",
-            "publish",
-            "persistent publish with confirms (window 256)",
-            runners(n, None, False),
-        ),
-        Scenario(
-            "rabbitmq",
-            "end-to-end",
-            "publish with confirms -> typed handler -> ack, quorum queue, prefetch 200",
-            runners(n, None, True),
-        ),
-    ]
-    for rate, count in ((1_000, 1_000 if quick else 10_000), (10_000, 3_000 if quick else 50_000)):
-        result.append(
-            Scenario(
-                "rabbitmq",
-                f"latency@{rate // 1000}k/s",
-                f"publish -> handler latency at {rate} events/s",
-                runners(count, rate, True),
-                metric="p99_ms",
-                higher_is_better=False,
-            )
-        )
-    return result
+    return broker_scenarios(
+        "rabbitmq",
+        {
+            "eventbus": eventbus_run,
+            RAW_RABBIT: raw_run,
+            f"{FASTSTREAM} {version('faststream')}": faststream_run,
+        },
+        2_000 if quick else 30_000,
+        {1_000: 1_000 if quick else 10_000, 10_000: 3_000 if quick else 50_000},
+        "persistent publish with confirms (window 256)",
+        "publish with confirms -> typed handler -> ack, quorum queue, prefetch 200",
+    )

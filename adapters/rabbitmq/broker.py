@@ -1,0 +1,234 @@
+"""The `Broker` of `amqp://` and `amqps://`: RabbitMQ through aio-pika.
+
+One connection per bus (kept alive by `Link`), one confirm-mode publishing channel
+(`Publisher`), one channel per subscription (`GroupConsumer`), and short-lived channels
+for declarations and dead-letter tools (an AMQP error closes the channel it happens on,
+so those never share a channel with traffic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import aiormq
+from aiormq.abc import AbstractChannel
+from pamqp import commands as spec
+
+from eventbus.broker import (
+    Capabilities,
+    Consumer,
+    DeadLetter,
+    Deliver,
+    Message,
+    SubscriptionSpec,
+)
+from eventbus.deadletter import DEAD_LETTER_HEADERS
+from eventbus.errors import PublishError
+from eventbus.log import get_logger
+from eventbus.settings import Settings
+from eventbus.wire import ATTEMPT_HEADER, from_amqp, header_text
+
+from .consumer import GroupConsumer
+from .link import LOST, Link
+from .properties import ROUTING_KEY_HEADER, copy_of, outgoing, routing_key_of
+from .publisher import Publisher
+from .settings import (
+    RabbitMQSettings,
+    load_rabbitmq_settings,
+    load_subscription_options,
+    parse_url,
+    tls_context,
+)
+from .topology import GroupTopology, dead_letter_queue, hash_exchange
+
+#: headers RabbitMQ adds when it dead-letters (our wait queues); dropped on replay
+_BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
+                         "x-first-death-reason", "x-last-death-exchange",
+                         "x-last-death-queue", "x-last-death-reason")
+_REPLAY_DROPS = frozenset((*DEAD_LETTER_HEADERS, *_BROKER_DEATH_HEADERS, ATTEMPT_HEADER))
+
+
+class RabbitMQBroker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings: RabbitMQSettings = load_rabbitmq_settings(dict(settings.options))
+        self.capabilities = Capabilities(
+            shared_across_processes=True,
+            delayed_retry=True,
+            replays_history_to_new_groups=False,
+            unroutable_is_error=self.settings.mandatory,
+        )
+        self.target = parse_url(settings.url)
+        self._shutdown_timeout = settings.shutdown_timeout
+        self.link = Link(self.target, self.settings, tls_context(self.target, self.settings))
+        self.publisher = Publisher(
+            self.link,
+            self.settings.confirm_window,
+            self.settings.publish_timeout,
+            mandatory=self.settings.mandatory,
+        )
+        self._consumers: list[GroupConsumer] = []
+        self._log = get_logger(broker=self.target.redacted)
+
+    def __repr__(self) -> str:
+        return f"RabbitMQBroker({self.target.redacted!r})"
+
+    async def start(self) -> None:
+        await self.link.start()
+
+    async def close(self) -> None:
+        await self.publisher.flush(self._shutdown_timeout)
+        for consumer in self._consumers:
+            await consumer.close()
+        self._consumers.clear()
+        await self.publisher.close()
+        await self.link.close()
+
+    # --- publishing --------------------------------------------------------------------
+
+    async def publish(self, message: Message) -> None:
+        await self.publisher.publish_to_stream(
+            message.stream, message.type, message.body, outgoing(message)
+        )
+
+    async def publish_many(self, messages: Sequence[Message]) -> None:
+        """All in flight at once (bounded by the confirm window), written in the given
+        order; every publish finishes before the first error, if any, is raised."""
+        if len(messages) == 1:
+            await self.publish(messages[0])
+            return
+        await self.publisher.prepare({m.stream for m in messages})
+        results = await asyncio.gather(
+            *(self.publish(m) for m in messages), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            first = failed[0]
+            if len(failed) == 1 or not isinstance(first, PublishError):
+                raise first
+            raise type(first)(f"{len(failed)} of {len(messages)} events failed; first: {first}")
+
+    # --- consuming ---------------------------------------------------------------------
+
+    async def subscribe(self, spec: SubscriptionSpec, deliver: Deliver) -> Consumer:
+        options = load_subscription_options(dict(spec.options))
+        topology = GroupTopology(
+            stream=spec.stream,
+            group=spec.group,
+            patterns=spec.patterns,
+            queue_type=options.queue_type or self.settings.queue_type,
+            single_active_consumer=(
+                options.single_active_consumer
+                if options.single_active_consumer is not None
+                else self.settings.single_active_consumer
+            ),
+            partitions=options.partitions,
+            tiers=spec.retry_tiers,
+        )
+        async with self.declare_channel() as channel:
+            await topology.declare(channel)
+        consumer = GroupConsumer(
+            self, spec, topology, deliver, options.prefetch or self.settings.prefetch
+        )
+        await consumer.start()
+        self._consumers.append(consumer)
+        return consumer
+
+    @asynccontextmanager
+    async def declare_channel(self) -> AsyncIterator[AbstractChannel]:
+        """A short-lived channel for declarations and tools."""
+        connection = await self.link.connection()
+        aio_channel: Any = await connection.channel(publisher_confirms=False)
+        channel: AbstractChannel = await aio_channel.get_underlay_channel()
+        try:
+            yield channel
+        finally:
+            if not channel.is_closed:
+                with suppress(*LOST):
+                    await aio_channel.close()
+
+    # --- dead letters ------------------------------------------------------------------
+
+    async def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
+        """Read the dead-letter queue without removing anything: every message is fetched
+        unacknowledged and goes back when the listing channel closes."""
+        queue = dead_letter_queue(stream, group)
+        async with self.declare_channel() as channel:
+            count = await _message_count(channel, queue)
+            for _ in range(count):
+                got = await channel.basic_get(queue, no_ack=False)
+                if not isinstance(got.delivery, spec.Basic.GetOk):
+                    break
+                yield _dead_letter(stream, group, got)
+
+    async def replay_dead_letters(self, stream: str, group: str) -> int:
+        """Send each dead letter back to its group only (default exchange to the group
+        queue, or the group's hash exchange when partitioned), confirmed, then remove it."""
+        entry = await self._entry_of(stream, group)
+        if entry is None:
+            return 0
+        exchange, routing_key = entry
+        queue = dead_letter_queue(stream, group)
+        replayed = 0
+        async with self.declare_channel() as channel:
+            count = await _message_count(channel, queue)
+            for _ in range(count):
+                got = await channel.basic_get(queue, no_ack=False)
+                if not isinstance(got.delivery, spec.Basic.GetOk):
+                    break
+                props = got.header.properties
+                headers: dict[str, Any] = dict(props.headers or {})
+                original_key = headers.get("x-original-routing-key")
+                clean = {k: v for k, v in headers.items() if k not in _REPLAY_DROPS}
+                if original_key is not None:
+                    clean[ROUTING_KEY_HEADER] = original_key
+                await self.publisher.send(
+                    exchange, routing_key, got.body, copy_of(props, clean, None)
+                )
+                await channel.basic_ack(int(got.delivery.delivery_tag or 0))
+                replayed += 1
+        return replayed
+
+    async def _entry_of(self, stream: str, group: str) -> tuple[str, str] | None:
+        """Where messages for exactly this group go in; None if the group does not exist."""
+        base = f"{stream}.{group}"
+        async with self.declare_channel() as channel:
+            try:
+                await channel.queue_declare(base, passive=True)
+                return "", base
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass
+        async with self.declare_channel() as channel:
+            try:
+                await channel.exchange_declare(hash_exchange(stream, group), passive=True)
+                return hash_exchange(stream, group), ""
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return None
+
+
+async def _message_count(channel: AbstractChannel, queue: str) -> int:
+    try:
+        ok = await channel.queue_declare(queue, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return 0
+    return int(ok.message_count or 0)
+
+
+def _dead_letter(stream: str, group: str, got: Any) -> DeadLetter:
+    props = got.header.properties
+    raw_headers: dict[str, Any] = props.headers or {}
+    routing_key = routing_key_of(raw_headers, raw_headers.get("x-original-routing-key"))
+    attributes, _attempt = from_amqp(raw_headers, props.content_type, props.message_id,
+                                     routing_key)
+    headers = header_text(raw_headers)
+    return DeadLetter(
+        stream=stream,
+        group=group,
+        body=got.body,
+        headers=headers,
+        attributes=attributes,
+        key=attributes.get("partitionkey"),
+        position=got.delivery.delivery_tag,
+    )

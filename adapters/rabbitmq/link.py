@@ -1,0 +1,161 @@
+"""One AMQP connection (aio-pika), kept alive: reconnects with backoff after any loss.
+
+Users of the link ask for `await link.connection()` whenever they need to open a channel;
+it waits while the link is reconnecting. Channels are not restored by the link: the
+publisher and every consumer notice their channel closed and reopen their own, which
+keeps recovery in one obvious place per user (see `publisher.py`, `consumer.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any
+from urllib.parse import quote
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractConnection
+from yarl import URL
+
+from eventbus.errors import ConfigurationError
+from eventbus.log import get_logger
+
+from .settings import RabbitMQSettings, Target
+
+#: what a lost connection or channel looks like (the operation may be retried)
+LOST = (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError)
+
+
+class Link:
+    def __init__(
+        self, target: Target, settings: RabbitMQSettings, context: ssl.SSLContext | None
+    ) -> None:
+        self.target = target
+        self.settings = settings
+        self._context = context
+        self._connection: AbstractConnection | None = None
+        self._up = asyncio.Event()
+        self._closed = False
+        self._reconnector: asyncio.Task[None] | None = None
+        self._log = get_logger(broker=target.redacted)
+        #: bumped on every (re)connection; a channel opened in an older one is dead
+        self.generation = 0
+
+    def __repr__(self) -> str:
+        return f"Link({self.target.redacted!r}, up={self._up.is_set()})"
+
+    async def start(self) -> None:
+        """First connection: fail fast with a clear error (no retry loop)."""
+        try:
+            self._attach(await self._connect())
+        except ConfigurationError:
+            raise
+        except aiormq.exceptions.ProbableAuthenticationError:
+            raise ConfigurationError(
+                f"RabbitMQ at {self.target.redacted} refused the login of user "
+                f"{self.target.user!r} on vhost {self.target.vhost!r}: check the user, "
+                "password and vhost in EVENTBUS_URL"
+            ) from None
+        except (TimeoutError, *LOST) as exc:
+            raise ConnectionError(
+                f"cannot connect to RabbitMQ at {self.target.redacted}: {_describe(exc)} "
+                "(is the broker running? scripts/rabbitmq.sh starts one)"
+            ) from None
+
+    async def connection(self) -> AbstractConnection:
+        """The live connection (waits while reconnecting)."""
+        while True:
+            if self._closed:
+                raise ConnectionError(f"RabbitMQ link to {self.target.redacted} is closed")
+            connection = self._connection
+            if self._up.is_set() and connection is not None and not connection.is_closed:
+                return connection
+            await self._up.wait()
+
+    @property
+    def is_up(self) -> bool:
+        return self._up.is_set()
+
+    async def wait_up(self) -> None:
+        await self._up.wait()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reconnector is not None:
+            self._reconnector.cancel()
+            await asyncio.gather(self._reconnector, return_exceptions=True)
+        connection, self._connection = self._connection, None
+        self._up.set()  # release waiters: they see `_closed`
+        if connection is not None:
+            with contextlib.suppress(*LOST):
+                await connection.close()
+
+    # --- internals ---------------------------------------------------------------------
+
+    async def _connect(self) -> AbstractConnection:
+        t = self.target
+        url = URL.build(
+            scheme="amqps" if t.tls else "amqp",
+            user=t.user,
+            password=t.password.get_secret_value(),
+            host=t.host,
+            port=t.port,
+            path="/" + quote(t.vhost, safe=""),
+            encoded=False,
+        ).with_query({"heartbeat": str(self.settings.heartbeat),
+                      "name": self.settings.connection_name})
+        connection: AbstractConnection = await aio_pika.connect(
+            url, ssl_context=self._context, timeout=self.settings.connect_timeout
+        )
+        return connection
+
+    def _attach(self, connection: AbstractConnection) -> None:
+        self._connection = connection
+        self.generation += 1
+        connection.close_callbacks.add(self._on_close)
+        self._up.set()
+
+    def _on_close(self, sender: Any, exc: BaseException | None = None) -> None:
+        if self._closed or sender is not self._connection:
+            return
+        self._up.clear()
+        self._log.warning("rabbitmq.connection_lost", error=_describe(exc))
+        if self._reconnector is None or self._reconnector.done():
+            self._reconnector = asyncio.get_running_loop().create_task(
+                self._reconnect(), name="eventbus-rabbitmq-reconnect"
+            )
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        attempts = 0
+        while not self._closed:
+            attempts += 1
+            try:
+                connection = await self._connect()
+            except (TimeoutError, *LOST) as exc:
+                if attempts == 1 or attempts % 10 == 0:
+                    self._log.warning(
+                        "rabbitmq.reconnect_failed", attempts=attempts, retry_in=delay,
+                        error=_describe(exc),
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.max_reconnect_backoff)
+                continue
+            if self._closed:
+                await connection.close()
+                return
+            self._attach(connection)
+            self._log.info("rabbitmq.reconnected", attempts=attempts)
+            return
+
+
+def _describe(exc: BaseException | None) -> str:
+    """An error for a log line: its type and reason, never a URL with credentials."""
+    if exc is None:
+        return "closed"
+    text = str(exc)
+    if "://" in text or "@" in text:
+        text = "(details withheld: may contain credentials)"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

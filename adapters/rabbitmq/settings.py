@@ -1,0 +1,159 @@
+"""RabbitMQ settings: the URL, `EVENTBUS_RABBITMQ_*` options and per-subscription options.
+
+    amqp://user:password@host:5672/vhost        amqps://user:password@host:5671/vhost
+
+Options come from `EventBus(url, prefetch=300)` or the environment
+(`EVENTBUS_RABBITMQ_PREFETCH=300`); explicit options win. Per subscription,
+`bus.subscribe(..., partitions=4, queue_type="classic", prefetch=50)`.
+The password lives in a `SecretStr` and never reaches a log line, repr or error.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eventbus.errors import ConfigurationError
+from eventbus.settings import format_validation_error, redact_url
+
+QueueType = Literal["quorum", "classic"]
+
+
+class RabbitMQSettings(BaseSettings):
+    """Connection-wide options (environment prefix `EVENTBUS_RABBITMQ_`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EVENTBUS_RABBITMQ_", extra="forbid", frozen=True
+    )
+
+    #: unacknowledged deliveries a consumer channel may hold (basic.qos)
+    prefetch: int = Field(default=200, ge=1, le=65535)
+    #: publishes awaiting their broker confirm at once (the pipelining window)
+    confirm_window: int = Field(default=256, ge=1, le=65535)
+    #: queue type of group, retry and dead-letter queues
+    queue_type: QueueType = "quorum"
+    #: publish `mandatory`: an event that reaches no queue raises UnroutableError
+    #: (False: the broker drops it silently, as plain AMQP does)
+    mandatory: bool = True
+    #: one active consumer per group queue: per-key order (False: competing consumers)
+    single_active_consumer: bool = True
+    #: AMQP heartbeat in seconds (0 disables)
+    heartbeat: int = Field(default=30, ge=0, le=65535)
+    #: connection name shown in the management UI
+    connection_name: str = "eventbus"
+    #: seconds to wait for the first connection at start
+    connect_timeout: float = Field(default=15.0, gt=0)
+    #: upper bound of the exponential backoff between reconnection attempts (seconds)
+    max_reconnect_backoff: float = Field(default=5.0, gt=0)
+    #: seconds a publish may take, reconnections included, before it raises PublishError
+    publish_timeout: float = Field(default=120.0, gt=0)
+    #: TLS (amqps://): CA bundle, client certificate and key, key password, verification
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    key_password: SecretStr | None = None
+    verify_tls: bool = True
+
+
+class SubscriptionOptions(BaseModel):
+    """Options of one `bus.subscribe(...)` on RabbitMQ."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: N queues `<stream>.<group>.<i>` behind a consistent-hash exchange (None: one queue)
+    partitions: int | None = Field(default=None, ge=1, le=1024)
+    queue_type: QueueType | None = None
+    prefetch: int | None = Field(default=None, ge=1, le=65535)
+    single_active_consumer: bool | None = None
+
+
+def load_rabbitmq_settings(options: dict[str, Any]) -> RabbitMQSettings:
+    _reject_unknown(options, RabbitMQSettings.model_fields, "EventBus(...) option")
+    try:
+        return RabbitMQSettings(**options)
+    except ValidationError as exc:
+        raise ConfigurationError(format_validation_error(exc, "EVENTBUS_RABBITMQ_")) from None
+
+
+def load_subscription_options(options: dict[str, Any]) -> SubscriptionOptions:
+    _reject_unknown(options, SubscriptionOptions.model_fields, "subscribe() option")
+    try:
+        return SubscriptionOptions(**options)
+    except ValidationError as exc:
+        raise ConfigurationError(format_validation_error(exc, "subscribe(): ")) from None
+
+
+def _reject_unknown(options: dict[str, Any], known: dict[str, Any], what: str) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown RabbitMQ {what}(s) {unknown}; known: {sorted(known)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where to connect, parsed from the URL. `repr` never shows the password."""
+
+    host: str
+    port: int
+    vhost: str
+    user: str
+    password: SecretStr
+    tls: bool
+    redacted: str
+
+    def __repr__(self) -> str:
+        return f"Target({self.redacted!r})"
+
+
+def parse_url(url: str) -> Target:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"EVENTBUS_URL {redact_url(url)!r} is not a valid amqp:// URL: {exc}"
+        ) from None
+    tls = parts.scheme.lower() == "amqps"
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if "/" in path:
+        raise ConfigurationError(
+            f"EVENTBUS_URL {redact_url(url)!r}: the path is the vhost; encode a '/' in a "
+            "vhost name as %2F"
+        )
+    return Target(
+        host=host or "localhost",
+        port=port or (5671 if tls else 5672),
+        vhost=unquote(path) or "/",
+        user=unquote(parts.username) if parts.username else "guest",
+        password=SecretStr(unquote(parts.password) if parts.password else "guest"),
+        tls=tls,
+        redacted=redact_url(url),
+    )
+
+
+def tls_context(target: Target, settings: RabbitMQSettings) -> ssl.SSLContext | None:
+    """The TLS context of an `amqps://` URL (None for `amqp://`)."""
+    if not target.tls:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file)
+        if settings.cert_file:
+            password = settings.key_password.get_secret_value() if settings.key_password else None
+            context.load_cert_chain(settings.cert_file, settings.key_file, password)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            "EVENTBUS_RABBITMQ_CA_FILE / CERT_FILE / KEY_FILE: cannot load TLS material: "
+            f"{type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) else exc}"
+        ) from None
+    if not settings.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

@@ -1,0 +1,59 @@
+"""The conformance harness of RabbitMQ: the local broker of scripts/rabbitmq.sh."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pika
+
+from eventbus import EventBus
+from tests.conformance.harness import Harness
+
+from .support import URL, delete_topology, raw_connection
+
+
+class RabbitMQHarness(Harness):
+    name = "rabbitmq"
+
+    def __init__(self) -> None:
+        self._streams: set[str] = set()
+        self._buses: list[EventBus] = []
+
+    def url(self) -> str:
+        return URL
+
+    def bus(self, **options: Any) -> EventBus:
+        bus = super().bus(**options)
+        self._buses.append(bus)
+        return bus
+
+    async def setup(self) -> None:
+        await asyncio.to_thread(lambda: raw_connection().close())
+
+    async def inject_raw(
+        self, stream: str, event_type: str | None, body: bytes, key: str | None = None
+    ) -> None:
+        """Plain pika, as a foreign producer: body and routing key (the type), and the key
+        as the CloudEvents `partitionkey` extension header; nothing else."""
+        self._streams.add(stream)
+
+        def publish() -> None:
+            connection = raw_connection()
+            try:
+                channel = connection.channel()
+                channel.confirm_delivery()
+                headers = {"ce-partitionkey": key} if key is not None else None
+                channel.basic_publish(
+                    stream, event_type or "", body, pika.BasicProperties(headers=headers)
+                )
+            finally:
+                connection.close()
+
+        await asyncio.to_thread(publish)
+
+    async def teardown(self) -> None:
+        for bus in self._buses:
+            await bus.stop()
+            self._streams.update(s.stream for s in bus.subscriptions)
+        await asyncio.to_thread(delete_topology, sorted(self._streams))

@@ -1,0 +1,185 @@
+"""Faults on the real broker: a dropped connection, a broker restart, a SIGKILLed consumer.
+Nothing published may be lost; duplicates are allowed (at-least-once).
+
+No `from __future__ import annotations`: handlers are annotated with per-test classes.
+"""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conformance.support import make_events, until
+
+from .conftest import Broker
+from .support import rabbitmqctl
+
+pytestmark = pytest.mark.rabbitmq
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def close_connections_named(name: str) -> int:
+    out = rabbitmqctl("list_connections", "pid", "client_properties", "--quiet",
+                      "--no-table-headers")
+    closed = 0
+    for line in out.splitlines():
+        if f'{{"connection_name","{name}"}}' in line:
+            rabbitmqctl("close_connection", line.split("\t", 1)[0], "eventbus fault test")
+            closed += 1
+    return closed
+
+
+async def publish_all(bus: Any, events: list[Any], batch: int = 250) -> None:
+    for i in range(0, len(events), batch):
+        await bus.publish_many(events[i:i + batch])
+
+
+async def test_dropped_connection_mid_stream_loses_nothing(rabbit: Broker) -> None:
+    ev = make_events(rabbit.stream())
+    handled: set[str] = set()
+    name = f"drop-{ev.stream}"
+    bus = rabbit.bus(connection_name=name)
+
+    @bus.subscribe(group="g", concurrency=4)
+    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+        handled.add(event.order_id)
+
+    events = [(ev.Created(order_id=f"o{i}"), f"k{i % 16}") for i in range(3000)]
+    async with bus:
+        publishing = asyncio.create_task(publish_all(bus, events))
+        await until(lambda: len(handled) >= 500, timeout=60, what="some progress")
+        assert await asyncio.to_thread(close_connections_named, name) == 1
+        await asyncio.wait_for(publishing, 120)
+        await until(lambda: len(handled) == 3000, timeout=120, what="every event")
+    assert handled == {f"o{i}" for i in range(3000)}
+
+
+async def test_broker_restart_while_10000_events_flow(rabbit: Broker) -> None:
+    ev = make_events(rabbit.stream())
+    handled: set[str] = set()
+    bus = rabbit.bus()
+
+    @bus.subscribe(group="g", concurrency=8)
+    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+        handled.add(event.order_id)
+
+    events = [(ev.Created(order_id=f"o{i}"), f"k{i % 64}") for i in range(10_000)]
+    try:
+        async with bus:
+            publishing = asyncio.create_task(publish_all(bus, events))
+            await until(lambda: len(handled) >= 2000, timeout=120, what="some progress")
+            await asyncio.to_thread(rabbitmqctl, "stop_app")
+            await asyncio.to_thread(rabbitmqctl, "start_app")
+            await asyncio.to_thread(rabbitmqctl, "await_startup")
+            await asyncio.wait_for(publishing, 300)
+            await until(lambda: len(handled) == 10_000, timeout=300, what="every event")
+    finally:
+        await asyncio.to_thread(rabbitmqctl, "start_app")  # never leave the broker down
+    assert handled == {f"o{i}" for i in range(10_000)}
+
+
+async def test_consumer_killed_mid_handler_loses_nothing(
+    rabbit: Broker, tmp_path: Path
+) -> None:
+    ev = make_events(rabbit.stream())
+    log = tmp_path / "handled.log"
+    log.touch()
+    process = _start_consumer(ev.stream, log)
+    try:
+        assert process.stderr is not None
+        ready = await asyncio.wait_for(
+            asyncio.to_thread(_wait_for_line, process.stderr, "bus.started"), 60
+        )
+        assert ready, "the consumer process did not start"
+        publisher = rabbit.bus()
+        ids = ["a", "b", "hang", *(f"after{i}" for i in range(30))]
+        async with publisher:
+            await publisher.publish_many([ev.Created(order_id=i) for i in ids])
+        await until(lambda: "hanging" in log.read_text(), timeout=60, what="the hang")
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    before = [line for line in log.read_text().splitlines() if line != "hanging"]
+    assert before == ["a", "b"]
+
+    handled: list[str] = []
+    second = rabbit.bus()
+
+    @second.subscribe(group="workers")
+    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+        handled.append(event.order_id)
+
+    async with second:
+        await until(lambda: len(handled) == len(ids) - 2, timeout=60, what="the rest")
+    assert handled == ids[2:]
+
+
+def _start_consumer(stream: str, log: Path) -> subprocess.Popen[str]:
+    """The consumer of the kill test, in its own process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.rabbitmq.consumer_app", stream, str(log)],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def _wait_for_line(stream: Any, needle: str) -> bool:
+    return any(needle in line for line in stream)
+
+
+SECRET = "s3cret-Pa55-word"
+
+
+@pytest.fixture
+def secret_user() -> Any:
+    user = "eventbus_secret_test"
+    if user in rabbitmqctl("list_users", "--quiet", "--no-table-headers"):
+        rabbitmqctl("change_password", user, SECRET)
+    else:
+        rabbitmqctl("add_user", user, SECRET)
+    rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+    yield user
+    rabbitmqctl("delete_user", user)
+
+
+async def test_password_never_in_logs_reprs_or_errors(rabbit: Broker, secret_user: str) -> None:
+    import structlog
+
+    from eventbus.errors import ConfigurationError
+
+    url = f"amqp://{secret_user}:{SECRET}@127.0.0.1:5672/%2F"
+    ev = make_events(rabbit.stream())
+    handled: list[str] = []
+    name = f"secret-{ev.stream}"
+    texts: list[str] = []
+    with structlog.testing.capture_logs() as logs:
+        bus = rabbit.bus(url, connection_name=name)
+
+        @bus.subscribe(group="g")
+        async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+            handled.append(event.order_id)
+
+        async with bus:
+            texts += [repr(bus), repr(bus.broker), repr(bus.settings), str(bus.settings)]
+            await bus.publish(ev.Created(order_id="1"))
+            await until(lambda: handled == ["1"])
+            assert await asyncio.to_thread(close_connections_named, name) == 1
+            await bus.publish(ev.Created(order_id="2"))  # after the reconnection
+            await until(lambda: handled == ["1", "2"])
+        for wrong in (url.replace(SECRET, SECRET + "x"), url.replace("5672", "5999")):
+            failing = rabbit.bus(wrong)
+            with pytest.raises((ConfigurationError, ConnectionError)) as info:
+                await failing.start()
+            texts += [str(info.value), repr(info.value), repr(info.value.__cause__),
+                      repr(info.value.__context__)]
+    assert any(entry["event"] == "rabbitmq.connection_lost" for entry in logs)
+    texts += [repr(entry) for entry in logs]
+    leaked = [t for t in texts if SECRET in t]
+    assert not leaked, leaked
