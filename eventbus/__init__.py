@@ -6,6 +6,9 @@ The public API is what this module exports; everything else is private.
 from .broker import Capabilities, DeadLetter, Delivery, Message, SubscriptionSpec
 from .bus import EventBus, Subscription
 from .context import Context
+
+# event sourcing and CQRS (import after the core: they build on it)
+from .cqrs import CommandBus, DomainError, InvalidTransition, NotFound, QueryBus
 from .errors import (
     BusClosed,
     ConcurrencyError,
@@ -21,29 +24,53 @@ from .event import Envelope, Event
 from .middleware import HandleMiddleware, HandleNext, PublishMiddleware, PublishNext
 from .retry import Reject, Retry, RetryPolicy
 from .settings import Settings
+from .sourcing import (
+    Aggregate,
+    EventCodec,
+    EventStore,
+    Inbox,
+    OutboxRelay,
+    Projection,
+    Repository,
+    Upcasters,
+    applies,
+    open_store,
+)
 from .sync import SyncPublisher
 
 __all__ = [
+    "Aggregate",
     "BusClosed",
     "Capabilities",
+    "CommandBus",
     "ConcurrencyError",
     "ConfigurationError",
     "Context",
     "DeadLetter",
     "DecodeError",
     "Delivery",
+    "DomainError",
     "Envelope",
     "Event",
     "EventBus",
     "EventBusError",
+    "EventCodec",
+    "EventStore",
     "HandleMiddleware",
     "HandleNext",
+    "Inbox",
+    "InvalidTransition",
     "Message",
     "MessageTooLarge",
+    "NotFound",
+    "OutboxRelay",
+    "Projection",
     "PublishError",
     "PublishMiddleware",
     "PublishNext",
+    "QueryBus",
     "Reject",
+    "Repository",
     "Retry",
     "RetryPolicy",
     "Settings",
@@ -52,6 +79,9 @@ __all__ = [
     "SubscriptionSpec",
     "SyncPublisher",
     "UnroutableError",
+    "Upcasters",
+    "applies",
+    "open_store",
 ]
 
 __version__ = "0.1.0"

@@ -321,8 +321,12 @@ class EventBus:
         id: str | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        time: str | None = None,
     ) -> Envelope:
-        """Publish one event; returns once the broker confirmed it is stored."""
+        """Publish one event; returns once the broker confirmed it is stored.
+
+        `id` and `time` default to a new UUID and now; pass them to re-publish a stored
+        event unchanged (an outbox relay), so consumers can deduplicate by id."""
         message = build_message(
             event,
             source=self._source,
@@ -332,6 +336,7 @@ class EventBus:
             id=id,
             correlation_id=correlation_id,
             causation_id=causation_id,
+            time=time,
         )
         if self._fast_publish:
             correlate_attributes(message.attributes)

@@ -34,10 +34,11 @@ def build_message(
     id: str | None = None,
     correlation_id: str | None = None,
     causation_id: str | None = None,
+    time: str | None = None,
 ) -> Message:
     cls = type(event)
     info = _CLASSES.get(cls)
-    if info is None:
+    if info is None or info[0] is not cls.__stream__:  # a stream set after definition
         info = _class_info(cls)
     stream, etype, to_json = info
     body = to_json(event)
@@ -50,7 +51,7 @@ def build_message(
         "source": source,
         "specversion": "1.0",
         "type": etype,
-        "time": now_rfc3339(),
+        "time": time or now_rfc3339(),
         "datacontenttype": "application/json",
     }
     if key is not None:

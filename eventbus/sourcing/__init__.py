@@ -1,0 +1,46 @@
+"""Event sourcing: aggregates, event stores (memory, SQLite, PostgreSQL), snapshots,
+upcasting, the transactional outbox and its relay, the inbox, and projections.
+
+The PostgreSQL backend is imported on demand (`open_store("postgresql://...")` or
+`eventbus.sourcing.postgres`), so psycopg is only needed when it is used.
+"""
+
+from .aggregate import Aggregate, applies
+from .codec import EventCodec, schema_version
+from .database import Database, Transaction, create_schema, dump_tables
+from .inbox import Inbox
+from .memory import MemoryEventStore
+from .outbox import OutboxRelay
+from .projection import EventMeta, Projection
+from .records import NewEvent, Snapshot, StoredEvent
+from .repository import Repository
+from .sqlite import SqliteDatabase, SqliteEventStore
+from .store import ANY_VERSION, NO_STREAM, EventStore, open_store
+from .upcasting import Upcasters
+
+__all__ = [
+    "ANY_VERSION",
+    "NO_STREAM",
+    "Aggregate",
+    "Database",
+    "EventCodec",
+    "EventMeta",
+    "EventStore",
+    "Inbox",
+    "MemoryEventStore",
+    "NewEvent",
+    "OutboxRelay",
+    "Projection",
+    "Repository",
+    "Snapshot",
+    "SqliteDatabase",
+    "SqliteEventStore",
+    "StoredEvent",
+    "Transaction",
+    "Upcasters",
+    "applies",
+    "create_schema",
+    "dump_tables",
+    "open_store",
+    "schema_version",
+]

@@ -1,0 +1,67 @@
+"""The inbox: an idempotent consumer. The event id is recorded per consumer group in the
+same transaction as the read-model update, so a redelivered event changes nothing.
+
+    inbox = Inbox(db, group="notifications")
+
+    @bus.subscribe(group="notifications")
+    async def on_paid(event: OrderPaid, ctx: Context) -> None:
+        async def update(tx: Transaction) -> None:
+            await tx.execute("INSERT INTO mails ...", (...))
+        await inbox.handle(ctx.envelope.id, update)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from .database import Database, Transaction, create_schema
+
+T = TypeVar("T")
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS inbox (
+        consumer_group TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        PRIMARY KEY (consumer_group, event_id)
+    )""",
+)
+
+
+class Inbox:
+    def __init__(self, db: Database, group: str) -> None:
+        self.db = db
+        self.group = group
+
+    async def setup(self) -> None:
+        await create_schema(self.db, SCHEMA)
+
+    async def handle(self, event_id: str, update: Callable[[Transaction], Awaitable[T]]) -> bool:
+        """Run `update(tx)` unless this group handled `event_id` before; returns whether it
+        ran. The id is recorded in the same transaction, so both commit or neither does."""
+        async with self.db.transaction() as tx:
+            if not await record(tx, self.group, event_id):
+                return False
+            await update(tx)
+            return True
+
+    async def seen(self, event_id: str) -> bool:
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT 1 FROM inbox WHERE consumer_group = ? AND event_id = ?",
+                (self.group, event_id),
+            )
+        return row is not None
+
+
+async def record(tx: Transaction, group: str, event_id: str) -> bool:
+    """Record `event_id` for `group` inside `tx`; False if it was recorded before.
+
+    On PostgreSQL a concurrent duplicate waits on the primary key until the first commits,
+    then inserts nothing."""
+    inserted = await tx.execute(
+        "INSERT INTO inbox (consumer_group, event_id) VALUES (?, ?) "
+        "ON CONFLICT (consumer_group, event_id) DO NOTHING",
+        (group, event_id),
+    )
+    return inserted == 1

@@ -1,0 +1,386 @@
+"""The PostgreSQL event store (psycopg 3) and the PostgreSQL `Database`.
+
+Gap-free global order: positions come from a sequence in PostgreSQL only at the risk of
+a later commit with a smaller number (a tailing reader would skip it). Here every append
+takes a transaction-scoped advisory lock first, then assigns `max(position) + 1`, so
+appends commit one after another in position order; the lock is released at commit.
+Within one call all events go in one transaction. `schema=` isolates a store in its own
+PostgreSQL schema (tests use one per test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from typing import Any, Literal
+
+try:
+    import psycopg
+    from psycopg import sql as pgsql
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "the PostgreSQL event store needs psycopg 3: pip install 'eventbus[postgres]'"
+    ) from exc
+
+from eventbus.errors import ConcurrencyError, ConfigurationError
+from eventbus.settings import redact_url
+
+from .database import Params, Row
+from .records import NewEvent, Snapshot, StoredEvent
+from .store import EventStore, check_events, check_version, decode_headers, encode_headers
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+        position BIGINT PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        event_id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        schema_version INTEGER NOT NULL,
+        data BYTEA NOT NULL,
+        stream TEXT NOT NULL,
+        key TEXT,
+        time TEXT NOT NULL,
+        correlation_id TEXT,
+        causation_id TEXT,
+        headers TEXT NOT NULL,
+        UNIQUE (stream_id, version)
+    )""",
+    """CREATE TABLE IF NOT EXISTS snapshots (
+        stream_id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        state BYTEA NOT NULL,
+        schema_version INTEGER NOT NULL,
+        time TEXT NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS outbox (position BIGINT PRIMARY KEY)",
+)
+
+COLUMNS = (
+    "position, stream_id, version, event_id, type, schema_version, data, stream, key, "
+    "time, correlation_id, causation_id, headers"
+)
+_E_COLUMNS = ", ".join("e." + c.strip() for c in COLUMNS.split(","))
+#: one lock per schema serializes appends (see the module docstring)
+_APPEND_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.eventbus.append'))"
+_DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('eventbus.ddl'))"
+
+
+@lru_cache(maxsize=1024)
+def to_pyformat(sql: str) -> str:
+    """`?` placeholders -> psycopg's `%s` (literal `%` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _row_to_event(row: Row) -> StoredEvent:
+    (pos, sid, ver, eid, etype, schema, data, stream, key, time, corr, caus, headers) = row
+    return StoredEvent(
+        pos, sid, ver, eid, etype, schema, bytes(data), stream, key, time, corr, caus,
+        decode_headers(headers),
+    )  # fmt: skip
+
+
+def _rows_to_events(rows: list[Row]) -> list[StoredEvent]:
+    return [_row_to_event(row) for row in rows]
+
+
+class _Pool:
+    """A few connections, handed out one task at a time; broken ones are replaced."""
+
+    def __init__(self, url: str, size: int, schema: str | None) -> None:
+        self._url = url
+        self._size = size
+        self._schema = schema
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._count = 0
+        self._available = asyncio.Condition()
+        self._closed = False
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if self._schema:
+            kwargs["options"] = f"-c search_path={self._schema}"
+        try:
+            return await psycopg.AsyncConnection.connect(self._url, **kwargs)
+        except psycopg.OperationalError as exc:
+            raise ConnectionError(
+                f"cannot connect to PostgreSQL at {redact_url(self._url)}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            ) from None
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        conn = await self._acquire()
+        try:
+            yield conn
+        finally:
+            await self._release(conn)
+
+    async def _acquire(self) -> psycopg.AsyncConnection[Any]:
+        async with self._available:
+            while True:
+                if self._closed:
+                    raise RuntimeError("the PostgreSQL store is closed")
+                if self._idle:
+                    return self._idle.pop()
+                if self._count < self._size:
+                    self._count += 1
+                    break
+                await self._available.wait()
+        try:
+            return await self._connect()
+        except BaseException:
+            async with self._available:
+                self._count -= 1
+                self._available.notify()
+            raise
+
+    async def _release(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        healthy = (
+            not conn.closed
+            and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            and not self._closed
+        )
+        if not healthy:
+            await conn.close()
+        async with self._available:
+            if healthy:
+                self._idle.append(conn)
+            else:
+                self._count -= 1
+            self._available.notify()
+
+    async def close(self) -> None:
+        async with self._available:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+            self._available.notify_all()
+        for conn in idle:
+            await conn.close()
+
+
+class PostgresDatabase:
+    """Transactions on pooled psycopg connections; SQL with `?` placeholders."""
+
+    dialect: Literal["sqlite", "postgresql"] = "postgresql"
+
+    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 4) -> None:
+        if schema is not None and not _SCHEMA_NAME.match(schema):
+            raise ConfigurationError(
+                f"PostgreSQL schema {schema!r}: use lower-case letters, digits and '_'"
+            )
+        self.url = url
+        self.schema = schema
+        self.pool = _Pool(url, pool_size, schema)
+        self._opened = False
+
+    async def open(self) -> None:
+        if self._opened:
+            return
+        if self.schema:
+            async with self.pool.connection() as conn, conn.transaction():
+                await conn.execute(_DDL_LOCK)
+                await conn.execute(
+                    pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                        pgsql.Identifier(self.schema)
+                    )
+                )
+        self._opened = True
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def drop_schema(self) -> None:
+        """Drop this database's schema with everything in it (test clean-up)."""
+        if not self.schema:
+            raise ConfigurationError("drop_schema() needs a store opened with schema=")
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pgsql.Identifier(self.schema))
+            )
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        async with self.pool.connection() as conn, conn.transaction():
+            yield PostgresTransaction(conn)
+
+
+class PostgresTransaction:
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        cur = await self._conn.execute(to_pyformat(sql), params)
+        return cur.rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        async with self._conn.cursor() as cur:
+            await cur.executemany(to_pyformat(sql), rows)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        cur = await self._conn.execute(to_pyformat(sql), params)
+        row: Row | None = await cur.fetchone()
+        return row
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        cur = await self._conn.execute(to_pyformat(sql), params)
+        rows: list[Row] = await cur.fetchall()
+        return rows
+
+
+class PostgresEventStore(EventStore):
+    backend = "postgresql"
+
+    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 4) -> None:
+        self.url = url
+        self._db = PostgresDatabase(url, schema=schema, pool_size=pool_size)
+
+    def __repr__(self) -> str:
+        return f"PostgresEventStore({redact_url(self.url)!r}, schema={self._db.schema!r})"
+
+    @property
+    def database(self) -> PostgresDatabase:
+        return self._db
+
+    async def open(self) -> None:
+        await self._db.open()
+        async with self._db.pool.connection() as conn, conn.transaction():
+            await conn.execute(_DDL_LOCK)
+            for statement in SCHEMA:
+                await conn.execute(statement)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        publish: bool = False,
+    ) -> list[StoredEvent]:
+        check_events(events)
+        async with self._db.pool.connection() as conn:
+            try:
+                async with conn.transaction():
+                    await conn.execute(_APPEND_LOCK)
+                    cur = await conn.execute(
+                        "SELECT coalesce(max(version), 0), "
+                        "(SELECT coalesce(max(position), 0) FROM events) "
+                        "FROM events WHERE stream_id = %s",
+                        (stream_id,),
+                    )
+                    row = await cur.fetchone()
+                    assert row is not None
+                    current, last = int(row[0]), int(row[1])
+                    check_version(stream_id, current, expected_version)
+                    stored = [
+                        StoredEvent.of(new, stream_id, current + i, last + i)
+                        for i, new in enumerate(events, start=1)
+                    ]
+                    async with conn.cursor() as c:
+                        await c.executemany(
+                            f"INSERT INTO events ({COLUMNS}) VALUES "
+                            "(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                            [
+                                (e.position, stream_id, e.version, e.id, e.type,
+                                 e.schema_version, e.data, e.stream, e.key, e.time,
+                                 e.correlation_id, e.causation_id, encode_headers(e.headers))
+                                for e in stored
+                            ],
+                        )  # fmt: skip
+                        if publish:
+                            await c.executemany(
+                                "INSERT INTO outbox (position) VALUES (%s)",
+                                [(e.position,) for e in stored],
+                            )
+            except psycopg.errors.UniqueViolation as exc:
+                raise ConcurrencyError(
+                    f"stream {stream_id!r}: version or event id already taken "
+                    f"({exc.diag.constraint_name}); reload and retry the command"
+                ) from None
+        return stored
+
+    async def _fetch(self, query: str, params: Params) -> list[StoredEvent]:
+        async with self._db.pool.connection() as conn:
+            cur = await conn.execute(query, params)
+            rows = await cur.fetchall()
+        return _rows_to_events(rows)
+
+    async def read(
+        self, stream_id: str, from_version: int = 1, to_version: int | None = None
+    ) -> list[StoredEvent]:
+        upper = to_version if to_version is not None else 2**31 - 1
+        return await self._fetch(
+            f"SELECT {COLUMNS} FROM events WHERE stream_id = %s AND version >= %s "
+            "AND version <= %s ORDER BY version",
+            (stream_id, from_version, upper),
+        )
+
+    async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[StoredEvent]:
+        return await self._fetch(
+            f"SELECT {COLUMNS} FROM events WHERE position >= %s ORDER BY position LIMIT %s",
+            (from_position, limit),
+        )
+
+    async def _scalar(self, query: str, params: Params = ()) -> int:
+        async with self._db.pool.connection() as conn:
+            cur = await conn.execute(query, params)
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None else 0
+
+    async def stream_version(self, stream_id: str) -> int:
+        return await self._scalar(
+            "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = %s", (stream_id,)
+        )
+
+    async def last_position(self) -> int:
+        return await self._scalar("SELECT coalesce(max(position), 0) FROM events")
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        async with self._db.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO snapshots (stream_id, version, state, schema_version, time) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stream_id) DO UPDATE SET "
+                "version = excluded.version, state = excluded.state, "
+                "schema_version = excluded.schema_version, time = excluded.time "
+                "WHERE excluded.version >= snapshots.version",
+                (snapshot.stream_id, snapshot.version, snapshot.state,
+                 snapshot.schema_version, snapshot.time),
+            )  # fmt: skip
+
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        async with self._db.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT version, state, schema_version, time FROM snapshots WHERE stream_id = %s",
+                (stream_id,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return Snapshot(stream_id, row[0], bytes(row[1]), row[2], row[3])
+
+    async def outbox_pending(self, limit: int = 500) -> list[StoredEvent]:
+        return await self._fetch(
+            f"SELECT {_E_COLUMNS} FROM outbox o JOIN events e ON e.position = o.position "
+            "ORDER BY o.position LIMIT %s",
+            (limit,),
+        )
+
+    async def outbox_mark_sent(self, positions: Sequence[int]) -> None:
+        if not positions:
+            return
+        async with self._db.pool.connection() as conn:
+            await conn.execute("DELETE FROM outbox WHERE position = ANY(%s)", (list(positions),))
+
+
+__all__ = ["PostgresDatabase", "PostgresEventStore", "PostgresTransaction"]

@@ -1,0 +1,181 @@
+"""The event-store protocol every backend implements, and `open_store(url)`.
+
+Guarantees (the shared store tests check each one on every backend):
+
+- `append` is atomic: all events of a call are stored, or none. With `expected_version`
+  it raises `ConcurrencyError` unless the stream is at exactly that version, so of
+  several writers racing for one version exactly one wins. With `publish=True` the events
+  are queued in the outbox in the same transaction.
+- `read_all(from_position, limit)` returns events in global order. Positions are assigned
+  in commit order, so a reader tailing the store by "last position seen + 1" never skips
+  an event that commits later with a smaller position.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from eventbus.errors import ConcurrencyError, ConfigurationError
+from eventbus.settings import redact_url
+
+from .records import NewEvent, Snapshot, StoredEvent
+
+if TYPE_CHECKING:
+    from .database import Database
+
+#: `expected_version` for "no check": append whatever the stream's version
+ANY_VERSION: int | None = None
+#: `expected_version` for "the stream must not exist yet"
+NO_STREAM = 0
+
+
+class EventStore(ABC):
+    """An append-only store of event streams with a global order."""
+
+    #: the URL scheme of the backend (`memory`, `sqlite`, `postgresql`)
+    backend: str = ""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect and create the schema if missing (idempotent)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and threads."""
+
+    async def __aenter__(self) -> EventStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        publish: bool = False,
+    ) -> list[StoredEvent]:
+        """Append `events` after version `expected_version` of `stream_id` (None: any).
+
+        Returns them as stored (versions and positions assigned). Raises
+        `ConcurrencyError` if the stream is at another version. `publish=True` also
+        queues them in the outbox, in the same transaction.
+        """
+
+    @abstractmethod
+    async def read(
+        self, stream_id: str, from_version: int = 1, to_version: int | None = None
+    ) -> list[StoredEvent]:
+        """The events of one stream with `from_version <= version <= to_version`."""
+
+    @abstractmethod
+    async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[StoredEvent]:
+        """Up to `limit` events with `position >= from_position`, in global order."""
+
+    @abstractmethod
+    async def stream_version(self, stream_id: str) -> int:
+        """The version of a stream (0 if it has no events)."""
+
+    @abstractmethod
+    async def last_position(self) -> int:
+        """The position of the last committed event (0 if none)."""
+
+    @abstractmethod
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Store a snapshot; it replaces an older one of the same stream."""
+
+    @abstractmethod
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        """The newest snapshot of a stream, if any."""
+
+    @abstractmethod
+    async def outbox_pending(self, limit: int = 500) -> list[StoredEvent]:
+        """Events queued for publishing and not yet marked sent, in global order."""
+
+    @abstractmethod
+    async def outbox_mark_sent(self, positions: Sequence[int]) -> None:
+        """Take published events off the outbox (idempotent)."""
+
+    @property
+    def database(self) -> Database | None:
+        """The SQL database the store lives in, for read models, inboxes and checkpoints
+        that must commit together (None for the memory store)."""
+        return None
+
+
+def check_version(stream_id: str, current: int, expected: int | None) -> None:
+    if expected is not None and current != expected:
+        raise ConcurrencyError(
+            f"stream {stream_id!r} is at version {current}, not the expected {expected}: "
+            "another writer appended first; reload and retry the command"
+        )
+
+
+def check_events(events: Sequence[NewEvent]) -> None:
+    if not events:
+        raise ValueError("append needs at least one event")
+
+
+def encode_headers(headers: dict[str, str]) -> str:
+    return json.dumps(headers, separators=(",", ":")) if headers else "{}"
+
+
+def decode_headers(text: str | None) -> dict[str, str]:
+    if not text or text == "{}":
+        return {}
+    value: dict[str, str] = json.loads(text)
+    return value
+
+
+def open_store(url: str) -> EventStore:
+    """An unopened store for `url`: `memory://`, `sqlite:///path/to/file.db`
+    (`sqlite://` alone = a private in-memory database), `postgresql://user:pw@host/db`."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        from .memory import MemoryEventStore
+
+        return MemoryEventStore()
+    if scheme == "sqlite":
+        from .sqlite import SqliteEventStore
+
+        return SqliteEventStore(sqlite_path(url))
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresEventStore
+
+        dsn, schema = postgres_schema(url)
+        return PostgresEventStore(dsn, schema=schema)
+    raise ConfigurationError(
+        f"EVENTBUS_STORE_URL {redact_url(url)!r}: unknown scheme {scheme!r}; use memory://, "
+        "sqlite:///path or postgresql://user:password@host/database"
+    )
+
+
+def postgres_schema(url: str) -> tuple[str, str | None]:
+    """Split the `schema=` query parameter (ours, not libpq's) off a PostgreSQL URL."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///tmp/x.db` -> `/tmp/x.db`; `sqlite:///./x.db` -> `./x.db`;
+    `sqlite://` -> a private in-memory database."""
+    rest = url.split("://", 1)[1]
+    if rest in ("", "/", "/:memory:"):
+        return ":memory:"
+    path = rest[1:] if rest.startswith("/") and rest[1:2] in (".",) else rest
+    return path

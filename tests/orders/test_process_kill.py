@@ -1,0 +1,85 @@
+"""Services as separate OS processes; the relay and the projection processes are killed
+with SIGKILL mid-run and restarted. The read model must equal the replayed one.
+
+On memory:// (one process per broker) the projections follow the store with a
+checkpoint; on RabbitMQ/Kafka they consume the bus with the inbox, fed by a relay process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from eventbus.sourcing import open_store
+from examples.orders.demo import drive, settled
+from examples.orders.web import JsonClient
+
+from .conftest import free_port
+from .support import assert_read_model_is_exact
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def start(service: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "examples.orders", service,
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    async with asyncio.timeout(120):
+        while not (line := await proc.stdout.readline()).startswith(b"orders: running"):
+            assert line, f"{service} exited with {await proc.wait()}"
+    return proc
+
+
+async def kill(proc: asyncio.subprocess.Process) -> None:
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+
+
+async def test_killed_relay_and_projection_processes(
+    bus_url: str, store_url: str, stream: str, tmp_path: Path
+) -> None:
+    on_bus = not bus_url.startswith("memory:")
+    port = free_port()
+    env = {
+        **os.environ,
+        "EVENTBUS_URL": bus_url,
+        "EVENTBUS_STORE_URL": store_url,
+        "ORDERS_STREAM": stream,
+        "ORDERS_COMMAND_PORT": str(port),
+        "ORDERS_PROJECTION_SOURCE": "bus" if on_bus else "store",
+        "EVENTBUS_LOG_LEVEL": "WARNING",
+    }
+    workers = ["projection", "notification"] + (["relay"] if on_bus else [])
+    procs = {"command": await start("command", env)}
+    for name in workers:
+        procs[name] = await start(name, env)
+    command = JsonClient("127.0.0.1", port)
+    store = open_store(store_url)
+    await store.open()
+    try:
+        for round_ in range(3):
+            driving = asyncio.create_task(drive(command, 24, seed=round_))
+            await asyncio.sleep(0.3)  # let the workers get going, then kill them mid-run
+            for name in workers:
+                await kill(procs[name])
+            await driving
+            for name in workers:
+                procs[name] = await start(name, env)
+        assert store.database is not None
+        await settled(store, store.database, timeout=120)
+        await assert_read_model_is_exact(store, store.database, str(tmp_path))
+    finally:
+        await command.close()
+        await store.close()
+        for proc in procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 60)
+                except TimeoutError:
+                    await kill(proc)

@@ -1,0 +1,316 @@
+"""The shared event-store tests: every backend subclasses `StoreContract` (and
+`MultiProcessContract` if several processes can share it), in the spirit of the
+`eventsourcing` library's recorder tests."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from eventbus.errors import ConcurrencyError
+from eventbus.sourcing import NO_STREAM, EventStore, NewEvent, Snapshot, StoredEvent
+
+from .support import StoreSpec, make_store, new_event
+
+STREAM = "account-a"
+
+
+class StoreContract:
+    """Subclasses implement `spec()` (how to open the store under test) and may override
+    `cleanup()`; `shared_instances` says whether two instances of one spec see the same
+    data (false for memory)."""
+
+    shared_instances = True
+
+    def spec(self) -> StoreSpec:
+        raise NotImplementedError
+
+    async def cleanup(self) -> None:
+        return None
+
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[EventStore]:
+        self._spec = self.spec()
+        store = make_store(self._spec)
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
+            await self.cleanup()
+
+    async def another(self, store: EventStore) -> EventStore:
+        """A second instance on the same data (its own connection)."""
+        if not self.shared_instances:
+            return store
+        other = make_store(self._spec)
+        await other.open()
+        return other
+
+    # --- append and read -------------------------------------------------------------------
+
+    async def test_append_then_read_keeps_every_field(self, store: EventStore) -> None:
+        first = new_event(
+            1,
+            correlation_id="corr-1",
+            causation_id="cause-1",
+            headers={"tenant": "acme"},
+            schema_version=3,
+            time="2024-05-01T12:00:00.123456Z",
+        )
+        second = new_event(2, data='{"note":"h\u00e9llo \u2603"}'.encode())
+        stored = await store.append(STREAM, [first, second], NO_STREAM)
+        assert [(e.version, e.position) for e in stored] == [(1, 1), (2, 2)]
+        read = await store.read(STREAM)
+        assert read == stored
+        e = read[0]
+        assert (e.id, e.type, e.data, e.stream, e.key) == (
+            first.id, first.type, first.data, "accounts", "a",
+        )  # fmt: skip
+        assert (e.correlation_id, e.causation_id, e.headers) == (
+            "corr-1",
+            "cause-1",
+            {"tenant": "acme"},
+        )
+        assert (e.schema_version, e.time, e.stream_id) == (3, "2024-05-01T12:00:00.123456Z", STREAM)
+        assert read[1].data == second.data
+        assert read[1].correlation_id is None and read[1].headers == {}
+
+    async def test_versions_continue_across_appends(self, store: EventStore) -> None:
+        await store.append(STREAM, [new_event(1)], NO_STREAM)
+        stored = await store.append(STREAM, [new_event(2), new_event(3)], 1)
+        assert [e.version for e in stored] == [2, 3]
+        assert await store.stream_version(STREAM) == 3
+        assert await store.stream_version("account-none") == 0
+
+    async def test_read_a_version_range(self, store: EventStore) -> None:
+        await store.append(STREAM, [new_event(i) for i in range(1, 6)], NO_STREAM)
+        assert [e.version for e in await store.read(STREAM, 2)] == [2, 3, 4, 5]
+        assert [e.version for e in await store.read(STREAM, 2, 4)] == [2, 3, 4]
+        assert await store.read(STREAM, 6) == []
+        assert await store.read("account-none") == []
+
+    async def test_big_event_round_trips(self, store: EventStore) -> None:
+        data = b'{"blob":"' + b"x" * 300_000 + b'"}'
+        await store.append(STREAM, [new_event(data=data)], NO_STREAM)
+        assert (await store.read(STREAM))[0].data == data
+
+    # --- optimistic concurrency --------------------------------------------------------------
+
+    async def test_wrong_expected_version_raises_and_writes_nothing(
+        self, store: EventStore
+    ) -> None:
+        await store.append(STREAM, [new_event(1)], NO_STREAM)
+        with pytest.raises(ConcurrencyError, match="version 1"):
+            await store.append(STREAM, [new_event(2), new_event(3)], NO_STREAM)
+        with pytest.raises(ConcurrencyError):
+            await store.append(STREAM, [new_event(2)], 5)
+        assert [e.version for e in await store.read(STREAM)] == [1]
+        assert await store.last_position() == 1
+
+    async def test_any_version_appends_without_check(self, store: EventStore) -> None:
+        await store.append(STREAM, [new_event(1)], None)
+        stored = await store.append(STREAM, [new_event(2)], None)
+        assert stored[0].version == 2
+
+    async def test_duplicate_event_id_is_refused(self, store: EventStore) -> None:
+        event = new_event(1)
+        await store.append(STREAM, [event], NO_STREAM)
+        with pytest.raises(ConcurrencyError):
+            await store.append("account-b", [new_event(2, id=event.id)], NO_STREAM)
+        assert await store.last_position() == 1
+
+    async def test_empty_append_is_an_error(self, store: EventStore) -> None:
+        with pytest.raises(ValueError, match="at least one"):
+            await store.append(STREAM, [], NO_STREAM)
+
+    # --- global order --------------------------------------------------------------------
+
+    async def test_read_all_in_global_order_with_limit(self, store: EventStore) -> None:
+        await store.append("s-1", [new_event(1), new_event(2)], NO_STREAM)
+        await store.append("s-2", [new_event(3)], NO_STREAM)
+        await store.append("s-1", [new_event(4)], 2)
+        everything = await store.read_all()
+        assert [(e.position, e.stream_id, e.version) for e in everything] == [
+            (1, "s-1", 1), (2, "s-1", 2), (3, "s-2", 1), (4, "s-1", 3),
+        ]  # fmt: skip
+        assert [e.position for e in await store.read_all(2, limit=2)] == [2, 3]
+        assert await store.read_all(5) == []
+        assert await store.last_position() == 4
+
+    async def test_tailing_reader_never_skips_an_event(self, store: EventStore) -> None:
+        """Writers on many streams race; a reader that only ever asks for "after the last
+        position I saw" must still end up with every event, once, in order."""
+        writers, per_writer = 6, 25
+        stores = [await self.another(store) for _ in range(writers)]
+        seen: list[StoredEvent] = []
+        done = asyncio.Event()
+
+        async def write(n: int) -> None:
+            s = stores[n]
+            for i in range(per_writer):
+                await s.append(f"s-{n}", [new_event(i), new_event(i)], None)
+
+        async def tail() -> None:
+            while True:
+                finished = done.is_set()
+                batch = await store.read_all((seen[-1].position + 1) if seen else 1, 7)
+                seen.extend(batch)
+                if finished and not batch:
+                    return
+                if not batch:
+                    await asyncio.sleep(0)
+
+        reader = asyncio.create_task(tail())
+        try:
+            await asyncio.gather(*(write(n) for n in range(writers)))
+        finally:
+            done.set()
+            await reader
+            for s in stores:
+                if s is not store:
+                    await s.close()
+        everything = await store.read_all(1, 10_000)
+        assert len(everything) == writers * per_writer * 2
+        assert [e.position for e in everything] == list(range(1, len(everything) + 1))
+        assert [e.id for e in seen] == [e.id for e in everything]
+
+    # --- concurrent writers: exactly one wins each version ----------------------------------
+
+    async def _race(self, stores: list[EventStore], versions: int) -> None:
+        wins: list[tuple[int, str]] = []
+
+        async def writer(s: EventStore) -> None:
+            for version in range(1, versions + 1):
+                event = new_event(version)
+                try:
+                    await s.append(STREAM, [event], version - 1)
+                except ConcurrencyError:
+                    continue
+                wins.append((version, event.id))
+
+        await asyncio.gather(*(writer(s) for s in stores))
+        assert_one_winner_per_version(sorted(wins), await stores[0].read(STREAM), versions)
+
+    async def test_concurrent_tasks_on_one_instance(self, store: EventStore) -> None:
+        await self._race([store] * 8, 30)
+
+    async def test_concurrent_tasks_on_separate_connections(self, store: EventStore) -> None:
+        stores = [store] + [await self.another(store) for _ in range(5)]
+        try:
+            await self._race(stores, 30)
+        finally:
+            for s in stores[1:]:
+                if s is not store:
+                    await s.close()
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    async def test_snapshots_keep_the_newest(self, store: EventStore) -> None:
+        assert await store.load_snapshot(STREAM) is None
+        await store.save_snapshot(Snapshot(STREAM, 10, b'{"n":10}', 1, "t1"))
+        await store.save_snapshot(Snapshot(STREAM, 20, b'{"n":20}', 2, "t2"))
+        await store.save_snapshot(Snapshot(STREAM, 15, b'{"n":15}', 1, "t3"))  # older: ignored
+        assert await store.load_snapshot(STREAM) == Snapshot(STREAM, 20, b'{"n":20}', 2, "t2")
+        assert await store.load_snapshot("account-b") is None
+
+    # --- outbox ------------------------------------------------------------------------------
+
+    async def test_outbox_queues_in_the_append_transaction(self, store: EventStore) -> None:
+        await store.append("s-1", [new_event(1), new_event(2)], NO_STREAM, publish=True)
+        await store.append("s-2", [new_event(3)], NO_STREAM)  # not published
+        await store.append("s-2", [new_event(4)], 1, publish=True)
+        with pytest.raises(ConcurrencyError):
+            await store.append("s-2", [new_event(5)], 0, publish=True)  # rolled back
+        pending = await store.outbox_pending()
+        assert [(e.position, e.stream_id) for e in pending] == [(1, "s-1"), (2, "s-1"), (4, "s-2")]
+        assert pending == [e for e in await store.read_all() if e.position in (1, 2, 4)]
+        assert [e.position for e in await store.outbox_pending(limit=2)] == [1, 2]
+        await store.outbox_mark_sent([1, 2])
+        await store.outbox_mark_sent([1])  # idempotent
+        assert [e.position for e in await store.outbox_pending()] == [4]
+        await store.outbox_mark_sent([4])
+        assert await store.outbox_pending() == []
+
+
+class PersistentContract(StoreContract):
+    async def test_events_survive_reopening(self, store: EventStore) -> None:
+        stored = await store.append(STREAM, [new_event(1)], NO_STREAM, publish=True)
+        await store.close()
+        reopened = make_store(self._spec)
+        await reopened.open()
+        try:
+            assert await reopened.read(STREAM) == stored
+            assert await reopened.outbox_pending() == stored
+        finally:
+            await reopened.close()
+
+
+class MultiProcessContract(PersistentContract):
+    async def test_concurrent_processes_exactly_one_wins_each_version(
+        self, store: EventStore
+    ) -> None:
+        processes, versions = 4, 40
+        ctx = multiprocessing.get_context("spawn")
+        go = ctx.Event()
+        results: Any = ctx.Queue()
+        workers = [
+            ctx.Process(target=append_worker, args=(self._spec, versions, go, results))
+            for _ in range(processes)
+        ]
+        for w in workers:
+            w.start()
+        try:
+            ready = [await asyncio.to_thread(results.get, True, 120) for _ in workers]
+            assert ready == ["ready"] * processes
+            go.set()
+            outcomes = [await asyncio.to_thread(results.get, True, 240) for _ in workers]
+        finally:
+            for w in workers:
+                await asyncio.to_thread(w.join, 60)
+                if w.is_alive():
+                    w.kill()
+        errors = [o for o in outcomes if isinstance(o, str)]
+        assert not errors, errors
+        wins = sorted(win for outcome in outcomes for win in outcome)
+        assert_one_winner_per_version(wins, await store.read(STREAM), versions)
+        assert all(w.exitcode == 0 for w in workers)
+
+
+def assert_one_winner_per_version(
+    wins: list[tuple[int, str]], stored: list[StoredEvent], versions: int
+) -> None:
+    assert [v for v, _ in wins] == list(range(1, versions + 1)), "each version: one winner"
+    assert [(e.version, e.id) for e in stored] == wins
+
+
+def append_worker(spec: StoreSpec, versions: int, go: Any, results: Any) -> None:
+    """One OS process racing for every version of one stream."""
+
+    async def main() -> list[tuple[int, str]]:
+        store = make_store(spec)
+        await store.open()
+        wins: list[tuple[int, str]] = []
+        try:
+            results.put("ready")
+            await asyncio.to_thread(go.wait, 120)
+            for version in range(1, versions + 1):
+                event = NewEvent(type="account.deposited", data=b"{}", stream="accounts", key="a")
+                try:
+                    await store.append(STREAM, [event], version - 1)
+                except ConcurrencyError:
+                    continue
+                wins.append((version, event.id))
+        finally:
+            await store.close()
+        return wins
+
+    try:
+        results.put(asyncio.run(main()))
+    except BaseException as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+        raise

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import pytest
+
+from eventbus.sourcing import SqliteEventStore, open_store
+from eventbus.sourcing.store import sqlite_path
+
+from .store_contract import MultiProcessContract
+from .support import StoreSpec
+
+
+class TestSqliteStore(MultiProcessContract):
+    @pytest.fixture(autouse=True)
+    def _dir(self, tmp_path: object) -> None:
+        self._path = f"{tmp_path}/events.db"
+
+    def spec(self) -> StoreSpec:
+        return ("sqlite", self._path)
+
+
+def test_store_urls() -> None:
+    assert sqlite_path("sqlite:///tmp/x.db") == "/tmp/x.db"
+    assert sqlite_path("sqlite:///./x.db") == "./x.db"
+    assert sqlite_path("sqlite://") == ":memory:"
+    store = open_store("sqlite:////var/tmp/e.db")
+    assert isinstance(store, SqliteEventStore) and store.path == "//var/tmp/e.db"
