@@ -1,9 +1,16 @@
+import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+
+import pytest
+
+from eventbus import Event, EventBus, Reject, RetryPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,3 +57,72 @@ def test_dlq_with_bad_url_is_a_clear_error() -> None:
     assert "no adapter for scheme 'nats'" in err
     assert "pw" not in err.replace("pw@", "")  # only the redacted form may appear
     assert "x:***@h" in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("amqp://guest:guest@127.0.0.1:5672/", marks=pytest.mark.rabbitmq),
+        pytest.param("kafka://127.0.0.1:9092", marks=pytest.mark.kafka),
+    ],
+)
+def test_dlq_list_and_replay_on_a_real_broker(url: str) -> None:
+    """Dead letters made by one process are listed and replayed by `eventbus dlq`."""
+    stream = f"cli{uuid.uuid4().hex[:8]}"
+
+    class Job(Event, stream=stream, type="job.requested"):
+        name: str
+
+    handled: list[str] = []
+    healthy = False
+
+    async def make_dead_letters() -> None:
+        bus = EventBus(url)
+
+        @bus.subscribe(group="workers", retry=RetryPolicy(attempts=1))
+        async def work(job: Job) -> None:
+            if not healthy:
+                raise Reject(f"cannot run {job.name} yet")
+            handled.append(job.name)
+
+        async with bus:
+            for name in ("a", "b"):
+                await bus.publish(Job(name=name), key=name)
+            for _ in range(3000):
+                if len([d async for d in bus.dead_letters(stream, "workers")]) == 2:
+                    return
+                await asyncio.sleep(0.01)
+        raise AssertionError("no dead letters")
+
+    asyncio.run(make_dead_letters())
+    listing = eventbus(
+        "dlq", "list", "--url", url, "--stream", stream, "--group", "workers", "--json"
+    )
+    out, err = listing.communicate(timeout=60)
+    assert listing.returncode == 0, err
+    letters = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert sorted(json.loads(d["body"])["name"] for d in letters) == ["a", "b"]
+    assert {d["headers"]["x-exception-type"] for d in letters} == {"eventbus.Reject"}
+
+    replay = eventbus("dlq", "replay", "--url", url, "--stream", stream, "--group", "workers")
+    out, err = replay.communicate(timeout=60)
+    assert replay.returncode == 0, err
+    assert "replayed 2 dead letter(s)" in out
+
+    healthy = True
+
+    async def consume_replayed() -> None:
+        bus = EventBus(url)
+
+        @bus.subscribe(group="workers")
+        async def work(job: Job) -> None:
+            handled.append(job.name)
+
+        async with bus:
+            for _ in range(3000):
+                if len(handled) == 2:
+                    return
+                await asyncio.sleep(0.01)
+
+    asyncio.run(consume_replayed())
+    assert sorted(handled) == ["a", "b"]
