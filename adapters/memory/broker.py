@@ -437,6 +437,27 @@ class MemoryBroker:
         member.task = asyncio.create_task(member.run(), name=f"memory:{spec.stream}.{spec.group}")
         return MemoryConsumer(member)
 
+    def busy(self) -> int:
+        """Events queued, in flight or waiting for a delayed retry, over every group."""
+        state = self.state
+        with state.lock:
+            groups = [g for per_stream in state.groups.values() for g in per_stream.values()]
+        count = len(state.delayed)
+        for group in groups:
+            if not group.members:
+                continue  # nobody consumes it: its backlog is not work in progress
+            for partition in group.partitions:
+                count += len(partition.queue) + partition.inflight
+        return count
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until every event published so far was handled (see `eventbus.testing`)."""
+        async with asyncio.timeout(timeout):
+            quiet = 0
+            while quiet < 3:  # idle across a few loop turns: handlers may publish more
+                quiet = quiet + 1 if not self.busy() else 0
+                await asyncio.sleep(0 if quiet else 0.001)
+
     async def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
         for dead in list(self.state.dead.get((stream, group), ())):
             yield dead
