@@ -4,7 +4,6 @@ broker to compare: its TestBroker is a test double, not a transport).
 No `from __future__ import annotations`: handlers are annotated with per-run event classes.
 """
 
-
 import asyncio
 import time
 import uuid

@@ -64,9 +64,15 @@ async def drive(
     publish_one: Callable[[int], Awaitable[None]],
     latencies: list[int],
 ) -> dict[str, float]:
-    """One run of a broker scenario, the same for every implementation: publish as fast as
-    possible (`rate=None`, throughput) or at `rate` (latency), then wait until `count`
-    events were handled (`latencies` grows by one per handled event)."""
+    """One run of a broker scenario, the same for every implementation: a warm-up event,
+    then publish as fast as possible (`rate=None`, throughput) or at `rate` (latency), then
+    wait until `count` events were handled (`latencies` grows by one per handled event)."""
+    # warm-up, as for every implementation: one event through the whole path (connections,
+    # metadata, the consumer's first fetch), not measured
+    await publish_one(0)
+    if consume:
+        await wait_for_count(lambda: len(latencies), 1, 60)
+        latencies.clear()
     start = time.perf_counter()
     if rate is None:
         await publish_all()

@@ -97,8 +97,7 @@ def to_markdown(outcomes: list[Outcome], mode: str) -> str:
     info = machine()
     lines = [
         f"Benchmark results ({mode} mode), {info['date']}: {info['cpu']}, {info['cores']} cores, "
-        f"Python {info['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        f"Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
         "",
         "| broker | scenario | implementation | median | spread (min-max) | p50 / p99 "
         "| eventbus vs this |",

@@ -33,6 +33,7 @@ class Dispatcher:
         self._process = process
         self.concurrency = concurrency
         self._closing = False
+        self._swept = False
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -57,13 +58,19 @@ class Dispatcher:
             index = next(self._rr) % self.concurrency
         else:
             index = zlib.crc32(key.encode()) % self.concurrency
-        await self._lanes[index].put(delivery)
+        lane = self._lanes[index]
+        await lane.put(delivery)
+        if self._swept:  # the put waited while drain swept the lanes: give it back too
+            await _sweep(lane)
 
     async def _work(self, lane: asyncio.Queue[Delivery | None]) -> None:
         while True:
             delivery = await lane.get()
             if delivery is None:
                 return
+            if self._closing:  # queued before the stop, not started: back to the broker
+                await _quiet_nack(delivery)
+                continue
             await self._counted(delivery)
 
     async def _counted(self, delivery: Delivery) -> None:
@@ -76,18 +83,17 @@ class Dispatcher:
                 self._idle.set()
 
     async def drain(self, timeout: float) -> None:
-        """Let in-flight handlers finish; give queued, unstarted deliveries back (nack)."""
+        """Let in-flight handlers finish; give queued, unstarted deliveries back (nack).
+
+        Every delivery ever submitted is settled exactly once: processed, or nacked here
+        (also one whose `submit` was still waiting for room in a full lane)."""
         self._closing = True
         if self._inflight:
             self._idle.clear()
-        for lane in self._lanes:
-            while not lane.empty():
-                queued = lane.get_nowait()
-                if queued is not None:
-                    await _quiet_nack(queued)
-            lane.put_nowait(None)
         try:
             async with asyncio.timeout(timeout):
+                for lane in self._lanes:  # the worker nacks what is queued ahead of it
+                    await lane.put(None)
                 await self._idle.wait()
                 if self._workers:
                     await asyncio.gather(*self._workers)
@@ -96,6 +102,16 @@ class Dispatcher:
             for task in self._workers:
                 task.cancel()
             await asyncio.gather(*self._workers, return_exceptions=True)
+        self._swept = True
+        for lane in self._lanes:
+            await _sweep(lane)
+
+
+async def _sweep(lane: asyncio.Queue[Delivery | None]) -> None:
+    while not lane.empty():
+        queued = lane.get_nowait()
+        if queued is not None:
+            await _quiet_nack(queued)
 
 
 async def _quiet_nack(delivery: Delivery) -> None:

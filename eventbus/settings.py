@@ -32,6 +32,8 @@ def redact_url(url: str) -> str:
     query = re.sub(
         r"((?:^|&)[^=&]*(?:pass|secret|token|key)[^=&]*=)[^&]*", r"\1***", parts.query, flags=re.I
     )
+    if netloc == parts.netloc and query == parts.query:
+        return url
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -40,7 +42,19 @@ def is_secret_key(name: str) -> bool:
 
 
 def redact_mapping(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("***" if is_secret_key(k) else v) for k, v in values.items()}
+    """A copy with secret-looking keys masked, nested mappings included."""
+    return {
+        k: (
+            "***"
+            if is_secret_key(k)
+            else redact_mapping(v)
+            if isinstance(v, dict)
+            else redact_url(v)
+            if isinstance(v, str) and "://" in v and "@" in v
+            else v
+        )
+        for k, v in values.items()
+    }
 
 
 class Settings(BaseSettings):

@@ -80,32 +80,64 @@ def parse_attempt(value: Any) -> int:
 # --- Kafka -----------------------------------------------------------------------------
 
 
+_KAFKA_NAMES: dict[str, str] = {"datacontenttype": KAFKA_CONTENT_TYPE}
+
+
+def _kafka_name(attribute: str) -> str:
+    name = _KAFKA_NAMES[attribute] = KAFKA_PREFIX + attribute
+    return name
+
+
 def to_kafka_headers(attributes: Mapping[str, str], attempt: int = 1) -> list[tuple[str, bytes]]:
-    headers: list[tuple[str, bytes]] = []
-    for name, value in attributes.items():
-        if name == "datacontenttype":
-            headers.append((KAFKA_CONTENT_TYPE, value.encode()))
-        else:
-            headers.append((KAFKA_PREFIX + name, value.encode()))
+    names = _KAFKA_NAMES
+    headers = [
+        (names.get(name) or _kafka_name(name), value.encode())
+        for name, value in attributes.items()
+    ]
     if attempt > 1:
         headers.append((ATTEMPT_HEADER, str(attempt).encode()))
     return headers
 
 
+_ATTEMPT = "\x00attempt"
+#: Kafka header name -> CloudEvents attribute ("" = not ours, _ATTEMPT = attempt count)
+_KAFKA_ATTRS: dict[str, str] = {}
+
+
+def _kafka_attr(header: str) -> str:
+    lowered = header.lower()
+    if lowered.startswith(KAFKA_PREFIX):
+        attr = lowered[len(KAFKA_PREFIX) :]
+    elif lowered == KAFKA_CONTENT_TYPE:
+        attr = "datacontenttype"
+    elif lowered == ATTEMPT_HEADER:
+        attr = _ATTEMPT
+    else:
+        attr = ""
+    if len(_KAFKA_ATTRS) < 4096:  # header names are few; never grow without bound
+        _KAFKA_ATTRS[header] = attr
+    return attr
+
+
 def from_kafka_headers(
     headers: Iterable[tuple[str, Any]] | None, key: bytes | str | None
 ) -> tuple[dict[str, str], int]:
-    """Kafka record headers + key -> (CloudEvents attributes, attempt)."""
+    """Kafka record headers + key -> (CloudEvents attributes, attempt). Runs per record."""
     attributes: dict[str, str] = {}
     attempt = 1
+    names = _KAFKA_ATTRS
     for name, value in headers or ():
-        lowered = name.lower()
-        if lowered.startswith(KAFKA_PREFIX):
-            attributes[lowered[3:]] = _text(value) if value is not None else ""
-        elif lowered == KAFKA_CONTENT_TYPE:
-            attributes["datacontenttype"] = _text(value) if value is not None else ""
-        elif lowered == ATTEMPT_HEADER:
+        attr = names.get(name)
+        if attr is None:
+            attr = _kafka_attr(name)
+        if not attr:
+            continue
+        if attr is _ATTEMPT:
             attempt = parse_attempt(value)
+        elif type(value) is bytes:
+            attributes[attr] = value.decode("utf-8", "replace")
+        else:
+            attributes[attr] = _text(value) if value is not None else ""
     if key is not None:
         attributes["partitionkey"] = _text(key)
     return attributes, attempt

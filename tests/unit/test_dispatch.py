@@ -83,3 +83,38 @@ def test_drain_gives_back_unstarted_and_waits_for_inflight() -> None:
     asyncio.run(main())
     assert sorted(done) == ["0", "1"]
     assert sorted(nacked) == ["2", "3", "4", "5", "late"]
+
+
+def test_a_submit_waiting_on_a_full_lane_is_given_back_at_drain() -> None:
+    """Every submitted delivery is settled exactly once, even one whose `submit` was
+    blocked on a full lane when the stop began."""
+    nacked.clear()
+    done: list[str] = []
+    gate = asyncio.Event()
+
+    async def process(d: Delivery) -> None:
+        await gate.wait()
+        done.append(d.attributes["n"])
+
+    async def main() -> None:
+        dispatcher = Dispatcher(process, concurrency=2, lane_buffer=1)
+        submitted = [
+            FakeDelivery(stream="s", body=b"", attributes={"n": str(n)}, key="same")
+            for n in range(5)
+        ]
+        feeder = asyncio.create_task(_feed(dispatcher, submitted))
+        await asyncio.sleep(0.01)  # one in flight, one queued, the feeder blocked on put
+        draining = asyncio.create_task(dispatcher.drain(5))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await draining
+        await feeder
+
+    async def _feed(dispatcher: Dispatcher, items: list[FakeDelivery]) -> None:
+        for item in items:
+            await dispatcher.submit(item)
+
+    asyncio.run(main())
+    assert done == ["0"]
+    assert sorted(nacked) == ["1", "2", "3", "4"]
+    assert len(done) + len(nacked) == 5

@@ -1,0 +1,13 @@
+"""`kafka://host:port[,host:port]`: Apache Kafka through confluent-kafka (librdkafka).
+
+Importing this package imports `confluent_kafka`, so a missing `eventbus[kafka]` extra is
+reported clearly by the adapter registry.
+"""
+
+import confluent_kafka  # noqa: F401  (the client library: fail here if it is missing)
+
+from .broker import KafkaAdapter, KafkaBroker, KafkaSyncTransport
+
+adapter = KafkaAdapter()
+
+__all__ = ["KafkaAdapter", "KafkaBroker", "KafkaSyncTransport", "adapter"]

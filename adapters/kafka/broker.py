@@ -1,0 +1,208 @@
+"""`kafka://host:port[,host:port]`: the Kafka broker of eventbus, on confluent-kafka.
+
+Stream = topic, group = consumer group, key = record key (partition), event type = the
+`ce_type` header (CloudEvents binary mode). Publishing awaits the delivery report of an
+idempotent `acks=all` producer. Delayed retries go to `<stream>.<group>.retry.<n>`, dead
+letters to `<stream>.<group>.dlq`, replayed dead letters to `<stream>.<group>.replay`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from confluent_kafka import KafkaException
+
+from eventbus.broker import (
+    Capabilities,
+    Consumer,
+    DeadLetter,
+    Deliver,
+    Message,
+    SubscriptionSpec,
+)
+from eventbus.log import get_logger
+from eventbus.settings import Settings
+
+from .consumer import KafkaConsumer
+from .deadletters import DeadLetterReader, dead_letter_of, replay_record
+from .names import dlq_topic, replay_topic, retry_topic
+from .producer import AsyncProducer, SyncProducer, record_of
+from .settings import (
+    ClientConfigs,
+    load_kafka_settings,
+    load_subscription_options,
+    parse_url,
+    shield_secrets,
+)
+from .topics import Topics
+
+_log = get_logger()
+
+
+def client_configs(settings: Settings) -> ClientConfigs:
+    shield_secrets(settings.options)
+    return ClientConfigs(parse_url(settings.url), load_kafka_settings(settings.options))
+
+
+class KafkaBroker:
+    """The `Broker` of `kafka://`."""
+
+    capabilities = Capabilities(
+        shared_across_processes=True,
+        delayed_retry=True,
+        replays_history_to_new_groups=True,  # a new group starts at the earliest offset
+        unroutable_is_error=False,
+    )
+
+    def __init__(self, settings: Settings) -> None:
+        self.configs = client_configs(settings)  # validates the URL and the options
+        self.settings = self.configs.settings
+        self.topics = Topics(self.configs)
+        self.producer = AsyncProducer(self.configs)
+        self._consumers: list[KafkaConsumer] = []
+        self._topic_locks: dict[str, asyncio.Lock] = {}
+
+    def __repr__(self) -> str:
+        return f"KafkaBroker({self.configs.target.redacted!r})"
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._check_cluster)
+        self.producer.start()
+
+    def _check_cluster(self) -> None:
+        try:
+            self.topics.admin.describe_cluster(
+                request_timeout=self.settings.connect_timeout
+            ).result()
+        except KafkaException as exc:
+            raise ConnectionError(
+                f"cannot reach Kafka at {self.configs.target.redacted} within "
+                f"{self.settings.connect_timeout}s: {self.configs.scrub(str(exc))}; is the broker "
+                "running, and are EVENTBUS_URL and the SASL/SSL options right?"
+            ) from None
+
+    async def close(self) -> None:
+        consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            await consumer.close()
+        await self.producer.close()
+
+    # --- publishing ----------------------------------------------------------------------
+
+    async def _ensure(self, wanted: dict[str, int]) -> None:
+        known = self.topics.known
+        missing = {name: n for name, n in wanted.items() if name not in known}
+        if not missing:
+            return
+        lock = self._topic_locks.setdefault(",".join(sorted(missing)), asyncio.Lock())
+        async with lock:
+            await asyncio.to_thread(self.topics.ensure, missing)
+
+    async def publish(self, message: Message) -> None:
+        if message.stream not in self.topics.known:
+            await self._ensure({message.stream: self.settings.partitions})
+        await self.producer.send(record_of(message))
+
+    async def publish_many(self, messages: Sequence[Message]) -> None:
+        streams = {m.stream for m in messages if m.stream not in self.topics.known}
+        if streams:
+            await self._ensure({s: self.settings.partitions for s in streams})
+        await self.producer.send_many([record_of(m) for m in messages])
+
+    # --- consuming -----------------------------------------------------------------------
+
+    async def subscribe(self, spec: SubscriptionSpec, deliver: Deliver) -> Consumer:
+        options = load_subscription_options(spec.options)
+        settings = self.settings
+        partitions = options.partitions or settings.partitions
+        stream, group = spec.stream, spec.group
+        retries = [retry_topic(stream, group, n) for n in range(len(spec.retry_tiers))]
+        replay = replay_topic(stream, group)
+        wanted = {stream: partitions, replay: settings.dlq_partitions}
+        wanted.update({name: partitions for name in retries})
+        wanted[dlq_topic(stream, group)] = settings.dlq_partitions
+        await self._ensure(wanted)
+        consumer = KafkaConsumer(
+            configs=self.configs,
+            producer=self.producer,
+            spec=spec,
+            deliver=deliver,
+            topics=[stream, *retries, replay],
+            delayed_topics={*retries, replay},
+            partition_buffer=options.partition_buffer or settings.partition_buffer,
+            config=options.config,
+        )
+        await consumer.start(settings.assignment_timeout)
+        self._consumers.append(consumer)
+        return _Detaching(self, consumer)
+
+    def _forget(self, consumer: KafkaConsumer) -> None:
+        if consumer in self._consumers:
+            self._consumers.remove(consumer)
+
+    # --- dead letters --------------------------------------------------------------------
+
+    async def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
+        reader = DeadLetterReader(self.configs, stream, group)
+        try:
+            snapshot = await asyncio.to_thread(reader.read)
+        finally:
+            await asyncio.to_thread(reader.close)
+        for message in snapshot.records:
+            yield dead_letter_of(stream, group, message)
+
+    async def replay_dead_letters(self, stream: str, group: str) -> int:
+        reader = DeadLetterReader(self.configs, stream, group)
+        try:
+            snapshot = await asyncio.to_thread(reader.read)
+            if snapshot.records:
+                await self._ensure({replay_topic(stream, group): self.settings.dlq_partitions})
+                await self.producer.send_many(
+                    [replay_record(stream, group, m) for m in snapshot.records]
+                )
+            await asyncio.to_thread(reader.commit, snapshot.ends)
+        finally:
+            await asyncio.to_thread(reader.close)
+        return len(snapshot.records)
+
+
+class _Detaching:
+    """The consumer handed to the kernel; closing it also detaches it from the broker."""
+
+    def __init__(self, broker: KafkaBroker, consumer: KafkaConsumer) -> None:
+        self._broker = broker
+        self.consumer = consumer
+
+    async def pause(self) -> None:
+        await self.consumer.pause()
+
+    async def close(self) -> None:
+        self._broker._forget(self.consumer)
+        await self.consumer.close()
+
+
+class KafkaSyncTransport:
+    """Sync face of `kafka://`: the same producer configuration, blocking until stored."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.configs = client_configs(settings)
+        self.topics = Topics(self.configs)
+        self._producer = SyncProducer(self.configs)
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        missing = {m.stream for m in messages if m.stream not in self.topics.known}
+        if missing:
+            self.topics.ensure({s: self.configs.settings.partitions for s in missing})
+        self._producer.send_many([record_of(m) for m in messages])
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+class KafkaAdapter:
+    def create_broker(self, settings: Settings) -> KafkaBroker:
+        return KafkaBroker(settings)
+
+    def create_sync_transport(self, settings: Settings) -> KafkaSyncTransport:
+        return KafkaSyncTransport(settings)

@@ -1,0 +1,537 @@
+"""The consumer of one subscription: a Kafka consumer group member feeding the kernel.
+
+Two sides share the partition state under one lock:
+
+- the **poll thread** owns the confluent `Consumer`: it calls `consume` continuously (so
+  the group never sees a stalled member, however long a handler runs), tracks fetched
+  offsets, pauses a partition whose un-finished window is full or whose retry record is not
+  due yet, commits the contiguously finished prefix of every partition periodically and on
+  revoke and close, and runs the rebalance callbacks;
+- the **pump task** on the event loop hands records to the kernel one at a time, in fetch
+  order (per-partition order), awaiting `deliver` (the kernel's back-pressure); settling a
+  delivery marks its offset finished.
+
+A revoked partition stops starting records at once, waits (bounded) for the ones in flight,
+commits, and is handed over: the next owner continues exactly after the last finished
+record, which keeps per-key order across rebalances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from eventbus.broker import Deliver, SubscriptionSpec
+from eventbus.log import get_logger
+from eventbus.routing import matches_any
+from eventbus.wire import from_kafka_headers
+
+from .delivery import KafkaDelivery
+from .names import DUE_HEADER, ORIGIN_OFFSET_HEADER, ORIGIN_PARTITION_HEADER
+from .offsets import PartitionTracker
+from .producer import Headers, headers_of
+from .settings import ClientConfigs, config_error
+
+if TYPE_CHECKING:
+    from .producer import AsyncProducer
+
+_log = get_logger()
+_BATCH = 500
+_IDLE_WAIT = 0.1
+_QUIET_ERRORS = (KafkaError._PARTITION_EOF,)
+
+
+class PartitionState:
+    """One assigned partition, shared by the poll thread and the pump task."""
+
+    __slots__ = (
+        "committed",
+        "delayed",
+        "full",
+        "generation",
+        "held",
+        "inflight",
+        "partition",
+        "paused",
+        "revoked",
+        "topic",
+        "tracker",
+    )
+
+    def __init__(self, topic: str, partition: int, delayed: bool) -> None:
+        self.topic = topic
+        self.partition = partition
+        #: records may carry a due time (retry and replay topics)
+        self.delayed = delayed
+        self.tracker = PartitionTracker()
+        #: bumped on revoke and rewind: queued records of an older generation are dropped
+        self.generation = 0
+        #: records handed to the kernel and not settled yet
+        self.inflight = 0
+        #: last committed offset
+        self.committed = -1
+        #: records fetched but not due yet (retry topics), oldest first
+        self.held: deque[Message] = deque()
+        self.full = False
+        self.paused = False
+        self.revoked = False
+
+    def tp(self, offset: int | None = None) -> TopicPartition:
+        if offset is None:
+            return TopicPartition(self.topic, self.partition)
+        return TopicPartition(self.topic, self.partition, offset)
+
+
+def _due_ms(message: Message) -> int:
+    for name, value in headers_of(message):
+        if name == DUE_HEADER and value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+class KafkaConsumer:
+    """A running subscription (`eventbus.broker.Consumer`)."""
+
+    def __init__(
+        self,
+        *,
+        configs: ClientConfigs,
+        producer: AsyncProducer,
+        spec: SubscriptionSpec,
+        deliver: Deliver,
+        topics: list[str],
+        delayed_topics: set[str],
+        partition_buffer: int,
+        config: dict[str, Any],
+    ) -> None:
+        self.configs = configs
+        self.producer = producer
+        self.spec = spec
+        self._deliver = deliver
+        self._topics = topics
+        self._delayed_topics = delayed_topics
+        self._buffer = partition_buffer
+        self._config = config
+        settings = configs.settings
+        self._commit_interval = settings.commit_interval_ms / 1000
+        self._revoke_timeout = settings.revoke_timeout
+        self._log = _log.bind(stream=spec.stream, group=spec.group)
+        self._types = spec.types
+        self._patterns = spec.patterns
+        # shared state
+        self._lock = threading.Condition()
+        self._parts: dict[tuple[str, int], PartitionState] = {}
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._halted = False  # kernel called pause(): start nothing new
+        self._closing = False
+        self._stop_thread = False
+        self.assignments = 0  # rebalances seen (tests)
+        # loop side
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: deque[tuple[PartitionState, int, Message]] = deque()
+        self._wake = asyncio.Event()
+        self._assigned: asyncio.Future[None] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._consumer: Consumer | None = None
+        self._error_seen: dict[tuple[int, str], float] = {}
+
+    def __repr__(self) -> str:
+        return f"KafkaConsumer({self.spec.stream!r}, group={self.spec.group!r})"
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, timeout: float) -> None:
+        """Join the group; return once partitions are assigned (ready means ready)."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._assigned = loop.create_future()
+        config = self.configs.consumer(self.spec.group, self._config)
+        config["error_cb"] = self._client_error
+        try:
+            consumer = Consumer(config)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise config_error(
+                self.configs, exc, f"consumer of group {self.spec.group!r}"
+            ) from None
+        self._consumer = consumer
+        consumer.subscribe(
+            self._topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self._thread = threading.Thread(
+            target=self._run,
+            name=f"eventbus-kafka-{self.spec.stream}.{self.spec.group}",
+            daemon=True,
+        )
+        self._thread.start()
+        self._pump_task = asyncio.create_task(
+            self._pump(), name=f"kafka:{self.spec.stream}.{self.spec.group}"
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(self._assigned), timeout)
+        except TimeoutError:
+            await self.close()
+            raise ConnectionError(
+                f"Kafka assigned no partitions of {self._topics} to group "
+                f"{self.spec.group!r} within {timeout}s ({self.configs.target.redacted}); "
+                "raise EVENTBUS_KAFKA_ASSIGNMENT_TIMEOUT if the group rebalances slowly"
+            ) from None
+
+    async def pause(self) -> None:
+        """Start no new record; the poll thread pauses every partition but keeps polling."""
+        self._halted = True
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Commit what finished, leave the group; unfinished records stay uncommitted."""
+        self._halted = True
+        self._closing = True
+        self._wake.set()
+        task = self._pump_task
+        if task is not None and not task.done():
+            try:
+                async with asyncio.timeout(0.05):
+                    await asyncio.shield(task)
+            except TimeoutError:  # stuck in a handler past the shutdown timeout
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        with self._lock:
+            self._stop_thread = True
+            self._lock.notify_all()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            await asyncio.to_thread(thread.join)
+        self._thread = None
+
+    # --- loop side ---------------------------------------------------------------------
+
+    def _arrived(self, batch: list[tuple[PartitionState, int, Message]]) -> None:
+        self._ready.extend(batch)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    async def _pump(self) -> None:
+        ready = self._ready
+        wake = self._wake
+        lock = self._lock
+        types = self._types
+        patterns = self._patterns
+        stream = self.spec.stream
+        while not self._halted:
+            if not ready:
+                wake.clear()
+                await wake.wait()
+                continue
+            part, generation, message = ready.popleft()
+            with lock:
+                if generation != part.generation or part.revoked:
+                    continue
+                part.inflight += 1
+            offset = cast(int, message.offset())
+            raw_key = message.key()
+            raw_headers = headers_of(message)
+            attributes, attempt = from_kafka_headers(raw_headers, raw_key)
+            etype = attributes.get("type")
+            if etype and (
+                (types is not None and etype not in types)
+                or (types is None and not matches_any(patterns, etype))
+            ):  # another type on the stream: not this group's business
+                self.settle(part, offset, True)
+                continue
+            partition, origin_offset = part.partition, offset
+            if part.delayed:
+                partition, origin_offset = _origin(raw_headers, partition, offset)
+            delivery = KafkaDelivery(
+                self,
+                part,
+                offset,
+                raw_key,
+                raw_headers,
+                stream=stream,
+                body=message.value() or b"",
+                attributes=attributes,
+                key=attributes.get("partitionkey") if raw_key is not None else None,
+                attempt=attempt,
+                partition=partition,
+                offset=origin_offset,
+            )
+            try:
+                await self._deliver(delivery)
+            except Exception as exc:  # the kernel never raises here; never die silently
+                self._log.error("kafka.deliver_failed", error=repr(exc))
+
+    def settle(self, part: PartitionState, offset: int, finished: bool) -> None:
+        """A delivery was settled: finished (ack, retried, dead-lettered) or given back."""
+        with self._lock:
+            if finished:
+                part.tracker.finished(offset)
+            part.inflight -= 1
+            if part.revoked and not part.inflight:
+                self._lock.notify_all()
+            rewind = not finished and not self._halted and not part.revoked
+            generation = part.generation
+        if rewind:  # given back while running: fetch it (and what follows) again
+            self._commands.put(lambda: self._rewind(part, generation))
+
+    # --- poll thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        next_commit = time.monotonic() + self._commit_interval
+        try:
+            while True:
+                with self._lock:
+                    if self._stop_thread:
+                        break
+                while True:
+                    try:
+                        self._commands.get_nowait()()
+                    except queue.Empty:
+                        break
+                now = time.time()
+                released = self._release_due(now)
+                wait = self._flow(now)
+                if released:
+                    self._hand_over(released)
+                if time.monotonic() >= next_commit:
+                    self._commit(None)
+                    next_commit = time.monotonic() + self._commit_interval
+                # block for the first record only, then take what is already there: a
+                # batch consume with a timeout would hold early records back under low load
+                first = consumer.poll(wait)
+                if first is not None:
+                    messages = consumer.consume(_BATCH - 1, 0)
+                    messages.insert(0, first)
+                    self._fetched(messages)
+            self._commit(None)
+        except Exception as exc:  # a client failure must not vanish silently
+            self._log.error("kafka.consumer_failed", error=self.configs.scrub(repr(exc)))
+        finally:
+            try:
+                consumer.close()  # revokes (-> commit) and leaves the group
+            except (KafkaException, RuntimeError) as exc:
+                self._log.warning("kafka.close_failed", error=self.configs.scrub(repr(exc)))
+
+    def _hand_over(self, batch: list[tuple[PartitionState, int, Message]]) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed
+                loop.call_soon_threadsafe(self._arrived, batch)
+
+    def _fetched(self, messages: list[Message]) -> None:
+        batch: list[tuple[PartitionState, int, Message]] = []
+        errors = []
+        now_ms = time.time() * 1000
+        with self._lock:
+            parts = self._parts
+            for message in messages:
+                if message.error() is not None:
+                    errors.append(message)
+                    continue
+                part = parts.get((cast(str, message.topic()), cast(int, message.partition())))
+                if part is None or part.revoked:
+                    continue
+                if not part.tracker.fetched(cast(int, message.offset())):
+                    continue
+                if part.delayed and (part.held or _due_ms(message) > now_ms):
+                    part.held.append(message)
+                else:
+                    batch.append((part, part.generation, message))
+        if batch:
+            self._hand_over(batch)
+        for message in errors:
+            self._consume_error(message)
+
+    def _release_due(self, now: float) -> list[tuple[PartitionState, int, Message]]:
+        released: list[tuple[PartitionState, int, Message]] = []
+        now_ms = now * 1000
+        with self._lock:
+            for part in self._parts.values():
+                held = part.held
+                while held and _due_ms(held[0]) <= now_ms:
+                    released.append((part, part.generation, held.popleft()))
+        return released
+
+    def _flow(self, now: float) -> float:
+        """Pause full or not-yet-due partitions, resume the others; -> consume timeout."""
+        consumer = self._consumer
+        assert consumer is not None
+        wait = _IDLE_WAIT
+        pause: list[TopicPartition] = []
+        resume: list[TopicPartition] = []
+        buffer = self._buffer
+        with self._lock:
+            halted = self._halted
+            for part in self._parts.values():
+                window = part.tracker.window
+                part.full = window >= buffer if not part.full else window > buffer // 2
+                if part.full:
+                    wait = min(wait, 0.01)
+                if part.held:
+                    wait = min(wait, max(_due_ms(part.held[0]) / 1000 - now, 0.0))
+                want = halted or part.full or bool(part.held)
+                if want != part.paused:
+                    part.paused = want
+                    (pause if want else resume).append(part.tp())
+        if pause:
+            consumer.pause(pause)
+        if resume:
+            consumer.resume(resume)
+        return wait
+
+    def _commit(self, parts: list[PartitionState] | None) -> None:
+        """Commit the contiguously finished prefix of `parts` (None: every partition)."""
+        consumer = self._consumer
+        assert consumer is not None
+        with self._lock:
+            chosen = list(self._parts.values()) if parts is None else parts
+            offsets = []
+            for part in chosen:
+                point = part.tracker.commit_point()
+                if point is not None and point > part.committed:
+                    offsets.append(part.tp(point))
+        if not offsets:
+            return
+        try:
+            result = consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            self._log.warning("kafka.commit_failed", error=self.configs.scrub(str(exc)))
+            return
+        with self._lock:
+            for tp in result or ():
+                if tp.error is not None:
+                    self._log.warning(
+                        "kafka.commit_failed",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        error=self.configs.scrub(str(tp.error)),
+                    )
+                    continue
+                known = self._parts.get((tp.topic, tp.partition))
+                if known is not None and tp.offset > known.committed:
+                    known.committed = tp.offset
+
+    def _rewind(self, part: PartitionState, generation: int) -> None:
+        """Seek a partition back to its lowest unfinished record (a delivery was nacked)."""
+        consumer = self._consumer
+        assert consumer is not None
+        with self._lock:
+            if part.generation != generation or part.revoked or self._halted:
+                return
+            target = part.tracker.commit_point()
+            if target is None:
+                return
+            part.generation += 1
+            part.tracker.rewind(target)
+            part.held.clear()
+        try:
+            consumer.seek(part.tp(target))
+        except KafkaException as exc:
+            self._log.warning("kafka.seek_failed", error=self.configs.scrub(str(exc)))
+
+    # rebalance callbacks: called by `consume` on the poll thread
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                if key not in self._parts:
+                    self._parts[key] = PartitionState(
+                        tp.topic, tp.partition, tp.topic in self._delayed_topics
+                    )
+            self.assignments += 1
+        self._log.info(
+            "kafka.assigned",
+            partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions),
+        )
+        loop, assigned = self._loop, self._assigned
+        if loop is not None and assigned is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, assigned)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(partitions, lost=False)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(partitions, lost=True)
+
+    def _release(self, partitions: list[TopicPartition], *, lost: bool) -> None:
+        with self._lock:
+            found = (self._parts.get((tp.topic, tp.partition)) for tp in partitions)
+            parts = [p for p in found if p is not None]
+            for part in parts:
+                part.revoked = True
+                part.generation += 1
+                part.held.clear()
+            timeout = 0.0 if (self._closing or lost) else self._revoke_timeout
+            deadline = time.monotonic() + timeout
+            while any(p.inflight for p in parts):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._lock.wait(remaining)
+            unfinished = sum(p.inflight for p in parts)
+        if not lost:
+            self._commit(parts)
+        with self._lock:
+            for part in parts:
+                self._parts.pop((part.topic, part.partition), None)
+        self._log.info(
+            "kafka.lost" if lost else "kafka.revoked",
+            partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions),
+            inflight=unfinished,
+        )
+
+    def _client_error(self, error: KafkaError) -> None:
+        self._log.warning("kafka.client_error", error=self.configs.scrub(str(error)))
+
+    def _consume_error(self, message: Message) -> None:
+        error = message.error()
+        if error is None or error.code() in _QUIET_ERRORS:
+            return
+        key = (error.code(), str(message.topic()))
+        now = time.monotonic()
+        if now - self._error_seen.get(key, -1e9) < 10:
+            return
+        self._error_seen[key] = now
+        if error.fatal():
+            self._log.error("kafka.consume_error", error=self.configs.scrub(str(error)))
+        else:
+            self._log.warning("kafka.consume_error", error=self.configs.scrub(str(error)))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _origin(headers: Headers, partition: int, offset: int) -> tuple[int, int]:
+    """Where a retried/replayed record first was in its stream (x-eventbus-origin-*)."""
+    found_partition = found_offset = None
+    for name, value in headers:
+        if value is None:
+            continue
+        if name == ORIGIN_PARTITION_HEADER:
+            found_partition = value
+        elif name == ORIGIN_OFFSET_HEADER:
+            found_offset = value
+    if found_partition is None or found_offset is None:
+        return partition, offset
+    try:
+        return int(found_partition), int(found_offset)
+    except ValueError:
+        return partition, offset

@@ -1,0 +1,248 @@
+"""The confluent-kafka `Producer`, driven from asyncio and from sync code.
+
+Async: a dedicated poll thread serves delivery reports and resolves asyncio futures through
+`loop.call_soon_threadsafe` (one wake-up per poll, not per record). `send` returns when the
+delivery report says the record is stored (`acks=all`, idempotent producer); a full local
+queue (`BufferError`) makes the caller wait, never fail. Sync: the same producer config,
+with the calling thread polling until its records are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, cast
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from eventbus import broker
+from eventbus.errors import PublishError
+from eventbus.log import get_logger
+from eventbus.wire import to_kafka_headers
+
+from .settings import ClientConfigs, config_error
+
+Headers = list[tuple[str, str | bytes | None]]
+_log = get_logger()
+
+
+@dataclass(slots=True)
+class Record:
+    """One record to produce."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: Headers
+    #: what the error names (the event id)
+    label: str = ""
+
+
+def record_of(message: broker.Message) -> Record:
+    key = message.key.encode() if message.key is not None else None
+    headers: Headers = list(to_kafka_headers(message.attributes, message.attempt))
+    return Record(message.stream, message.body, key, headers, message.id)
+
+
+def headers_of(message: Message) -> Headers:
+    """A consumed record's headers as a list (confluent returns a list or None)."""
+    return cast(Headers, message.headers() or [])
+
+
+def create_producer(configs: ClientConfigs) -> Producer:
+    config = configs.producer()
+    config["error_cb"] = partial(_client_error, configs, "producer")
+    try:
+        return Producer(config)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise config_error(configs, exc, "producer") from None
+
+
+def _client_error(configs: ClientConfigs, client: str, error: KafkaError) -> None:
+    _log.warning("kafka.client_error", client=client, error=configs.scrub(str(error)))
+
+
+def _failure(configs: ClientConfigs, record: Record, error: Any) -> PublishError:
+    return PublishError(
+        f"Kafka did not store event {record.label or '?'} on topic {record.topic!r}: "
+        f"{configs.scrub(str(error))}"
+    )
+
+
+class _Batch:
+    """Delivery reports of several records, resolved as one future."""
+
+    __slots__ = ("error", "future", "remaining")
+
+    def __init__(self, future: asyncio.Future[None], count: int) -> None:
+        self.future = future
+        self.remaining = count
+        self.error: PublishError | None = None
+
+
+class AsyncProducer:
+    """One producer per broker, shared by publishing, retries and dead-lettering."""
+
+    def __init__(self, configs: ClientConfigs) -> None:
+        self.configs = configs
+        self._producer: Producer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._done: list[tuple[asyncio.Future[None], PublishError | None]] = []
+        self._done_lock = threading.Lock()
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._producer = create_producer(self.configs)
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._poll, name="eventbus-kafka-producer", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            raise PublishError("the Kafka producer is not running")
+        return self._producer
+
+    def _poll(self) -> None:
+        producer = self.producer
+        while not self._stop.is_set():
+            producer.poll(0.05)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Resolve the futures whose reports arrived, in one loop wake-up."""
+        with self._done_lock:
+            done, self._done = self._done, []
+        if done and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
+                self._loop.call_soon_threadsafe(_resolve, done)
+
+    def _on_one(
+        self, future: asyncio.Future[None], record: Record, err: Any, _msg: Message
+    ) -> None:
+        failure = _failure(self.configs, record, err) if err is not None else None
+        with self._done_lock:
+            self._done.append((future, failure))
+
+    def _on_batch(self, batch: _Batch, record: Record, err: Any, _msg: Message) -> None:
+        if err is not None and batch.error is None:
+            batch.error = _failure(self.configs, record, err)
+        batch.remaining -= 1
+        if not batch.remaining:
+            with self._done_lock:
+                self._done.append((batch.future, batch.error))
+
+    async def _produce(self, record: Record, callback: Any) -> None:
+        producer = self.producer
+        while True:
+            try:
+                producer.produce(
+                    record.topic,
+                    record.value,
+                    record.key,
+                    headers=record.headers,
+                    on_delivery=callback,
+                )
+                return
+            except BufferError:  # local queue full: the poll thread drains it
+                await asyncio.sleep(0.002)
+            except KafkaException as exc:
+                raise _failure(self.configs, record, exc.args[0] if exc.args else exc) from None
+
+    async def send(self, record: Record) -> None:
+        """Produce one record; return once it is stored (raise PublishError otherwise)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._produce(record, partial(self._on_one, future, record))
+        await future
+
+    async def send_many(self, records: Sequence[Record]) -> None:
+        """Produce all records, then wait for all reports; the first failure is raised."""
+        if not records:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch = _Batch(future, len(records))
+        for record in records:
+            await self._produce(record, partial(self._on_batch, batch, record))
+        await future
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Wait for outstanding reports (up to `timeout`), then stop the poll thread."""
+        producer, thread = self._producer, self._thread
+        if producer is None:
+            return
+        self._stop.set()  # one thread serves reports at a time: stop polling, then flush
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
+        await asyncio.to_thread(producer.flush, timeout)
+        self._hand_over()
+        self._producer = None
+        self._thread = None
+
+
+def _resolve(done: list[tuple[asyncio.Future[None], PublishError | None]]) -> None:
+    for future, failure in done:
+        if future.done():
+            continue
+        if failure is None:
+            future.set_result(None)
+        else:
+            future.set_exception(failure)
+
+
+class SyncProducer:
+    """Blocking produce with delivery reports: the Kafka side of `SyncPublisher`."""
+
+    def __init__(self, configs: ClientConfigs) -> None:
+        self.configs = configs
+        self._producer: Producer | None = create_producer(configs)
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            raise PublishError("the Kafka sync publisher is closed")
+        return self._producer
+
+    def send_many(self, records: Sequence[Record]) -> None:
+        producer = self.producer
+        state = {"remaining": len(records)}
+        errors: list[PublishError] = []
+        lock = threading.Lock()
+
+        def report(record: Record, err: Any, _msg: Message) -> None:
+            with lock:
+                state["remaining"] -= 1
+                if err is not None:
+                    errors.append(_failure(self.configs, record, err))
+
+        for record in records:
+            while True:
+                try:
+                    producer.produce(
+                        record.topic,
+                        record.value,
+                        record.key,
+                        headers=record.headers,
+                        on_delivery=partial(report, record),
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+                except KafkaException as exc:
+                    raise _failure(self.configs, record, exc.args[0] if exc.args else exc) from None
+        while state["remaining"]:
+            producer.poll(0.05)
+        if errors:
+            raise errors[0]
+
+    def close(self, timeout: float = 30.0) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout)
+            self._producer = None

@@ -1,0 +1,292 @@
+"""Kafka settings: the URL, `EVENTBUS_KAFKA_*` options and the librdkafka client configs.
+
+    kafka://127.0.0.1:9092            kafka://user:password@b1:9092,b2:9092  (SASL)
+
+Options come from `EventBus(url, partitions=12)` or the environment
+(`EVENTBUS_KAFKA_PARTITIONS=12`, `EVENTBUS_KAFKA_CONFIG='{"fetch.wait.max.ms": 50}'`);
+explicit options win. Per subscription: `bus.subscribe(..., partitions=3, config={...})`.
+Passwords live in `SecretStr`s; secret-looking librdkafka properties are redacted in reprs,
+and every error text is scrubbed of secret values before it leaves this package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eventbus.errors import ConfigurationError
+from eventbus.settings import format_validation_error, is_secret_key, redact_mapping, redact_url
+
+DEFAULT_PORT = 9092
+SecurityProtocol = Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"]
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+
+
+class KafkaSettings(BaseSettings):
+    """Client-wide options (environment prefix `EVENTBUS_KAFKA_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTBUS_KAFKA_", extra="forbid", frozen=True)
+
+    #: partitions of stream and retry topics that eventbus creates
+    partitions: int = Field(default=6, ge=1, le=10_000)
+    #: partitions of dead-letter and replay topics (1 keeps dead letters in order)
+    dlq_partitions: int = Field(default=1, ge=1, le=10_000)
+    #: replication factor of created topics (None: the broker's default.replication.factor)
+    replication_factor: int | None = Field(default=None, ge=1, le=32767)
+    #: create missing topics with the AdminClient; False: a missing topic is an error
+    create_topics: bool = True
+    #: librdkafka properties for every client (producer, consumers, admin)
+    config: dict[str, Any] = Field(default_factory=dict)
+    #: librdkafka properties for the producer only / the consumers only
+    producer_config: dict[str, Any] = Field(default_factory=dict)
+    consumer_config: dict[str, Any] = Field(default_factory=dict)
+    #: producer batching delay (ms) and compression
+    linger_ms: float = Field(default=5.0, ge=0, le=900_000)
+    compression: Compression = "none"
+    #: records of one partition fetched but not yet finished before the partition is paused
+    partition_buffer: int = Field(default=500, ge=1, le=1_000_000)
+    #: how often finished offsets are committed (ms); also on revoke and on stop
+    commit_interval_ms: int = Field(default=500, ge=10, le=3_600_000)
+    #: seconds `subscribe` waits for the partition assignment ("ready means ready")
+    assignment_timeout: float = Field(default=60.0, gt=0)
+    #: seconds a revoked partition waits for its in-flight records before it is handed over
+    revoke_timeout: float = Field(default=30.0, ge=0)
+    #: seconds `start` waits for the cluster to answer
+    connect_timeout: float = Field(default=15.0, gt=0)
+    #: seconds admin requests (create/describe topics) may take
+    admin_timeout: float = Field(default=30.0, gt=0)
+    #: security: protocol, SASL credentials (also from the URL's user:password), TLS files
+    security_protocol: SecurityProtocol | None = None
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_verify_hostname: bool = True
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if isinstance(value, dict):
+                yield name, redact_mapping(value)
+            else:
+                yield name, value
+
+
+class SubscriptionOptions(BaseModel):
+    """Options of one `bus.subscribe(...)` on Kafka."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: partitions of the stream (and retry) topics if this subscription creates them
+    partitions: int | None = Field(default=None, ge=1, le=10_000)
+    partition_buffer: int | None = Field(default=None, ge=1, le=1_000_000)
+    #: librdkafka properties for this subscription's consumer
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact_mapping(value) if isinstance(value, dict) else value
+
+
+def load_kafka_settings(options: dict[str, Any]) -> KafkaSettings:
+    _reject_unknown(options, KafkaSettings.model_fields, "EventBus(...) option")
+    try:
+        return KafkaSettings(**options)
+    except ValidationError as exc:
+        raise ConfigurationError(format_validation_error(exc, "EVENTBUS_KAFKA_")) from None
+
+
+def load_subscription_options(options: dict[str, Any]) -> SubscriptionOptions:
+    _reject_unknown(options, SubscriptionOptions.model_fields, "subscribe() option")
+    try:
+        return SubscriptionOptions(**options)
+    except ValidationError as exc:
+        raise ConfigurationError(format_validation_error(exc, "subscribe(): ")) from None
+
+
+def _reject_unknown(options: dict[str, Any], known: dict[str, Any], what: str) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigurationError(f"unknown Kafka {what}(s) {unknown}; known: {sorted(known)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where to connect, parsed from the URL. `repr` never shows the password."""
+
+    bootstrap: str
+    username: str | None
+    password: SecretStr | None
+    redacted: str
+
+    def __repr__(self) -> str:
+        return f"Target({self.redacted!r})"
+
+
+def parse_url(url: str) -> Target:
+    """`kafka://[user:password@]host[:port][,host[:port]...]` -> bootstrap servers."""
+    redacted = redact_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"EVENTBUS_URL {redacted!r} is not a valid URL: {exc}") from None
+    if parts.scheme.lower() != "kafka":
+        raise ConfigurationError(f"EVENTBUS_URL {redacted!r}: the Kafka adapter needs kafka://")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"EVENTBUS_URL {redacted!r}: a kafka:// URL is kafka://host:port[,host:port]; "
+            "put other settings in EVENTBUS_KAFKA_* options"
+        )
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, sep, secret = userinfo.partition(":")
+        username = unquote(user)
+        password = SecretStr(unquote(secret)) if sep else None
+    servers = [_server(item.strip(), redacted) for item in hostlist.split(",") if item.strip()]
+    if not servers:
+        raise ConfigurationError(f"EVENTBUS_URL {redacted!r} names no Kafka broker")
+    return Target(",".join(servers), username, password, redacted)
+
+
+def _server(item: str, redacted: str) -> str:
+    if item.startswith("["):  # [::1]:9092
+        host, _, rest = item[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        host = f"[{host}]"
+    else:
+        host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
+    if not host:
+        raise ConfigurationError(f"EVENTBUS_URL {redacted!r}: broker {item!r} has no host")
+    if not port_text:
+        return f"{host}:{DEFAULT_PORT}"
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigurationError(f"EVENTBUS_URL {redacted!r}: broker {item!r} has a bad port")
+    return f"{host}:{port_text}"
+
+
+class ClientConfigs:
+    """The librdkafka configurations of one broker: common, producer, consumer, admin.
+
+    Built once from the URL and the settings; `secrets` are the values that error texts
+    and log lines must never show (`scrub`).
+    """
+
+    def __init__(self, target: Target, settings: KafkaSettings) -> None:
+        self.target = target
+        self.settings = settings
+        common: dict[str, Any] = {"bootstrap.servers": target.bootstrap}
+        secrets: list[str] = []
+        username = settings.sasl_username or target.username
+        password = settings.sasl_password or target.password
+        protocol = settings.security_protocol
+        if username is not None:
+            common["sasl.username"] = username
+            common["sasl.mechanism"] = settings.sasl_mechanism or "PLAIN"
+            protocol = protocol or "sasl_plaintext"
+        elif settings.sasl_mechanism:
+            common["sasl.mechanism"] = settings.sasl_mechanism
+        if password is not None:
+            common["sasl.password"] = password.get_secret_value()
+        if protocol:
+            common["security.protocol"] = protocol
+        for prop, value in (
+            ("ssl.ca.location", settings.ssl_ca_location),
+            ("ssl.certificate.location", settings.ssl_certificate_location),
+            ("ssl.key.location", settings.ssl_key_location),
+        ):
+            if value:
+                common[prop] = value
+        if settings.ssl_key_password is not None:
+            common["ssl.key.password"] = settings.ssl_key_password.get_secret_value()
+        if not settings.ssl_verify_hostname:
+            common["ssl.endpoint.identification.algorithm"] = "none"
+        self.user = _plain(settings.config)
+        self.user_producer = _plain(settings.producer_config)
+        self.user_consumer = _plain(settings.consumer_config)
+        for values in (common, self.user, self.user_producer, self.user_consumer):
+            for prop, value in values.items():
+                if is_secret_key(prop) and isinstance(value, str) and value:
+                    secrets.append(value)
+        self.common = {**common, **self.user}
+        self.secrets = tuple(sorted(set(secrets), key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret value replaced by `***`."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def producer(self) -> dict[str, Any]:
+        s = self.settings
+        config = {
+            **self.common,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": s.linger_ms,
+            "compression.type": s.compression,
+            "partitioner": "murmur2_random",  # the Java client's key -> partition mapping
+            "allow.auto.create.topics": False,  # topics are made by eventbus, not by accident
+        }
+        config.update(self.user)
+        config.update(self.user_producer)
+        return config
+
+    def consumer(self, group: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        config = {
+            **self.common,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "range",
+            "allow.auto.create.topics": False,
+            "fetch.wait.max.ms": 100,
+        }
+        config.update(self.user)
+        config.update(self.user_consumer)
+        config.update(_plain(extra or {}))
+        return config
+
+    def admin(self) -> dict[str, Any]:
+        return dict(self.common)
+
+    def describe(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A config as it may be shown (secret values masked)."""
+        return {k: ("***" if is_secret_key(k) else v) for k, v in config.items()}
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    """librdkafka wants plain values: unwrap the `SecretStr`s of `shield_secrets`."""
+    return {k: (v.get_secret_value() if isinstance(v, SecretStr) else v) for k, v in config.items()}
+
+
+def shield_secrets(options: dict[str, Any]) -> None:
+    """Wrap secret-looking librdkafka properties inside the `config` options in `SecretStr`,
+    so that the kernel's `Settings` repr (which masks top-level option names only) cannot
+    show them. Changes the settings' own options dict, never the caller's."""
+    for name in ("config", "producer_config", "consumer_config"):
+        values = options.get(name)
+        if isinstance(values, dict) and any(
+            is_secret_key(k) and isinstance(v, str) for k, v in values.items()
+        ):
+            options[name] = {
+                k: (SecretStr(v) if is_secret_key(k) and isinstance(v, str) else v)
+                for k, v in values.items()
+            }
+
+
+def config_error(configs: ClientConfigs, exc: BaseException, what: str) -> ConfigurationError:
+    """A librdkafka configuration failure as a ConfigurationError naming where to fix it."""
+    return ConfigurationError(
+        f"Kafka {what} rejected its configuration ({configs.target.redacted}): "
+        f"{configs.scrub(str(exc))}; check EVENTBUS_KAFKA_CONFIG / PRODUCER_CONFIG / "
+        "CONSUMER_CONFIG and the SASL/SSL options"
+    )

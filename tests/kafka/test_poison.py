@@ -1,0 +1,66 @@
+"""A poison event is dead-lettered after `attempts` tries, with the partition and offset it
+had in the stream, while the events behind it in its partition keep flowing."""
+
+import asyncio
+
+import pytest
+
+from eventbus import Context, Event, RetryPolicy
+from tests.conformance.harness import unique
+from tests.conformance.support import until
+
+from .harness import KafkaHarness
+from .support import committed_offsets
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.mark.parametrize("delayed", [False, True], ids=["in-process", "retry-topics"])
+async def test_poison_event_is_dead_lettered_and_its_partition_flows(
+    kafka: KafkaHarness, delayed: bool
+) -> None:
+    stream, group = unique("poison"), unique("g")
+
+    class Charge(Event, stream=stream, type="charge"):
+        order: str
+
+    tries: list[int] = []
+    good: list[str] = []
+    bus = kafka.bus(partitions=1)  # one partition: everything queues behind the poison
+
+    policy = RetryPolicy(attempts=3, backoff=0.05, multiplier=1.0, delayed=delayed)
+
+    @bus.subscribe(group=group, retry=policy)
+    async def charge(event: Charge, ctx: Context) -> None:  # type: ignore[valid-type]
+        if event.order == "poison":  # type: ignore[attr-defined]
+            tries.append(ctx.attempt)
+            raise ValueError("cannot charge the poison order")
+        good.append(event.order)  # type: ignore[attr-defined]
+
+    async with bus:
+        await bus.publish(Charge(order="before"), key="x")
+        poison = await bus.publish(Charge(order="poison"), key="x")
+        await bus.publish_many([(Charge(order=f"after-{i}"), "x") for i in range(50)])
+        await until(lambda: len(good) == 51, timeout=60, what="the events around the poison")
+        dead: list[object] = []
+
+        async def dead_lettered() -> bool:
+            dead[:] = [d async for d in bus.dead_letters(stream, group)]
+            return bool(dead)
+
+        for _ in range(600):
+            if await dead_lettered():
+                break
+            await asyncio.sleep(0.05)
+    assert tries == [1, 2, 3]
+    assert good == ["before", *(f"after-{i}" for i in range(50))], "order kept around the poison"
+    [letter] = dead
+    headers = letter.headers  # type: ignore[attr-defined]
+    assert headers["x-original-partition"] == "0"
+    assert headers["x-original-offset"] == "1", "the offset the poison had in the stream"
+    assert headers["x-attempts"] == "3"
+    assert headers["x-exception-type"] == "ValueError"
+    assert letter.body == poison.body  # type: ignore[attr-defined]
+    assert headers["ce_id"] == poison.id
+    offsets = await asyncio.to_thread(committed_offsets, group, stream, 1)
+    assert offsets == {0: 52}, "the group committed past the dead-lettered event"

@@ -1,0 +1,129 @@
+"""Kafka settings, offset bookkeeping and secrets: what fails at start-up, and how."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.kafka.offsets import PartitionTracker
+from adapters.kafka.settings import ClientConfigs, load_kafka_settings, parse_url
+from eventbus import ConfigurationError, EventBus
+
+pytestmark = pytest.mark.kafka
+
+SECRET = "s3cr3t-Pa55"
+
+
+def test_tracker_commits_only_the_contiguous_prefix() -> None:
+    tracker = PartitionTracker()
+    assert tracker.commit_point() is None
+    for offset in range(10, 15):
+        assert tracker.fetched(offset)
+    assert tracker.commit_point() == 10
+    tracker.finished(12)
+    tracker.finished(11)
+    assert tracker.commit_point() == 10, "10 is not finished: nothing may be committed"
+    tracker.finished(10)
+    assert tracker.commit_point() == 13
+    tracker.finished(14)
+    assert tracker.commit_point() == 13
+    tracker.finished(13)
+    assert tracker.commit_point() == 15
+    assert tracker.window == 0 and tracker.unfinished == 0
+
+
+def test_tracker_ignores_stale_fetches_and_acks_and_rewinds() -> None:
+    tracker = PartitionTracker()
+    for offset in (0, 1, 2, 5):  # gaps are fine (compaction, transaction markers)
+        tracker.fetched(offset)
+    assert not tracker.fetched(1), "a re-fetch of a tracked offset is stale"
+    assert not tracker.finished(3)
+    tracker.finished(0)
+    tracker.finished(2)
+    assert tracker.commit_point() == 1
+    tracker.rewind(1)
+    assert tracker.commit_point() == 1
+    assert not tracker.finished(5), "acks from before the rewind are forgotten"
+    tracker.fetched(1)
+    tracker.finished(1)
+    assert tracker.commit_point() == 2
+
+
+def test_url_parsing() -> None:
+    target = parse_url("kafka://b1:9093,b2,[::1]:9094")
+    assert target.bootstrap == "b1:9093,b2:9092,[::1]:9094"
+    secure = parse_url(f"kafka://alice:{SECRET}@b1:9092")
+    assert secure.username == "alice"
+    assert SECRET not in repr(secure) and SECRET not in secure.redacted
+    for bad in ("kafka://", "kafka://h:notaport", "kafka://h:9092/path"):
+        with pytest.raises(ConfigurationError) as info:
+            parse_url(bad)
+        assert "EVENTBUS_URL" in str(info.value)
+
+
+def test_options_are_validated_and_named() -> None:
+    with pytest.raises(ConfigurationError, match="prefetch"):
+        EventBus("kafka://127.0.0.1:9092", prefetch=10)
+    with pytest.raises(ConfigurationError, match="EVENTBUS_KAFKA_PARTITIONS"):
+        EventBus("kafka://127.0.0.1:9092", partitions=0)
+    with pytest.raises(ConfigurationError, match="EVENTBUS_KAFKA_COMPRESSION"):
+        EventBus("kafka://127.0.0.1:9092", compression="rar")
+
+
+def test_environment_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTBUS_KAFKA_PARTITIONS", "12")
+    monkeypatch.setenv("EVENTBUS_KAFKA_CONFIG", '{"fetch.wait.max.ms": 50}')
+    settings = load_kafka_settings({"linger_ms": 1})
+    assert settings.partitions == 12
+    configs = ClientConfigs(parse_url("kafka://h:1"), settings)
+    consumer = configs.consumer("g")
+    assert consumer["fetch.wait.max.ms"] == 50
+    assert consumer["enable.auto.commit"] is False
+    producer = configs.producer()
+    assert producer["acks"] == "all" and producer["enable.idempotence"] is True
+    assert producer["linger.ms"] == 1
+
+
+def test_sasl_and_ssl_settings_reach_librdkafka_and_stay_secret() -> None:
+    settings = load_kafka_settings(
+        {
+            "security_protocol": "sasl_ssl",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "bob",
+            "sasl_password": SECRET,
+            "ssl_ca_location": "/etc/ca.pem",
+            "config": {"ssl.key.password": SECRET + "2"},
+        }
+    )
+    configs = ClientConfigs(parse_url("kafka://b1:9093"), settings)
+    common = configs.common
+    assert common["security.protocol"] == "sasl_ssl"
+    assert common["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert common["sasl.username"] == "bob" and common["sasl.password"] == SECRET
+    assert common["ssl.ca.location"] == "/etc/ca.pem"
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(configs.describe(common))
+    assert configs.scrub(f"failed with {SECRET}2 and {SECRET}") == "failed with *** and ***"
+
+
+async def test_secrets_never_in_reprs_errors_or_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"kafka://alice:{SECRET}@127.0.0.1:1"  # nothing listens on port 1
+    bus = EventBus(url, connect_timeout=2, config={"sasl.password": SECRET})
+    assert SECRET not in repr(bus) and SECRET not in repr(bus.settings)
+    assert SECRET not in repr(bus.broker)
+    with pytest.raises(ConnectionError) as info:
+        await bus.start()
+    assert "127.0.0.1:1" in str(info.value)
+    assert SECRET not in str(info.value)
+    with pytest.raises(ConfigurationError) as bad:
+        EventBus(f"kafka://alice:{SECRET}@h:1", partitions="many")
+    assert SECRET not in str(bad.value)
+    out, err = capsys.readouterr()
+    assert SECRET not in out and SECRET not in err
+
+
+async def test_unknown_librdkafka_property_fails_at_start_naming_the_option() -> None:
+    bus = EventBus("kafka://127.0.0.1:9092", config={"no.such.property": "1"})
+    with pytest.raises(ConfigurationError) as info:
+        await bus.start()
+    assert "no.such.property" in str(info.value)
+    assert "EVENTBUS_KAFKA_CONFIG" in str(info.value)
