@@ -49,7 +49,7 @@ class KafkaSettings(BaseSettings):
     linger_ms: float = Field(default=5.0, ge=0, le=900_000)
     compression: Compression = "none"
     #: records of one partition fetched but not yet finished before the partition is paused
-    partition_buffer: int = Field(default=500, ge=1, le=1_000_000)
+    partition_buffer: int = Field(default=5000, ge=1, le=1_000_000)
     #: how often finished offsets are committed (ms); also on revoke and on stop
     commit_interval_ms: int = Field(default=500, ge=10, le=3_600_000)
     #: seconds `subscribe` waits for the partition assignment ("ready means ready")

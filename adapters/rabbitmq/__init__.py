@@ -11,7 +11,7 @@ import pika  # noqa: F401 - import-time check of the extra
 
 from .adapter import RabbitMQAdapter
 from .broker import RabbitMQBroker
-from .consumer import RabbitMQDelivery
+from .delivery import RabbitMQDelivery
 from .settings import RabbitMQSettings, SubscriptionOptions
 from .sync import RabbitMQSyncTransport
 from .topology import GroupTopology

@@ -1,7 +1,7 @@
 """The `Broker` of `amqp://` and `amqps://`: RabbitMQ through aio-pika.
 
 One connection per bus (kept alive by `Link`), one confirm-mode publishing channel
-(`Publisher`), one channel per subscription (`GroupConsumer`), and short-lived channels
+(`Publisher`), one channel per consumed queue (`GroupConsumer`), and short-lived channels
 for declarations and dead-letter tools (an AMQP error closes the channel it happens on,
 so those never share a channel with traffic).
 """
@@ -42,7 +42,7 @@ from .settings import (
     parse_url,
     tls_context,
 )
-from .topology import GroupTopology, dead_letter_queue, hash_exchange
+from .topology import GroupTopology, dead_letter_queue, route_exchange
 
 #: headers RabbitMQ adds when it dead-letters (our wait queues); dropped on replay
 _BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
@@ -165,7 +165,7 @@ class RabbitMQBroker:
 
     async def replay_dead_letters(self, stream: str, group: str) -> int:
         """Send each dead letter back to its group only (default exchange to the group
-        queue, or the group's hash exchange when partitioned), confirmed, then remove it."""
+        queue, or the group's route exchange when partitioned), confirmed, then remove it."""
         entry = await self._entry_of(stream, group)
         if entry is None:
             return 0
@@ -202,8 +202,8 @@ class RabbitMQBroker:
                 pass
         async with self.declare_channel() as channel:
             try:
-                await channel.exchange_declare(hash_exchange(stream, group), passive=True)
-                return hash_exchange(stream, group), ""
+                await channel.exchange_declare(route_exchange(stream, group), passive=True)
+                return route_exchange(stream, group), ""
             except aiormq.exceptions.ChannelNotFoundEntity:
                 return None
 

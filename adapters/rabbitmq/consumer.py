@@ -1,99 +1,43 @@
-"""One subscription's consumer: a channel with prefetch on the group's queue(s), feeding the
-kernel one delivery at a time, re-attached whenever its channel or connection is lost.
+"""One subscription's consumer: the group's queue(s), each on a channel of its own
+(`Attachment`), feeding the kernel one delivery at a time, re-attached whenever a channel
+or the connection is lost.
 
-Order: aiormq runs the consume callback for deliveries in arrival order; the callback only
-appends to an in-process queue that a single task drains, awaiting `deliver(d)` for each.
+Order: aiormq runs the consume callbacks in arrival order; they only append to one
+in-process queue that a single task drains, awaiting `deliver(d)` for each.
 
-Recovery: when the channel dies, the broker takes back every unacknowledged message and
-will deliver it again; so deliveries still queued here from the dead channel are dropped,
-and settling a delivery of a dead channel does nothing (its ack or reject would have no
-channel to travel on; the broker redelivers it). A handler may therefore run twice for
-one event after a connection loss: at-least-once, never lost.
+Partitioned groups (`partitions=N`): the members find each other (`membership`) and
+each consumes only the partition queues `assignment` gives it, so the group scales out
+to N members. When the assignment moves a partition away, the member releases it
+gracefully (`Attachment.release`: in-flight deliveries settle, then the channel closes
+and the broker hands the queue, with everything not yet handled, to the next consumer);
+the new owner has registered on it by then or registers right after. Single active
+consumer on every partition queue is the safety net: members whose views briefly differ
+never consume one queue at the same time.
+
+Recovery: when a channel dies, the broker takes back every unacknowledged message and
+will deliver it again; deliveries still queued here from the dead channel are dropped.
+A handler may therefore run twice for one event after a connection loss: at-least-once,
+never lost.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Any
 
-from aiormq.abc import AbstractChannel, DeliveredMessage
+from aiormq.abc import DeliveredMessage
 
 from eventbus.broker import Deliver, Delivery, SubscriptionSpec
 from eventbus.log import get_logger
-from eventbus.wire import from_amqp
 
-from .link import LOST
-from .properties import copy_of, retry_headers, routing_key_of
+from .assignment import assign
+from .attachment import Attachment
+from .delivery import RabbitMQDelivery
+from .membership import Membership, new_member_id
 from .topology import GroupTopology
 
 if TYPE_CHECKING:
     from .broker import RabbitMQBroker
-
-
-class RabbitMQDelivery(Delivery):
-    __slots__ = ("_consumer", "_message")
-
-    def __init__(self, consumer: GroupConsumer, message: DeliveredMessage) -> None:
-        props = message.header.properties
-        headers: dict[str, Any] = props.headers or {}
-        delivery = message.delivery
-        routing_key = routing_key_of(headers, getattr(delivery, "routing_key", None))
-        attributes, attempt = from_amqp(headers, props.content_type, props.message_id, routing_key)
-        super().__init__(
-            stream=consumer.topology.stream,
-            body=message.body,
-            attributes=attributes,
-            headers=headers,
-            key=attributes.get("partitionkey"),
-            attempt=attempt,
-            routing_key=routing_key,
-            redelivered=bool(getattr(delivery, "redelivered", False)),
-        )
-        self._consumer = consumer
-        self._message = message
-
-    @property
-    def _tag(self) -> int:
-        tag = self._message.delivery.delivery_tag  # type: ignore[union-attr]
-        return int(tag or 0)
-
-    async def ack(self) -> None:
-        channel = self._message.channel
-        if channel.is_closed:
-            self._consumer.dropped("ack", self)
-            return
-        try:
-            await channel.basic_ack(self._tag, wait=False)
-        except LOST:
-            self._consumer.dropped("ack", self)
-
-    async def nack(self) -> None:
-        channel = self._message.channel
-        if channel.is_closed:
-            return  # the broker has it back already
-        with contextlib.suppress(*LOST):
-            await channel.basic_reject(self._tag, requeue=True, wait=False)
-
-    async def retry_later(self, attempt: int, delay: float) -> None:
-        consumer = self._consumer
-        queue = await consumer.wait_queue(attempt, delay)
-        props = self._message.header.properties
-        headers = retry_headers(self.headers, self.attributes, self.routing_key, attempt)
-        await consumer.broker.publisher.send(
-            "", queue, self.body, copy_of(props, headers, self.attributes.get("id"))
-        )
-        await self.ack()
-
-    async def dead_letter(self, info: dict[str, str]) -> None:
-        consumer = self._consumer
-        props = self._message.header.properties
-        headers = {**self.headers, **info}
-        await consumer.broker.publisher.send(
-            "", consumer.topology.dlq, self.body,
-            copy_of(props, headers, self.attributes.get("id")),
-        )
-        await self.ack()
 
 
 class GroupConsumer:
@@ -110,41 +54,75 @@ class GroupConsumer:
         self.broker = broker
         self.spec = spec
         self.topology = topology
+        self.member_id = new_member_id()
         self._deliver = deliver
         self._prefetch = prefetch
-        self._inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
-        self._channel: AbstractChannel | None = None
-        self._aio_channel: Any = None
-        self._tags: list[str] = []
+        self._inbox: asyncio.Queue[tuple[Attachment, DeliveredMessage]] = asyncio.Queue()
+        self._attachments: dict[str, Attachment] = {}
+        self._releasing: dict[str, asyncio.Task[None]] = {}
+        self._membership: Membership | None = None
+        if topology.partitions is not None:
+            settings = broker.settings
+            self._membership = Membership(
+                broker.link,
+                topology.members_exchange,
+                self.member_id,
+                heartbeat=settings.member_heartbeat,
+                timeout=settings.member_timeout,
+                on_change=self._wake_up,
+            )
         self._paused = False
         self._closing = False
-        self._attached = asyncio.Event()
+        self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._wait_queues: set[str] = {name for name, _ in topology.tier_queues()}
-        self._log = get_logger(stream=topology.stream, group=topology.group)
+        self._log = get_logger(stream=topology.stream, group=topology.group,
+                               member=self.member_id)
+
+    @property
+    def returns_on_close(self) -> bool:
+        """Stopping on single-active-consumer queues: unsettled deliveries stay with this
+        consumer until its channels close (see `RabbitMQDelivery.nack`)."""
+        return self._paused and self.topology.single_active_consumer
+
+    def wanted(self) -> list[str]:
+        """The queues this member should consume now."""
+        if self._membership is None or self.topology.partitions is None:
+            return self.topology.queues
+        owned = assign(self._membership.members, self.topology.partitions)
+        mine = owned.get(self.member_id, frozenset())
+        return [q for i, q in enumerate(self.topology.queues) if i in mine]
+
+    def active_queues(self) -> list[str]:
+        """The queues this member has a live consumer on (active or standing by)."""
+        return sorted(q for q, a in self._attachments.items() if a.is_live and not a.releasing)
 
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Attach (raising what the first attach raises), then keep attached."""
-        await self._attach()
+        """Join the group and attach (raising what the first attach raises), then keep
+        attached and balanced."""
+        if self._membership is not None:
+            await self._membership.start()
+        await self._reconcile()
         self._runner = asyncio.create_task(self._run(), name=f"rabbitmq:{self.topology.base}")
         self._keeper = asyncio.create_task(
             self._keep_attached(), name=f"rabbitmq-keeper:{self.topology.base}"
         )
 
     async def pause(self) -> None:
-        """Stop fetching: cancel the broker consumers; prefetched messages stay unacked
-        (and go back to the queue at `close`)."""
+        """Stop passing deliveries on and leave the group. On single-active-consumer
+        queues the broker consumers stay registered (and active) until `close` closes
+        their channels, which hands each queue over in order; competing consumers are
+        cancelled at once."""
         self._paused = True
-        channel = self._channel
-        if channel is not None and not channel.is_closed:
-            for tag in self._tags:
-                try:
-                    await channel.basic_cancel(tag)
-                except LOST:
-                    break
+        await self._stop_keeper()
+        if self._membership is not None:
+            await self._membership.leave()
+        if not self.topology.single_active_consumer:
+            for attachment in list(self._attachments.values()):
+                await attachment.cancel()
         self._inbox.put_nowait(_WAKE)  # unblock the runner so it sees `_paused`
 
     async def close(self) -> None:
@@ -159,76 +137,108 @@ class GroupConsumer:
             except TimeoutError:  # stuck in a handler past the shutdown timeout
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
-        if self._keeper is not None:
-            self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
-        # closing the channel gives every unacknowledged message back to the queue; acks
-        # written before travel first (frames of a connection keep their order)
-        aio_channel, self._aio_channel, self._channel = self._aio_channel, None, None
-        if aio_channel is not None:
-            with contextlib.suppress(*LOST):
-                await aio_channel.close()
+        await self._stop_keeper()
+        if self._membership is not None:
+            await self._membership.leave()
+        releasing = list(self._releasing.values())
+        for task in releasing:
+            task.cancel()
+        await asyncio.gather(*releasing, return_exceptions=True)
+        attachments = list(self._attachments.values())
+        self._attachments.clear()
+        for attachment in attachments:
+            await attachment.close()
 
-    # --- attaching ---------------------------------------------------------------------
+    async def _stop_keeper(self) -> None:
+        keeper = self._keeper
+        if keeper is not None and keeper is not asyncio.current_task():
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
 
-    async def _attach(self) -> None:
-        connection = await self.broker.link.connection()
-        aio_channel = await connection.channel(publisher_confirms=False)
-        channel: AbstractChannel = await aio_channel.get_underlay_channel()
+    # --- attaching and balancing -------------------------------------------------------
+
+    def _wake_up(self) -> None:
+        self._wake.set()
+
+    async def _reconcile(self) -> None:
+        """One pass: forget dead attachments, release queues no longer wanted, attach
+        wanted ones (a queue still being released is attached again once it is)."""
+        wanted = self.wanted()
+        for queue, attachment in list(self._attachments.items()):
+            if not attachment.is_live:
+                del self._attachments[queue]
+            elif queue not in wanted and queue not in self._releasing:
+                self._releasing[queue] = asyncio.create_task(
+                    self._release(attachment), name=f"rabbitmq-release:{queue}"
+                )
+        for queue in wanted:
+            if queue in self._attachments or queue in self._releasing:
+                continue
+            tag = f"{self.member_id}/{queue}" if self._membership is not None else None
+            attachment = await Attachment.open(
+                self.broker.link, queue, self._prefetch, tag, self._on_message
+            )
+            self._attachments[queue] = attachment
+            attachment.on_closed(self._wake_up)
+            if self._membership is not None:
+                self._log.info("rabbitmq.partition_attached", queue=queue)
+
+    async def _release(self, attachment: Attachment) -> None:
+        queue = attachment.queue
         try:
-            await channel.basic_qos(prefetch_count=self._prefetch)
-            tags = []
-            for queue in self.topology.queues:
-                ok = await channel.basic_consume(queue, self._on_message, no_ack=False)
-                tags.append(str(ok.consumer_tag))
-        except BaseException:
-            if not channel.is_closed:
-                await aio_channel.close()
-            raise
-        self._aio_channel, self._channel, self._tags = aio_channel, channel, tags
-        self._attached.set()
+            await attachment.release()
+            self._log.info("rabbitmq.partition_released", queue=queue)
+        finally:
+            if self._attachments.get(queue) is attachment:
+                del self._attachments[queue]
+            self._releasing.pop(queue, None)
+            self._wake_up()
 
     async def _keep_attached(self) -> None:
         pause = 0.1
-        while not self._closing:
-            channel = self._channel
-            if channel is not None and not channel.is_closed:
-                await asyncio.wait([channel.closing])
-                if self._closing:
-                    return
-                self._log.warning("rabbitmq.consumer_detached", queues=self.topology.queues)
+        while not self._paused:
+            await self._wake.wait()
+            self._wake.clear()
             if self._paused:
                 return
+            lost = [q for q, a in self._attachments.items() if not a.is_live]
+            if lost:
+                self._log.warning("rabbitmq.consumer_detached", queues=lost)
             try:
-                await self.broker.link.wait_up()
-                async with self.broker.declare_channel() as admin:
-                    await self.topology.declare(admin)
-                await self._attach()
+                if lost or not self.broker.link.is_up:
+                    await self.broker.link.wait_up()
+                    async with self.broker.declare_channel() as admin:
+                        await self.topology.declare(admin)
+                await self._reconcile()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._log.warning("rabbitmq.reattach_failed", error=repr(exc), retry_in=pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self.broker.settings.max_reconnect_backoff)
+                self._wake.set()
                 continue
+            if pause > 0.1 or lost:
+                self._log.info("rabbitmq.consumer_reattached", queues=self.active_queues())
             pause = 0.1
-            self._log.info("rabbitmq.consumer_reattached", queues=self.topology.queues)
 
-    async def _on_message(self, message: DeliveredMessage) -> None:
-        self._inbox.put_nowait(message)
+    # --- delivering --------------------------------------------------------------------
+
+    def _on_message(self, attachment: Attachment, message: DeliveredMessage) -> None:
+        self._inbox.put_nowait((attachment, message))
 
     async def _run(self) -> None:
         inbox = self._inbox
         deliver = self._deliver
         while True:
-            message = await inbox.get()
+            attachment, message = await inbox.get()
             if self._paused:
                 if self._closing:
                     return
                 continue  # left unacked: the channel close at `close` returns it
-            if message is _WAKE or message.channel.is_closed:
-                continue  # from a dead channel: the broker redelivers it
-            await deliver(RabbitMQDelivery(self, message))
+            if attachment is None or attachment.releasing or message.channel.is_closed:
+                continue  # the broker gets it back when that channel closes
+            await deliver(RabbitMQDelivery(self, attachment, message))
 
     # --- helpers for deliveries --------------------------------------------------------
 
@@ -249,6 +259,5 @@ class GroupConsumer:
         )
 
 
-#: a sentinel that wakes the runner (never delivered)
-_WAKE: Any = object()
-
+#: wakes the runner (never delivered)
+_WAKE: Any = (None, None)

@@ -52,6 +52,12 @@ class RabbitMQSettings(BaseSettings):
     max_reconnect_backoff: float = Field(default=5.0, gt=0)
     #: seconds a publish may take, reconnections included, before it raises PublishError
     publish_timeout: float = Field(default=120.0, gt=0)
+    #: partitioned groups: seconds between a member's heartbeats to the other members
+    member_heartbeat: float = Field(default=1.0, gt=0, le=60)
+    #: partitioned groups: a member not heard of for this many seconds is gone and its
+    #: partitions are reassigned (the broker fails its queues over at once if its
+    #: connection closed; this covers a member that hangs with its connection open)
+    member_timeout: float = Field(default=3.5, gt=0, le=600)
     #: TLS (amqps://): CA bundle, client certificate and key, key password, verification
     ca_file: str | None = None
     cert_file: str | None = None
@@ -65,7 +71,9 @@ class SubscriptionOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: N queues `<stream>.<group>.<i>` behind a consistent-hash exchange (None: one queue)
+    #: N queues `<stream>.<group>.<i>` behind a consistent-hash exchange (None: one queue);
+    #: the group's members share them out (at most one active consumer per queue), so up
+    #: to N members work in parallel while each key keeps its order
     partitions: int | None = Field(default=None, ge=1, le=1024)
     queue_type: QueueType | None = None
     prefetch: int | None = Field(default=None, ge=1, le=65535)
@@ -75,9 +83,16 @@ class SubscriptionOptions(BaseModel):
 def load_rabbitmq_settings(options: dict[str, Any]) -> RabbitMQSettings:
     _reject_unknown(options, RabbitMQSettings.model_fields, "EventBus(...) option")
     try:
-        return RabbitMQSettings(**options)
+        settings = RabbitMQSettings(**options)
     except ValidationError as exc:
         raise ConfigurationError(format_validation_error(exc, "EVENTBUS_RABBITMQ_")) from None
+    if settings.member_timeout <= 2 * settings.member_heartbeat:
+        raise ConfigurationError(
+            f"EVENTBUS_RABBITMQ_MEMBER_TIMEOUT ({settings.member_timeout}) must be more than "
+            f"twice EVENTBUS_RABBITMQ_MEMBER_HEARTBEAT ({settings.member_heartbeat}), or "
+            "live members of a partitioned group would be dropped between two heartbeats"
+        )
+    return settings
 
 
 def load_subscription_options(options: dict[str, Any]) -> SubscriptionOptions:

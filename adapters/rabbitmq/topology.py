@@ -3,9 +3,16 @@
     stream                     durable topic exchange `<stream>`
     group                      durable queue `<stream>.<group>` bound with the group's
                                patterns, single active consumer by default
-    group, partitions=N        consistent-hash exchange `<stream>.<group>.hash` (hashing the
-                               `ce-partitionkey` header) bound to the stream with the
-                               patterns, and N queues `<stream>.<group>.<i>`
+    group, partitions=N        N queues `<stream>.<group>.<i>` (single active consumer each)
+                               fed by: headers exchange `<stream>.<group>.route` bound to
+                               the stream with the patterns; events with a key (header
+                               `ce-partitionkey`) go on to the consistent-hash exchange
+                               `<stream>.<group>.hash` hashing that header (same key, same
+                               queue); events without one reach its alternate exchange
+                               `<stream>.<group>.spread`, a consistent-hash exchange on
+                               `message_id` (the event id), so they spread over all queues
+    members of a partitioned   fanout exchange `<stream>.<group>.members` (membership)
+    group
     dead letters               queue `<stream>.<group>.dlq`
     delayed retry, tier n      wait queue `<stream>.<group>.retry.<n>` with `x-message-ttl`
                                = the tier's delay, dead-lettering back into the group
@@ -28,6 +35,8 @@ from eventbus.errors import ConfigurationError
 
 #: header the consistent-hash exchange of a partitioned group hashes on
 HASH_HEADER = "ce-partitionkey"
+#: message property keyless events of a partitioned group are spread by
+SPREAD_PROPERTY = "message_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +65,27 @@ class GroupTopology:
         return dead_letter_queue(self.stream, self.group)
 
     @property
+    def route_exchange(self) -> str:
+        return route_exchange(self.stream, self.group)
+
+    @property
     def hash_exchange(self) -> str:
-        return hash_exchange(self.stream, self.group)
+        return f"{self.base}.hash"
+
+    @property
+    def spread_exchange(self) -> str:
+        return f"{self.base}.spread"
+
+    @property
+    def members_exchange(self) -> str:
+        return f"{self.base}.members"
 
     @property
     def entry(self) -> tuple[str, str]:
         """(exchange, routing key) that puts a message into this group only."""
         if self.partitions is None:
             return "", self.base
-        return self.hash_exchange, ""
+        return self.route_exchange, ""
 
     def wait_queue(self, attempt: int, delay: float) -> tuple[str, bool]:
         """-> (wait queue for a retry that will be try number `attempt` after `delay`
@@ -114,18 +135,28 @@ class GroupTopology:
             for pattern in self.patterns:
                 await channel.queue_bind(self.base, self.stream, routing_key=pattern)
         else:
-            await _exchange(
-                channel, self.hash_exchange, "x-consistent-hash", {"hash-header": HASH_HEADER}
-            )
-            for pattern in self.patterns:
-                await channel.exchange_bind(
-                    destination=self.hash_exchange, source=self.stream, routing_key=pattern
-                )
-            for queue in self.queues:
-                await _queue(channel, queue, self.group_arguments())
-                await channel.queue_bind(queue, self.hash_exchange, routing_key="1")
+            await self._declare_partitions(channel)
         for name, delay in self.tier_queues():
             await _queue(channel, name, self.wait_arguments(delay))
+
+    async def _declare_partitions(self, channel: AbstractChannel) -> None:
+        hashed, spread = self.hash_exchange, self.spread_exchange
+        await _exchange(channel, hashed, "x-consistent-hash", {"hash-header": HASH_HEADER})
+        await _exchange(
+            channel, spread, "x-consistent-hash", {"hash-property": SPREAD_PROPERTY}
+        )
+        for queue in self.queues:
+            await _queue(channel, queue, self.group_arguments())
+            await channel.queue_bind(queue, hashed, routing_key="1")
+            await channel.queue_bind(queue, spread, routing_key="1")
+        route = self.route_exchange
+        await _exchange(channel, route, "headers", {"alternate-exchange": spread})
+        # a binding argument of type void matches on the header's presence alone
+        await channel.exchange_bind(
+            destination=hashed, source=route, arguments={"x-match": "any", HASH_HEADER: None}
+        )
+        for pattern in self.patterns:
+            await channel.exchange_bind(destination=route, source=self.stream, routing_key=pattern)
 
     async def declare_wait_queue(self, channel: AbstractChannel, name: str, delay: float) -> None:
         await _queue(channel, name, self.wait_arguments(delay))
@@ -135,12 +166,18 @@ def dead_letter_queue(stream: str, group: str) -> str:
     return f"{stream}.{group}.dlq"
 
 
-def hash_exchange(stream: str, group: str) -> str:
-    return f"{stream}.{group}.hash"
+def route_exchange(stream: str, group: str) -> str:
+    """The entry of a partitioned group (see the module docstring)."""
+    return f"{stream}.{group}.route"
 
 
 async def declare_stream(channel: AbstractChannel, stream: str) -> None:
     await _exchange(channel, stream, "topic", None)
+
+
+async def declare_members(channel: AbstractChannel, exchange: str) -> None:
+    """The fanout exchange a partitioned group's members talk through (`membership`)."""
+    await _exchange(channel, exchange, "fanout", None)
 
 
 async def _exchange(

@@ -57,3 +57,28 @@ def rabbitmqctl(*args: str, timeout: float = 120) -> str:
     if done.returncode != 0:
         raise AssertionError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
+
+
+def close_connections_named(name: str) -> int:
+    out = rabbitmqctl("list_connections", "pid", "client_properties", "--quiet",
+                      "--no-table-headers")
+    closed = 0
+    for line in out.splitlines():
+        if f'{{"connection_name","{name}"}}' in line:
+            rabbitmqctl("close_connection", line.split("\t", 1)[0], "eventbus fault test")
+            closed += 1
+    return closed
+
+
+def active_members(stream: str, group: str, partitions: int) -> dict[str, set[str]]:
+    """Partition queue -> the member ids active on it (consumer tags are `<member>/<queue>`);
+    waiting single-active consumers are left out."""
+    queues = {f"{stream}.{group}.{i}" for i in range(partitions)}
+    out = rabbitmqctl("list_consumers", "queue_name", "consumer_tag", "active",
+                      "--quiet", "--no-table-headers")
+    active: dict[str, set[str]] = {queue: set() for queue in queues}
+    for line in out.splitlines():
+        fields = line.strip().split("\t")
+        if len(fields) == 3 and fields[0] in queues and fields[2] == "true":
+            active[fields[0]].add(fields[1].split("/", 1)[0])
+    return active

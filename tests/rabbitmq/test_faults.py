@@ -17,21 +17,10 @@ import pytest
 from tests.conformance.support import make_events, until
 
 from .conftest import Broker
-from .support import rabbitmqctl
+from .support import close_connections_named, rabbitmqctl
 
 pytestmark = pytest.mark.rabbitmq
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def close_connections_named(name: str) -> int:
-    out = rabbitmqctl("list_connections", "pid", "client_properties", "--quiet",
-                      "--no-table-headers")
-    closed = 0
-    for line in out.splitlines():
-        if f'{{"connection_name","{name}"}}' in line:
-            rabbitmqctl("close_connection", line.split("\t", 1)[0], "eventbus fault test")
-            closed += 1
-    return closed
 
 
 async def publish_all(bus: Any, events: list[Any], batch: int = 250) -> None:
