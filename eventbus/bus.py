@@ -363,15 +363,19 @@ class EventBus:
         async def collect(message: Message) -> None:
             messages.append(message)
 
-        wrapped = chain(self._publish_middleware, collect)
+        wrapped = None if self._fast_publish else chain(self._publish_middleware, collect)
+        source, max_bytes = self._source, self._max_bytes
         for item in events:
             if isinstance(item, tuple):
                 event, item_key = item
             else:
                 event, item_key = item, (key(item) if key is not None else None)
-            await wrapped(
-                build_message(event, source=self._source, max_bytes=self._max_bytes, key=item_key)
-            )
+            message = build_message(event, source=source, max_bytes=max_bytes, key=item_key)
+            if wrapped is None:
+                correlate_attributes(message.attributes)
+                messages.append(message)
+            else:
+                await wrapped(message)
         if not self._running or self._broker is None:
             raise BusClosed("the bus is not running: use `async with bus:` before publishing")
         await self._broker.publish_many(messages)

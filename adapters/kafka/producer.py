@@ -44,7 +44,7 @@ class Record:
 
 def record_of(message: broker.Message) -> Record:
     key = message.key.encode() if message.key is not None else None
-    headers: Headers = list(to_kafka_headers(message.attributes, message.attempt))
+    headers: Headers = to_kafka_headers(message.attributes, message.attempt)  # type: ignore[assignment]
     return Record(message.stream, message.body, key, headers, message.id)
 
 
@@ -169,8 +169,21 @@ class AsyncProducer:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch = _Batch(future, len(records))
-        for record in records:
-            await self._produce(record, partial(self._on_batch, batch, record))
+        producer, on_batch = self.producer, self._on_batch
+        for record in records:  # produce() inline; the event loop is only yielded when full
+            callback = partial(on_batch, batch, record)
+            try:
+                producer.produce(
+                    record.topic,
+                    record.value,
+                    record.key,
+                    headers=record.headers,
+                    on_delivery=callback,
+                )
+            except BufferError:
+                await self._produce(record, callback)
+            except KafkaException as exc:
+                raise _failure(self.configs, record, exc.args[0] if exc.args else exc) from None
         await future
 
     async def close(self, timeout: float = 30.0) -> None:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def publish_all(bus: Any, events: list[Any], batch: int = 250) -> None:
     for i in range(0, len(events), batch):
-        await bus.publish_many(events[i:i + batch])
+        await bus.publish_many(events[i : i + batch])
 
 
 async def test_dropped_connection_mid_stream_loses_nothing(rabbit: Broker) -> None:
@@ -72,9 +72,7 @@ async def test_broker_restart_while_10000_events_flow(rabbit: Broker) -> None:
     assert handled == {f"o{i}" for i in range(10_000)}
 
 
-async def test_consumer_killed_mid_handler_loses_nothing(
-    rabbit: Broker, tmp_path: Path
-) -> None:
+async def test_consumer_killed_mid_handler_loses_nothing(rabbit: Broker, tmp_path: Path) -> None:
     ev = make_events(rabbit.stream())
     log = tmp_path / "handled.log"
     log.touch()
@@ -115,7 +113,10 @@ def _start_consumer(stream: str, log: Path) -> subprocess.Popen[str]:
     """The consumer of the kill test, in its own process."""
     return subprocess.Popen(
         [sys.executable, "-m", "tests.rabbitmq.consumer_app", stream, str(log)],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "EVENTBUS_LOG_LEVEL": "INFO"},
     )
 
 
@@ -166,8 +167,12 @@ async def test_password_never_in_logs_reprs_or_errors(rabbit: Broker, secret_use
             failing = rabbit.bus(wrong)
             with pytest.raises((ConfigurationError, ConnectionError)) as info:
                 await failing.start()
-            texts += [str(info.value), repr(info.value), repr(info.value.__cause__),
-                      repr(info.value.__context__)]
+            texts += [
+                str(info.value),
+                repr(info.value),
+                repr(info.value.__cause__),
+                repr(info.value.__context__),
+            ]
     assert any(entry["event"] == "rabbitmq.connection_lost" for entry in logs)
     texts += [repr(entry) for entry in logs]
     leaked = [t for t in texts if SECRET in t]

@@ -63,9 +63,12 @@ def test_assignment_is_balanced_deterministic_and_sticky() -> None:
             assert max(sizes) - min(sizes) <= 1
             assert owned == assign(reversed(members[:count]), partitions)
     before, after = assign(members[:4], 16), assign(members[:5], 16)
-    moved = [p for p in range(16)
-             if next(m for m, ps in before.items() if p in ps)
-             != next(m for m, ps in after.items() if p in ps)]
+    moved = [
+        p
+        for p in range(16)
+        if next(m for m, ps in before.items() if p in ps)
+        != next(m for m, ps in after.items() if p in ps)
+    ]
     assert len(moved) <= 5  # about what the newcomer takes (3 or 4), not a reshuffle
     assert set(moved) >= after[members[4]]
 
@@ -121,9 +124,7 @@ async def test_keyless_events_spread_over_the_partitions(rabbit: Broker) -> None
     publisher = rabbit.bus()
     async with publisher:
         await publisher.publish_many([ev.Created(order_id=f"o{i}") for i in range(200)])
-        await publisher.publish_many(
-            [(ev.Created(order_id=f"k{i}"), "one-key") for i in range(20)]
-        )
+        await publisher.publish_many([(ev.Created(order_id=f"k{i}"), "one-key") for i in range(20)])
     depths = await asyncio.to_thread(_queue_depths, ev.stream, "spread", 4)
     assert sum(depths) == 220
     assert all(depth >= 10 for depth in depths), f"keyless events not spread: {depths}"
@@ -231,8 +232,11 @@ async def test_killed_member_loses_nothing_and_its_partition_moves(
     assert in_killed, "the killed member handled nothing before the kill"
     for key in keys:
         timeline = first_occurrences(in_killed[key] + seen[key])
-        expected = [*(f"{key}:{n}" for n in range(5)), "hang",
-                    *(f"{key}:{n}" for n in range(5, 10))]
+        expected = [
+            *(f"{key}:{n}" for n in range(5)),
+            "hang",
+            *(f"{key}:{n}" for n in range(5, 10)),
+        ]
         assert timeline == expected, f"order broken for {key}: {timeline}"
 
 
@@ -261,8 +265,9 @@ async def test_member_whose_connection_drops_rejoins_and_loses_nothing(
     await buses["steady"].publish_many(
         [(ev.Created(order_id=f"{key}:{n}"), key) for n in range(10) for key in keys]
     )
-    await until(lambda: len(handled["steady"] | handled["dropped"]) == 200, timeout=60,
-                what="every event")
+    await until(
+        lambda: len(handled["steady"] | handled["dropped"]) == 200, timeout=60, what="every event"
+    )
     assert handled["steady"] and handled["dropped"], "one member did all the work"
 
 
@@ -283,15 +288,22 @@ async def test_delayed_retries_come_back_to_the_same_partition(rabbit: Broker) -
 
             return handle
 
-        bus.add_handler(make(who), group="p", partitions=2,
-                        retry=RetryPolicy(attempts=3, backoff=0.2, delayed=True))
+        bus.add_handler(
+            make(who),
+            group="p",
+            partitions=2,
+            retry=RetryPolicy(attempts=3, backoff=0.2, delayed=True),
+        )
         await bus.start()
     await balanced(ev.stream, "p", 2, members=2)
     publisher = buses["x"]
     await publisher.publish_many([(ev.Created(order_id=f"keyed{i}"), f"k{i}") for i in range(8)])
     await publisher.publish_many([ev.Created(order_id=f"keyless{i}") for i in range(8)])
-    await until(lambda: len(tries) == 16 and all(len(t) == 3 for t in tries.values()),
-                timeout=60, what="three tries of every event")
+    await until(
+        lambda: len(tries) == 16 and all(len(t) == 3 for t in tries.values()),
+        timeout=60,
+        what="three tries of every event",
+    )
     for order_id, attempts in tries.items():
         assert [n for n, _ in attempts] == [1, 2, 3], (order_id, attempts)
         assert len({w for _, w in attempts}) == 1, f"{order_id} moved between members: {attempts}"
@@ -302,7 +314,10 @@ def _start_member(stream: str, log: Path, partitions: int) -> subprocess.Popen[s
     """A member of group "workers" in its own process (see consumer_app)."""
     return subprocess.Popen(
         [sys.executable, "-m", "tests.rabbitmq.consumer_app", stream, str(log), str(partitions)],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "EVENTBUS_LOG_LEVEL": "INFO"},
     )
 
 

@@ -22,7 +22,7 @@ def eventbus(*args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "EVENTBUS_LOG_FORMAT": "json"},
+        env={**os.environ, "EVENTBUS_LOG_FORMAT": "json", "EVENTBUS_LOG_LEVEL": "INFO"},
     )
 
 
