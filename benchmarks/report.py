@@ -141,10 +141,8 @@ def charts(outcomes: list[Outcome], directory: Path) -> list[Path]:
     written: list[Path] = []
     throughput = [o for o in outcomes if o.scenario.metric == "throughput" and o.samples]
     if throughput:
-        fig, axes = plt.subplots(
-            1, len(throughput), figsize=(4 * len(throughput), 4), squeeze=False
-        )
-        for ax, o in zip(axes[0], throughput, strict=True):
+        fig, axes = _grid(plt, len(throughput))
+        for ax, o in zip(axes, throughput, strict=False):
             impls = list(o.samples)
             values = [o.median(i) or 0 for i in impls]
             lows = [v - (o.spread(i) or (v, v))[0] for v, i in zip(values, impls, strict=True)]
@@ -161,8 +159,8 @@ def charts(outcomes: list[Outcome], directory: Path) -> list[Path]:
         written.append(path)
     latency = [o for o in outcomes if o.scenario.metric == "p99_ms" and o.samples]
     if latency:
-        fig, axes = plt.subplots(1, len(latency), figsize=(4 * len(latency), 4), squeeze=False)
-        for ax, o in zip(axes[0], latency, strict=True):
+        fig, axes = _grid(plt, len(latency))
+        for ax, o in zip(axes, latency, strict=False):
             impls = list(o.samples)
             width = 0.25
             for k, pct in enumerate(("p50_ms", "p95_ms", "p99_ms")):
@@ -182,6 +180,17 @@ def charts(outcomes: list[Outcome], directory: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _grid(plt: Any, count: int) -> tuple[Any, list[Any]]:
+    """Charts in rows of at most four; unused cells hidden."""
+    cols = min(4, count)
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
 
 
 def write(outcomes: list[Outcome], directory: Path, mode: str) -> dict[str, Path]:
