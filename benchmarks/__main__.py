@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
-    repetitions = args.repetitions or (1 if args.quick else 5)
+    repetitions = args.repetitions or (1 if args.quick else 3)
     scenarios: list[Scenario] = []
     for name in args.brokers.split(","):
         if name not in SUITES:

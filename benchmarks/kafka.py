@@ -280,8 +280,8 @@ def scenarios(quick: bool) -> list[Scenario]:
             RAW_KAFKA: raw_run,
             f"{FASTSTREAM} {version('faststream')}": faststream_run,
         },
-        5_000 if quick else 200_000,
-        {1_000: 1_000 if quick else 10_000, 10_000: 3_000 if quick else 50_000},
+        5_000 if quick else 50_000,
+        {1_000: 1_000 if quick else 5_000, 10_000: 3_000 if quick else 20_000},
         "produce with acks=all + idempotence, delivery confirmed",
         "produce acks=all -> typed handler -> explicit commit, 3 partitions",
     )

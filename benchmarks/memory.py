@@ -124,7 +124,7 @@ async def eventbus_failure_paths(count: int) -> dict[str, float]:
 
 def scenarios(quick: bool) -> list[Scenario]:
     n = 5_000 if quick else 100_000
-    lat_n = {1_000: 500 if quick else 5_000, 10_000: 2_000 if quick else 30_000}
+    lat_n = {1_000: 500 if quick else 5_000, 10_000: 2_000 if quick else 20_000}
     result = [
         Scenario(
             "memory",

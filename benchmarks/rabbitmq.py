@@ -168,8 +168,8 @@ def scenarios(quick: bool) -> list[Scenario]:
             RAW_RABBIT: raw_run,
             f"{FASTSTREAM} {version('faststream')}": faststream_run,
         },
-        2_000 if quick else 30_000,
-        {1_000: 1_000 if quick else 10_000, 10_000: 3_000 if quick else 50_000},
+        2_000 if quick else 20_000,
+        {1_000: 1_000 if quick else 5_000, 10_000: 3_000 if quick else 20_000},
         "persistent publish with confirms (window 256)",
         "publish with confirms -> typed handler -> ack, quorum queue, prefetch 200",
     )
