@@ -7,10 +7,11 @@ and the environment; the kernel only knows the settings every broker shares.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigurationError
@@ -119,6 +120,23 @@ def load_settings(url: str | None = None, **overrides: Any) -> Settings:
         return Settings(**values)
     except ValidationError as exc:
         raise ConfigurationError(format_validation_error(exc, "EVENTBUS_")) from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_options(model: type[M], options: Mapping[str, Any], *, label: str, prefix: str) -> M:
+    """Adapter options -> `model`; an unknown option or a bad value is a ConfigurationError
+    that names it (`label`: what the options are, e.g. "Kafka EventBus(...) option";
+    `prefix`: how a setting is named in messages, e.g. "EVENTBUS_KAFKA_")."""
+    known = model.model_fields
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigurationError(f"unknown {label}(s) {unknown}; known: {sorted(known)}")
+    try:
+        return model(**options)
+    except ValidationError as exc:
+        raise ConfigurationError(format_validation_error(exc, prefix)) from None
 
 
 def format_validation_error(exc: ValidationError, prefix: str) -> str:

@@ -14,6 +14,8 @@
 # so it does not depend on whether the machine's hostname resolves, and so every
 # rabbitmqctl call (including the tests' stop_app/start_app) finds the node.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$SCRIPT_DIR"
@@ -48,27 +50,6 @@ die() {
   exit 1
 }
 
-pkg_installed() {
-  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
-}
-
-# Install Debian packages that are missing; `apt-get update` only when some
-# missing package has no install candidate (package lists empty or stale).
-ensure_pkgs() {
-  local p missing=() need_update=0
-  for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  for p in "${missing[@]}"; do
-    if ! apt-cache policy "$p" 2>/dev/null | grep -Eq 'Candidate: [^(]'; then need_update=1; fi
-  done
-  if [ "$need_update" = 1 ]; then
-    $SUDO apt-get update -q >/tmp/eventbus-apt-update.log 2>&1 ||
-      { cat /tmp/eventbus-apt-update.log >&2; die "apt-get update failed"; }
-  fi
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
-    >/tmp/eventbus-apt-install.log 2>&1 ||
-    { tail -n 40 /tmp/eventbus-apt-install.log >&2; die "apt-get install ${missing[*]} failed"; }
-}
 
 # Managed block in rabbitmq-env.conf (read by rabbitmq-server and every CLI tool).
 # Returns 0 if the file was changed.

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventbus.errors import ConfigurationError
-from eventbus.settings import format_validation_error, is_secret_key, redact_mapping, redact_url
+from eventbus.settings import is_secret_key, parse_options, redact_mapping, redact_url
 
 DEFAULT_PORT = 9092
 SecurityProtocol = Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
@@ -96,25 +96,15 @@ class SubscriptionOptions(BaseModel):
 
 
 def load_kafka_settings(options: dict[str, Any]) -> KafkaSettings:
-    _reject_unknown(options, KafkaSettings.model_fields, "EventBus(...) option")
-    try:
-        return KafkaSettings(**options)
-    except ValidationError as exc:
-        raise ConfigurationError(format_validation_error(exc, "EVENTBUS_KAFKA_")) from None
+    return parse_options(
+        KafkaSettings, options, label="Kafka EventBus(...) option", prefix="EVENTBUS_KAFKA_"
+    )
 
 
 def load_subscription_options(options: dict[str, Any]) -> SubscriptionOptions:
-    _reject_unknown(options, SubscriptionOptions.model_fields, "subscribe() option")
-    try:
-        return SubscriptionOptions(**options)
-    except ValidationError as exc:
-        raise ConfigurationError(format_validation_error(exc, "subscribe(): ")) from None
-
-
-def _reject_unknown(options: dict[str, Any], known: dict[str, Any], what: str) -> None:
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigurationError(f"unknown Kafka {what}(s) {unknown}; known: {sorted(known)}")
+    return parse_options(
+        SubscriptionOptions, options, label="Kafka subscribe() option", prefix="subscribe(): "
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,9 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from eventbus.broker import (
     Capabilities,
@@ -30,13 +31,25 @@ from eventbus.broker import (
     SubscriptionSpec,
 )
 from eventbus.deadletter import DEAD_LETTER_HEADERS
-from eventbus.errors import ConfigurationError
 from eventbus.routing import matches_any
-from eventbus.settings import Settings
+from eventbus.settings import Settings, parse_options
 from eventbus.wire import ATTEMPT_HEADER
 
 DEFAULT_PARTITIONS = 8
-_OPTIONS = {"partitions"}
+
+
+class MemoryOptions(BaseModel):
+    """`EventBus("memory://", partitions=...)`: the default partitions of new groups."""
+
+    model_config = ConfigDict(extra="forbid")
+    partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=1024)
+
+
+class SubscriptionOptions(BaseModel):
+    """`bus.subscribe(..., partitions=...)` on memory://: partitions of a new group."""
+
+    model_config = ConfigDict(extra="forbid")
+    partitions: int | None = Field(default=None, ge=1, le=1024)
 
 
 class _Entry:
@@ -392,14 +405,9 @@ class MemoryBroker:
     )
 
     def __init__(self, settings: Settings) -> None:
-        unknown = set(settings.options) - _OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"unknown memory:// option(s) {sorted(unknown)}; known: {sorted(_OPTIONS)}"
-            )
-        self.partitions = _positive_int(
-            settings.options.get("partitions", DEFAULT_PARTITIONS), "partitions"
-        )
+        self.partitions = parse_options(
+            MemoryOptions, settings.options, label="memory:// option", prefix="memory:// "
+        ).partitions
         self.state = memory_state(_name_of(settings.url))
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -420,13 +428,13 @@ class MemoryBroker:
             publish(message, loop)
 
     async def subscribe(self, spec: SubscriptionSpec, deliver: Deliver) -> Consumer:
-        unknown = set(spec.options) - _OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"subscribe(): unknown memory:// option(s) {sorted(unknown)}; "
-                f"known: {sorted(_OPTIONS)}"
-            )
-        partitions = _positive_int(spec.options.get("partitions", self.partitions), "partitions")
+        options = parse_options(
+            SubscriptionOptions,
+            spec.options,
+            label="memory:// subscribe() option",
+            prefix="subscribe(): ",
+        )
+        partitions = options.partitions or self.partitions
         state = self.state
         group = state.group(spec.stream, spec.group, partitions)
         state.bind(group, spec.patterns)
@@ -496,13 +504,3 @@ class MemoryAdapter:
 
     def create_sync_transport(self, settings: Settings) -> MemorySyncTransport:
         return MemorySyncTransport(settings)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1:
-        raise ConfigurationError(f"memory:// option {name}={value!r} must be an integer >= 1")
-    return number

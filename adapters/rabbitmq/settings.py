@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventbus.errors import ConfigurationError
-from eventbus.settings import format_validation_error, redact_url
+from eventbus.settings import parse_options, redact_url
 
 QueueType = Literal["quorum", "classic"]
 
@@ -27,9 +27,7 @@ QueueType = Literal["quorum", "classic"]
 class RabbitMQSettings(BaseSettings):
     """Connection-wide options (environment prefix `EVENTBUS_RABBITMQ_`)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="EVENTBUS_RABBITMQ_", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="EVENTBUS_RABBITMQ_", extra="forbid", frozen=True)
 
     #: unacknowledged deliveries a consumer channel may hold (basic.qos)
     prefetch: int = Field(default=200, ge=1, le=65535)
@@ -81,11 +79,12 @@ class SubscriptionOptions(BaseModel):
 
 
 def load_rabbitmq_settings(options: dict[str, Any]) -> RabbitMQSettings:
-    _reject_unknown(options, RabbitMQSettings.model_fields, "EventBus(...) option")
-    try:
-        settings = RabbitMQSettings(**options)
-    except ValidationError as exc:
-        raise ConfigurationError(format_validation_error(exc, "EVENTBUS_RABBITMQ_")) from None
+    settings = parse_options(
+        RabbitMQSettings,
+        options,
+        label="RabbitMQ EventBus(...) option",
+        prefix="EVENTBUS_RABBITMQ_",
+    )
     if settings.member_timeout <= 2 * settings.member_heartbeat:
         raise ConfigurationError(
             f"EVENTBUS_RABBITMQ_MEMBER_TIMEOUT ({settings.member_timeout}) must be more than "
@@ -96,19 +95,9 @@ def load_rabbitmq_settings(options: dict[str, Any]) -> RabbitMQSettings:
 
 
 def load_subscription_options(options: dict[str, Any]) -> SubscriptionOptions:
-    _reject_unknown(options, SubscriptionOptions.model_fields, "subscribe() option")
-    try:
-        return SubscriptionOptions(**options)
-    except ValidationError as exc:
-        raise ConfigurationError(format_validation_error(exc, "subscribe(): ")) from None
-
-
-def _reject_unknown(options: dict[str, Any], known: dict[str, Any], what: str) -> None:
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown RabbitMQ {what}(s) {unknown}; known: {sorted(known)}"
-        )
+    return parse_options(
+        SubscriptionOptions, options, label="RabbitMQ subscribe() option", prefix="subscribe(): "
+    )
 
 
 @dataclass(frozen=True, slots=True)
