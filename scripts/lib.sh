@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the broker scripts (sourced, not run). The sourcing script defines `die`
 # (its own message prefix and log tail) and sets SUDO ("" as root, "sudo -n" otherwise).
 
