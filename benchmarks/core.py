@@ -32,7 +32,13 @@ class Outcome:
     scenario: Scenario
     #: implementation -> metric -> values of every repetition
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
+    #: implementation -> the error of every failed repetition
+    failures: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Implementations that failed every repetition -> their last error."""
+        return {i: f[-1] for i, f in self.failures.items() if i not in self.samples}
 
     def median(self, impl: str, metric: str | None = None) -> float | None:
         values = self.samples.get(impl, {}).get(metric or self.scenario.metric)
@@ -87,14 +93,11 @@ async def run_scenarios(scenarios: list[Scenario], repetitions: int) -> list[Out
         for rep in range(repetitions):
             for impl, runner in scenario.runners.items():
                 label = f"{scenario.broker}/{scenario.name}/{impl} #{rep + 1}"
-                if impl in outcome.errors:
-                    progress.step(label + " (skipped after error)")
-                    continue
                 try:
                     metrics = await runner()
-                except Exception as exc:  # a baseline failing must not hide the others
-                    outcome.errors[impl] = f"{type(exc).__name__}: {exc}"
-                    progress.step(label + " FAILED")
+                except Exception as exc:  # one failing run must not hide the others
+                    outcome.failures.setdefault(impl, []).append(f"{type(exc).__name__}: {exc}")
+                    progress.step(label + f" FAILED: {type(exc).__name__}: {exc}"[:200])
                     continue
                 for metric, value in metrics.items():
                     outcome.samples.setdefault(impl, {}).setdefault(metric, []).append(value)

@@ -232,7 +232,7 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
     latencies: list[int] = []
     assigned = asyncio.Event()
     loop = asyncio.get_running_loop()
-    broker = KafkaBroker(BOOTSTRAP, acks="all", enable_idempotence=True, log_level=40)
+    broker = KafkaBroker(BOOTSTRAP, acks="all", enable_idempotence=True, logger=None)
 
     if consume:
 

@@ -129,7 +129,7 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
 
     stream, queue_name = _names()
     latencies: list[int] = []
-    broker = RabbitBroker(URL, log_level=40)
+    broker = RabbitBroker(URL, logger=None)
     exchange = RabbitExchange(stream, type=ExchangeType.TOPIC, durable=True)
     queue = RabbitQueue(
         queue_name, durable=True, routing_key=TYPE, arguments={"x-queue-type": "quorum"}

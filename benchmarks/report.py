@@ -78,6 +78,7 @@ def to_json(outcomes: list[Outcome], mode: str) -> dict[str, Any]:
                     impl: o.ratio("eventbus", impl) for impl in o.samples if impl != "eventbus"
                 },
                 "errors": o.errors,
+                "failed_repetitions": o.failures,
             }
             for o in outcomes
         ],
@@ -112,11 +113,13 @@ def to_markdown(outcomes: list[Outcome], mode: str) -> str:
                     f"{o.errors[impl][:60]} | | | |"
                 )
                 continue
+            failed = len(o.failures.get(impl, []))
+            shown_impl = f"{impl} ({failed} run(s) failed)" if failed else impl
             spread = o.spread(impl)
             p50, p99 = o.median(impl, "p50_ms"), o.median(impl, "p99_ms")
             ratio = o.ratio("eventbus", impl) if impl != "eventbus" else None
             lines.append(
-                f"| {o.scenario.broker} | {o.scenario.name} | {impl} | "
+                f"| {o.scenario.broker} | {o.scenario.name} | {shown_impl} | "
                 f"{_fmt(o.median(impl), metric)} | "
                 + (f"{_fmt(spread[0], metric)} - {_fmt(spread[1], metric)}" if spread else "-")
                 + f" | {_fmt(p50, 'ms')} / {_fmt(p99, 'ms')} | "
