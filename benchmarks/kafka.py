@@ -15,6 +15,8 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import partial
 from importlib.metadata import version
 from typing import Any
 
@@ -159,19 +161,44 @@ def _raw_producer(topic: str) -> Any:
     return producer
 
 
-def _raw_send(producer: Any, topic: str, i: int, report: Any) -> None:
+def _minimal_headers() -> list[tuple[str, bytes]]:
+    return [("ce_type", _TYPE)]
+
+
+def _cloudevents_headers() -> list[tuple[str, bytes]]:
+    """What eventbus puts on the wire, written by hand: CloudEvents binary mode."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return [
+        ("ce_id", str(uuid.uuid4()).encode()),
+        ("ce_source", b"bench"),
+        ("ce_specversion", b"1.0"),
+        ("ce_type", _TYPE),
+        ("ce_time", now.encode()),
+        ("content-type", b"application/json"),
+    ]
+
+
+#: the raw loop's headers: the type only (the least a consumer needs), or the same
+#: CloudEvents headers eventbus writes (the same bytes on the wire)
+_HEADERS = {"type only": _minimal_headers, "CloudEvents": _cloudevents_headers}
+
+
+def _raw_send(producer: Any, topic: str, i: int, report: Any, headers: str = "type only") -> None:
     body = OrderPayload(**payload_fields(i)).model_dump_json().encode()  # type: ignore[arg-type]
+    record_headers = _HEADERS[headers]()
     while True:
         try:
             producer.produce(
-                topic, body, key=f"k{i % 64}", headers=[("ce_type", _TYPE)], on_delivery=report
+                topic, body, key=f"k{i % 64}", headers=record_headers, on_delivery=report
             )
             return
         except BufferError:
             producer.poll(0.01)
 
 
-def _raw_produce(producer: Any, topic: str, count: int, rate: float | None) -> float:
+def _raw_produce(
+    producer: Any, topic: str, count: int, rate: float | None, headers: str = "type only"
+) -> float:
     delivered = 0
     failed: list[str] = []
 
@@ -188,7 +215,7 @@ def _raw_produce(producer: Any, topic: str, count: int, rate: float | None) -> f
             ahead = start + i / rate - time.perf_counter()
             if ahead > 0.001:
                 time.sleep(ahead)
-        _raw_send(producer, topic, i, report)
+        _raw_send(producer, topic, i, report, headers)
         producer.poll(0)
     producer.flush(60)
     if failed or delivered != count:
@@ -196,7 +223,9 @@ def _raw_produce(producer: Any, topic: str, count: int, rate: float | None) -> f
     return time.perf_counter() - start
 
 
-async def raw_run(count: int, rate: float | None, consume: bool) -> dict[str, float]:
+async def raw_run(
+    count: int, rate: float | None, consume: bool, headers: str = "type only"
+) -> dict[str, float]:
     topic = _topic()
     consumer = _RawConsumer(topic, count) if consume else None
     try:
@@ -209,7 +238,7 @@ async def raw_run(count: int, rate: float | None, consume: bool) -> dict[str, fl
             await wait_for_count(lambda: len(consumer.latencies), 1, 60)
             consumer.latencies.clear()
         start = time.perf_counter()
-        published = await asyncio.to_thread(_raw_produce, producer, topic, count, rate)
+        published = await asyncio.to_thread(_raw_produce, producer, topic, count, rate, headers)
         if consumer is None:
             return metrics_of(count, published)
         await wait_for_count(lambda: len(consumer.latencies), count, 300)
@@ -278,6 +307,7 @@ def scenarios(quick: bool) -> list[Scenario]:
         {
             "eventbus": eventbus_run,
             RAW_KAFKA: raw_run,
+            f"{RAW_KAFKA} (CloudEvents headers)": partial(raw_run, headers="CloudEvents"),
             f"{FASTSTREAM} {version('faststream')}": faststream_run,
         },
         5_000 if quick else 50_000,
