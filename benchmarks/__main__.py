@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from eventbus.log import configure as configure_logging
+
 from .core import Scenario, run_scenarios
 from .report import write
 
@@ -33,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     repetitions = args.repetitions or (1 if args.quick else 3)
+    # the failure scenario fails thousands of times on purpose: one log line each would
+    # flood the output (and measure the terminal); warnings and below are off here
+    configure_logging("console", "ERROR", force=True)
     scenarios: list[Scenario] = []
     for name in args.brokers.split(","):
         if name not in SUITES:
