@@ -93,6 +93,7 @@ def to_kafka_headers(attributes: Mapping[str, str], attempt: int = 1) -> list[tu
     headers = [
         (names.get(name) or _kafka_name(name), value.encode())
         for name, value in attributes.items()
+        if name != "partitionkey"  # the record key carries it (the SDK reads it from there)
     ]
     if attempt > 1:
         headers.append((ATTEMPT_HEADER, str(attempt).encode()))
