@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from eventbus.log import configure as configure_logging
 
 from .core import Scenario, run_scenarios
-from .report import write
+from .report import load, write
 
 #: broker name -> module with `scenarios(quick) -> list[Scenario]`
 SUITES = {
@@ -33,7 +34,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--brokers", default=",".join(SUITES), help="comma-separated")
     parser.add_argument("--repetitions", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--render", type=Path, metavar="RESULTS_JSON", help="only re-render a results.json"
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        data = json.loads(args.render.read_text())
+        paths = write(
+            load(args.render), args.render.parent, data.get("mode", "full"), data["machine"]
+        )
+        print("written: " + ", ".join(str(p) for p in paths.values()))
+        return 0
     repetitions = args.repetitions or (1 if args.quick else 3)
     # the failure scenario fails thousands of times on purpose: one log line each would
     # flood the output (and measure the terminal); warnings and below are off here

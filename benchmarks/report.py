@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .core import Outcome
+from .core import Outcome, Scenario
 from .targets import evaluate
 
 
@@ -58,10 +58,12 @@ def _cores() -> int:
     return os.cpu_count() or 0
 
 
-def to_json(outcomes: list[Outcome], mode: str) -> dict[str, Any]:
+def to_json(
+    outcomes: list[Outcome], mode: str, info: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "mode": mode,
-        "machine": machine(),
+        "machine": info or machine(),
         "scenarios": [
             {
                 "broker": o.scenario.broker,
@@ -94,8 +96,8 @@ def _fmt(value: float | None, metric: str) -> str:
     return f"{value:.2f} ms"
 
 
-def to_markdown(outcomes: list[Outcome], mode: str) -> str:
-    info = machine()
+def to_markdown(outcomes: list[Outcome], mode: str, info: dict[str, Any] | None = None) -> str:
+    info = info or machine()
     lines = [
         f"Benchmark results ({mode} mode), {info['date']}: {info['cpu']}, {info['cores']} cores, "
         f"Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
@@ -175,7 +177,8 @@ def charts(outcomes: list[Outcome], directory: Path) -> list[Path]:
                 )
             ax.set_xticks(range(len(impls)), impls, rotation=20, ha="right", fontsize=8)
             ax.set_title(f"{o.scenario.broker}: {o.scenario.name}", fontsize=9)
-            ax.set_ylabel("ms")
+            ax.set_yscale("log")  # one slow outlier must not flatten the others
+            ax.set_ylabel("ms (log)")
             ax.legend(fontsize=7)
         fig.tight_layout()
         path = directory / "latency.png"
@@ -196,12 +199,33 @@ def _grid(plt: Any, count: int) -> tuple[Any, list[Any]]:
     return fig, flat[:count]
 
 
-def write(outcomes: list[Outcome], directory: Path, mode: str) -> dict[str, Path]:
+def load(path: Path) -> list[Outcome]:
+    """Outcomes back from a results.json (to re-render the report without re-running)."""
+    data = json.loads(path.read_text())
+    outcomes = []
+    for item in data["scenarios"]:
+        scenario = Scenario(
+            item["broker"],
+            item["name"],
+            item["description"],
+            {},
+            metric=item["metric"],
+            higher_is_better=item["higher_is_better"],
+        )
+        outcomes.append(Outcome(scenario, item["samples"], item.get("failed_repetitions", {})))
+    return outcomes
+
+
+def write(
+    outcomes: list[Outcome], directory: Path, mode: str, info: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """`info`: the machine the results were measured on (default: this one, now)."""
+    info = info or machine()
     directory.mkdir(parents=True, exist_ok=True)
     json_path = directory / "results.json"
-    json_path.write_text(json.dumps(to_json(outcomes, mode), indent=2))
+    json_path.write_text(json.dumps(to_json(outcomes, mode, info), indent=2))
     md_path = directory / "results.md"
-    md_path.write_text(to_markdown(outcomes, mode))
+    md_path.write_text(to_markdown(outcomes, mode, info))
     paths = {"json": json_path, "markdown": md_path}
     for chart in charts(outcomes, directory):
         paths[chart.stem] = chart
