@@ -140,22 +140,23 @@ class AsyncProducer:
             with self._done_lock:
                 self._done.append((batch.future, batch.error))
 
+    def _try_produce(self, record: Record, callback: Any) -> bool:
+        """Hand one record to librdkafka; False if its local queue is full."""
+        try:
+            self.producer.produce(
+                record.topic, record.value, record.key, headers=record.headers, on_delivery=callback
+            )
+            return True
+        except BufferError:
+            return False
+        except KafkaException as exc:
+            raise _failure(self.configs, record, exc.args[0] if exc.args else exc) from None
+
     async def _produce(self, record: Record, callback: Any) -> None:
-        producer = self.producer
         while True:
-            try:
-                producer.produce(
-                    record.topic,
-                    record.value,
-                    record.key,
-                    headers=record.headers,
-                    on_delivery=callback,
-                )
+            if self._try_produce(record, callback):
                 return
-            except BufferError:  # local queue full: the poll thread drains it
-                await asyncio.sleep(0.002)
-            except KafkaException as exc:
-                raise _failure(self.configs, record, exc.args[0] if exc.args else exc) from None
+            await asyncio.sleep(0.002)  # local queue full: the poll thread drains it
 
     async def send(self, record: Record) -> None:
         """Produce one record; return once it is stored (raise PublishError otherwise)."""
@@ -169,21 +170,11 @@ class AsyncProducer:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch = _Batch(future, len(records))
-        producer, on_batch = self.producer, self._on_batch
-        for record in records:  # produce() inline; the event loop is only yielded when full
+        on_batch = self._on_batch
+        for record in records:  # no coroutine per record: the loop is yielded only when full
             callback = partial(on_batch, batch, record)
-            try:
-                producer.produce(
-                    record.topic,
-                    record.value,
-                    record.key,
-                    headers=record.headers,
-                    on_delivery=callback,
-                )
-            except BufferError:
+            if not self._try_produce(record, callback):
                 await self._produce(record, callback)
-            except KafkaException as exc:
-                raise _failure(self.configs, record, exc.args[0] if exc.args else exc) from None
         await future
 
     async def close(self, timeout: float = 30.0) -> None:
