@@ -33,6 +33,7 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval: float = 0.05,
         max_backoff: float = 5.0,
+        standby_interval: float = 1.0,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -40,6 +41,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.max_backoff = max_backoff
+        self.standby_interval = standby_interval
         self.published = 0
         #: test hook: called after a batch was published and before it is marked sent
         self.before_mark: Callable[[list[StoredEvent]], None] | None = None
@@ -78,8 +80,25 @@ class OutboxRelay:
         return len(sent)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Publish until `stop` is set (or the task is cancelled); errors back off and retry."""
+        """Publish until `stop` is set (or the task is cancelled); errors back off and retry.
+
+        Only the holder of the store's relay lease publishes: a second relay on the same
+        store stands by and takes over when the first stops or dies."""
         stop = stop or asyncio.Event()
+        standby_logged = False
+        while not await self.store.try_acquire_relay():
+            if not standby_logged:
+                _log.info("outbox.relay_standby", reason="another relay holds the lease")
+                standby_logged = True
+            await _wait(stop, self.standby_interval)
+            if stop.is_set():
+                return
+        try:
+            await self._publish_until(stop)
+        finally:
+            await self.store.release_relay()
+
+    async def _publish_until(self, stop: asyncio.Event) -> None:
         backoff = self.poll_interval
         while not stop.is_set():
             try:

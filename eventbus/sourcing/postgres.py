@@ -121,6 +121,10 @@ class _Pool:
         finally:
             await self._release(conn)
 
+    async def dedicated(self) -> psycopg.AsyncConnection[Any]:
+        """A new autocommit connection outside the pool (the caller closes it)."""
+        return await self._connect()
+
     async def _acquire(self) -> psycopg.AsyncConnection[Any]:
         async with self._available:
             while True:
@@ -241,6 +245,7 @@ class PostgresEventStore(EventStore):
 
     def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 4) -> None:
         self.url = url
+        self._relay_conn: psycopg.AsyncConnection[Any] | None = None
         self._db = PostgresDatabase(url, schema=schema, pool_size=pool_size)
 
     def __repr__(self) -> str:
@@ -258,7 +263,29 @@ class PostgresEventStore(EventStore):
                 await conn.execute(statement)
 
     async def close(self) -> None:
+        await self.release_relay()
         await self._db.close()
+
+    async def try_acquire_relay(self) -> bool:
+        """A session advisory lock on a connection of its own: the server releases it when
+        that connection ends, so a killed relay frees the lease."""
+        if self._relay_conn is not None:
+            return False
+        conn = await self._db.pool.dedicated()
+        key = f"eventbus.outbox_relay.{self._db.schema or 'public'}"
+        row = await (
+            await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
+        ).fetchone()
+        if not row or not row[0]:
+            await conn.close()
+            return False
+        self._relay_conn = conn
+        return True
+
+    async def release_relay(self) -> None:
+        conn, self._relay_conn = self._relay_conn, None
+        if conn is not None:
+            await conn.close()  # ends the session: the advisory lock goes with it
 
     async def append(
         self,

@@ -9,11 +9,12 @@ positions (max + 1 inside that lock) are committed in order, so `read_all` has n
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Literal, TypeVar
+from typing import IO, Literal, TypeVar
 
 from eventbus.errors import ConcurrencyError
 
@@ -180,6 +181,7 @@ class SqliteEventStore(EventStore):
     def __init__(self, path: str, *, busy_timeout: float = 60.0) -> None:
         self.path = path
         self._db = SqliteDatabase(path, busy_timeout=busy_timeout)
+        self._relay_file: IO[str] | None = None
 
     @property
     def database(self) -> SqliteDatabase:
@@ -195,7 +197,24 @@ class SqliteEventStore(EventStore):
         await self._db.run(create, write=True)
 
     async def close(self) -> None:
+        await self.release_relay()
         await self._db.close()
+
+    async def try_acquire_relay(self) -> bool:
+        """An exclusive `flock` on `<db>.relay.lock`, released by the OS if we die."""
+        if self._relay_file is not None:
+            return False
+        handle = await asyncio.to_thread(_try_lock, f"{self.path}.relay.lock")
+        if handle is None:
+            return False
+        self._relay_file = handle
+        return True
+
+    async def release_relay(self) -> None:
+        handle, self._relay_file = self._relay_file, None
+        if handle is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
 
     async def append(
         self,
@@ -329,3 +348,14 @@ class SqliteEventStore(EventStore):
 
 
 __all__ = ["SqliteDatabase", "SqliteEventStore", "SqliteTransaction"]
+
+
+def _try_lock(path: str) -> IO[str] | None:
+    """The file at `path`, exclusively `flock`ed, or None if another process holds it."""
+    handle = open(path, "a+")  # noqa: SIM115 - stays open while the lease is held
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle

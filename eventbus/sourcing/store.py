@@ -108,6 +108,19 @@ class EventStore(ABC):
     async def outbox_mark_sent(self, positions: Sequence[int]) -> None:
         """Take published events off the outbox (idempotent)."""
 
+    async def try_acquire_relay(self) -> bool:
+        """Take the relay lease: at most one outbox relay publishes from a store at a time
+        (per-key order assumes one publisher). False if another relay holds it. The lease
+        ends with `release_relay`, or with the holder's process. This default covers one
+        process (the memory store); SQLite and PostgreSQL lease across processes."""
+        if getattr(self, "_relay_held", False):
+            return False
+        self._relay_held = True
+        return True
+
+    async def release_relay(self) -> None:
+        self._relay_held = False
+
     @property
     def database(self) -> Database | None:
         """The SQL database the store lives in, for read models, inboxes and checkpoints

@@ -29,6 +29,21 @@ class StoreContract:
     def spec(self) -> StoreSpec:
         raise NotImplementedError
 
+    async def test_one_relay_lease_at_a_time(self, store: EventStore) -> None:
+        other = make_store(self._spec) if self.shared_instances else store
+        if other is not store:
+            await other.open()
+        try:
+            assert await store.try_acquire_relay()
+            assert not await other.try_acquire_relay()
+            await store.release_relay()
+            assert await other.try_acquire_relay()
+            assert not await store.try_acquire_relay()
+            await other.release_relay()
+        finally:
+            if other is not store:
+                await other.close()
+
     async def cleanup(self) -> None:
         return None
 

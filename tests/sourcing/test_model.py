@@ -134,3 +134,59 @@ async def test_projection_catch_up_is_exactly_once_and_rebuild_equals_it(
         assert await order_views.dump(other.database) == live
     finally:
         await other.close()
+
+
+async def test_second_relay_stands_by_and_takes_over(tmp_path: Path) -> None:
+    """Two relays on one store (two stores on one file: two processes, really): only the
+    lease holder publishes; when it stops, the standby takes over and nothing is lost."""
+    import asyncio
+
+    from eventbus import EventBus
+    from eventbus.sourcing import OutboxRelay
+
+    first_store = SqliteEventStore(f"{tmp_path}/r.db")
+    second_store = SqliteEventStore(f"{tmp_path}/r.db")
+    await first_store.open()
+    await second_store.open()
+    codec = order_codec()
+    repo = Repository(first_store, Order, codec)
+    seen: list[str] = []
+    bus = EventBus("memory://relay-lease")
+
+    @bus.subscribe(group="g")
+    async def on_created(event: OrderCreated) -> None:
+        seen.append(event.order_id)
+
+    async def place(n: int) -> None:
+        order = await repo.load(f"o{n}")
+        order.create(f"c{n}", f"c{n}@example.com", 100 + n)
+        await repo.save(order)
+
+    async with bus:
+        first = OutboxRelay(first_store, bus, codec, poll_interval=0.01)
+        second = OutboxRelay(second_store, bus, codec, poll_interval=0.01, standby_interval=0.05)
+        stop_first, stop_second = asyncio.Event(), asyncio.Event()
+        running_first = asyncio.create_task(first.run(stop_first))
+        await asyncio.sleep(0.05)
+        running_second = asyncio.create_task(second.run(stop_second))
+        for n in range(5):
+            await place(n)
+        for _ in range(500):
+            if len(seen) == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert first.published == 5 and second.published == 0  # the standby stayed idle
+        stop_first.set()
+        await running_first  # the lease is released: the standby takes over
+        for n in range(5, 8):
+            await place(n)
+        for _ in range(500):
+            if len(seen) == 8:
+                break
+            await asyncio.sleep(0.01)
+        stop_second.set()
+        await running_second
+    assert sorted(seen) == sorted(f"o{n}" for n in range(8))
+    assert second.published == 3
+    await first_store.close()
+    await second_store.close()
