@@ -30,42 +30,12 @@ from eventbus.settings import redact_url
 
 from .database import Params, Row
 from .records import NewEvent, Snapshot, StoredEvent
-from .store import EventStore, check_events, check_version, decode_headers, encode_headers
+from .store import EventStore, check_events, check_version, encode_headers
+from .table import COLUMNS, E_COLUMNS, event_store_schema, rows_to_events
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS events (
-        position BIGINT PRIMARY KEY,
-        stream_id TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        event_id TEXT NOT NULL UNIQUE,
-        type TEXT NOT NULL,
-        schema_version INTEGER NOT NULL,
-        data BYTEA NOT NULL,
-        stream TEXT NOT NULL,
-        key TEXT,
-        time TEXT NOT NULL,
-        correlation_id TEXT,
-        causation_id TEXT,
-        headers TEXT NOT NULL,
-        UNIQUE (stream_id, version)
-    )""",
-    """CREATE TABLE IF NOT EXISTS snapshots (
-        stream_id TEXT PRIMARY KEY,
-        version INTEGER NOT NULL,
-        state BYTEA NOT NULL,
-        schema_version INTEGER NOT NULL,
-        time TEXT NOT NULL
-    )""",
-    "CREATE TABLE IF NOT EXISTS outbox (position BIGINT PRIMARY KEY)",
-)
-
-COLUMNS = (
-    "position, stream_id, version, event_id, type, schema_version, data, stream, key, "
-    "time, correlation_id, causation_id, headers"
-)
-_E_COLUMNS = ", ".join("e." + c.strip() for c in COLUMNS.split(","))
+SCHEMA = event_store_schema("BIGINT", "BYTEA")
 #: one lock per schema serializes appends (see the module docstring)
 _APPEND_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.eventbus.append'))"
 _DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('eventbus.ddl'))"
@@ -75,18 +45,6 @@ _DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('eventbus.ddl'))"
 def to_pyformat(sql: str) -> str:
     """`?` placeholders -> psycopg's `%s` (literal `%` doubled)."""
     return sql.replace("%", "%%").replace("?", "%s")
-
-
-def _row_to_event(row: Row) -> StoredEvent:
-    (pos, sid, ver, eid, etype, schema, data, stream, key, time, corr, caus, headers) = row
-    return StoredEvent(
-        pos, sid, ver, eid, etype, schema, bytes(data), stream, key, time, corr, caus,
-        decode_headers(headers),
-    )  # fmt: skip
-
-
-def _rows_to_events(rows: list[Row]) -> list[StoredEvent]:
-    return [_row_to_event(row) for row in rows]
 
 
 class _Pool:
@@ -341,7 +299,7 @@ class PostgresEventStore(EventStore):
         async with self._db.pool.connection() as conn:
             cur = await conn.execute(query, params)
             rows = await cur.fetchall()
-        return _rows_to_events(rows)
+        return rows_to_events(rows)
 
     async def read(
         self, stream_id: str, from_version: int = 1, to_version: int | None = None
@@ -398,7 +356,7 @@ class PostgresEventStore(EventStore):
 
     async def outbox_pending(self, limit: int = 500) -> list[StoredEvent]:
         return await self._fetch(
-            f"SELECT {_E_COLUMNS} FROM outbox o JOIN events e ON e.position = o.position "
+            f"SELECT {E_COLUMNS} FROM outbox o JOIN events e ON e.position = o.position "
             "ORDER BY o.position LIMIT %s",
             (limit,),
         )

@@ -20,56 +20,12 @@ from eventbus.errors import ConcurrencyError
 
 from .database import Params, Row
 from .records import NewEvent, Snapshot, StoredEvent
-from .store import EventStore, check_events, check_version, decode_headers, encode_headers
+from .store import EventStore, check_events, check_version, encode_headers
+from .table import COLUMNS, E_COLUMNS, event_store_schema, rows_to_events
 
 T = TypeVar("T")
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS events (
-        position INTEGER PRIMARY KEY,
-        stream_id TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        event_id TEXT NOT NULL UNIQUE,
-        type TEXT NOT NULL,
-        schema_version INTEGER NOT NULL,
-        data BLOB NOT NULL,
-        stream TEXT NOT NULL,
-        key TEXT,
-        time TEXT NOT NULL,
-        correlation_id TEXT,
-        causation_id TEXT,
-        headers TEXT NOT NULL,
-        UNIQUE (stream_id, version)
-    )""",
-    """CREATE TABLE IF NOT EXISTS snapshots (
-        stream_id TEXT PRIMARY KEY,
-        version INTEGER NOT NULL,
-        state BLOB NOT NULL,
-        schema_version INTEGER NOT NULL,
-        time TEXT NOT NULL
-    )""",
-    "CREATE TABLE IF NOT EXISTS outbox (position INTEGER PRIMARY KEY)",
-)
-
-COLUMNS = (
-    "position, stream_id, version, event_id, type, schema_version, data, stream, key, "
-    "time, correlation_id, causation_id, headers"
-)
-
-
-def _row_to_event(row: Row) -> StoredEvent:
-    (pos, sid, ver, eid, etype, schema, data, stream, key, time, corr, caus, headers) = row
-    return StoredEvent(
-        pos, sid, ver, eid, etype, schema, data, stream, key, time, corr, caus,
-        decode_headers(headers),
-    )  # fmt: skip
-
-
-def _rows_to_events(rows: list[Row]) -> list[StoredEvent]:
-    return [
-        StoredEvent(p, s, v, i, t, sv, d, st, k, tm, c, ca, {} if h == "{}" else decode_headers(h))
-        for (p, s, v, i, t, sv, d, st, k, tm, c, ca, h) in rows
-    ] if rows else []  # fmt: skip
+SCHEMA = event_store_schema("INTEGER", "BLOB")
 
 
 class SqliteDatabase:
@@ -270,7 +226,7 @@ class SqliteEventStore(EventStore):
                 "AND version <= ? ORDER BY version",
                 (stream_id, from_version, upper),
             ).fetchall()
-            return _rows_to_events(rows)
+            return rows_to_events(rows)
 
         return await self._db.run(read)
 
@@ -280,7 +236,7 @@ class SqliteEventStore(EventStore):
                 f"SELECT {COLUMNS} FROM events WHERE position >= ? ORDER BY position LIMIT ?",
                 (from_position, limit),
             ).fetchall()
-            return _rows_to_events(rows)
+            return rows_to_events(rows)
 
         return await self._db.run(read)
 
@@ -328,12 +284,12 @@ class SqliteEventStore(EventStore):
     async def outbox_pending(self, limit: int = 500) -> list[StoredEvent]:
         def pending(conn: sqlite3.Connection) -> list[StoredEvent]:
             rows = conn.execute(
-                f"SELECT {', '.join('e.' + c.strip() for c in COLUMNS.split(','))} "
+                f"SELECT {E_COLUMNS} "
                 "FROM outbox o JOIN events e ON e.position = o.position "
                 "ORDER BY o.position LIMIT ?",
                 (limit,),
             ).fetchall()
-            return _rows_to_events(rows)
+            return rows_to_events(rows)
 
         return await self._db.run(pending)
 
