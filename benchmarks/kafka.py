@@ -20,6 +20,8 @@ from functools import partial
 from importlib.metadata import version
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from eventbus import Context, EventBus
 
 from .core import Scenario, metrics_of
@@ -147,7 +149,8 @@ class _RawConsumer(threading.Thread):
                     event = OrderPayload.model_validate_json(record.value())
                     self.latencies.append(time.perf_counter_ns() - event.sent_ns)
                 consumer.commit(asynchronous=True)
-            consumer.commit(asynchronous=False)
+            with contextlib.suppress(KafkaException):  # nothing new to commit is fine
+                consumer.commit(asynchronous=False)
         finally:
             consumer.close()
 
