@@ -13,6 +13,7 @@ from .errors import (
     BusClosed,
     ConcurrencyError,
     ConfigurationError,
+    ConsumerFailed,
     DecodeError,
     EventBusError,
     MessageTooLarge,
@@ -21,6 +22,7 @@ from .errors import (
     UnroutableError,
 )
 from .event import Envelope, Event
+from .health import Health
 from .middleware import HandleMiddleware, HandleNext, PublishMiddleware, PublishNext
 from .retry import Reject, Retry, RetryPolicy
 from .settings import Settings
@@ -45,6 +47,7 @@ __all__ = [
     "CommandBus",
     "ConcurrencyError",
     "ConfigurationError",
+    "ConsumerFailed",
     "Context",
     "DeadLetter",
     "DecodeError",
@@ -58,6 +61,7 @@ __all__ = [
     "EventStore",
     "HandleMiddleware",
     "HandleNext",
+    "Health",
     "Inbox",
     "InvalidTransition",
     "Message",

@@ -10,6 +10,7 @@ and back to the adapter only through the `Delivery` methods.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -49,6 +50,7 @@ class Delivery:
         "attempt",
         "attributes",
         "body",
+        "defect",
         "headers",
         "key",
         "offset",
@@ -71,6 +73,7 @@ class Delivery:
         offset: int | None = None,
         routing_key: str | None = None,
         redelivered: bool = False,
+        defect: str | None = None,
     ) -> None:
         self.stream = stream
         self.body = body
@@ -82,6 +85,9 @@ class Delivery:
         self.offset = offset
         self.routing_key = routing_key
         self.redelivered = redelivered
+        #: why the adapter could not decode this message faithfully (invalid UTF-8 in a
+        #: field, ...): the pipeline dead-letters it at once with this reason
+        self.defect = defect
 
     async def ack(self) -> None:
         """The handler finished: the broker may forget this message (RabbitMQ ack, Kafka
@@ -106,6 +112,15 @@ class Delivery:
 
 Deliver = Callable[[Delivery], Awaitable[None]]
 
+#: `SubscriptionSpec.failed(what, error)`: the subscription's consumer died
+Failed = Callable[[str, BaseException], None]
+
+
+def _unsupervised(what: str, error: BaseException) -> None:
+    from .log import get_logger
+
+    get_logger().error("consumer.died", what=what, error=repr(error), exc_info=error)
+
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionSpec:
@@ -121,6 +136,28 @@ class SubscriptionSpec:
     retry_tiers: tuple[float, ...] = ()
     #: adapter-specific options given to `subscribe(**options)`
     options: dict[str, Any] = field(default_factory=dict)
+    #: the adapter calls this (on the event loop) when the consumer died unexpectedly: a
+    #: task or thread that should run until `close` ended. The bus logs it, reports itself
+    #: unhealthy and stops, so no member is left half-alive holding a group membership.
+    failed: Failed = field(default=_unsupervised, compare=False)
+
+
+def supervise(
+    task: asyncio.Task[Any], spec: SubscriptionSpec, what: str, ending: Callable[[], bool]
+) -> None:
+    """Report `task` through `spec.failed` if it ends (returns, raises, or is cancelled)
+    while `ending()` is false, i.e. not because the consumer is being closed."""
+
+    def done(finished: asyncio.Task[Any]) -> None:
+        if ending():
+            return
+        if finished.cancelled():
+            error: BaseException = asyncio.CancelledError(f"{what} was cancelled")
+        else:
+            error = finished.exception() or RuntimeError(f"{what} ended unexpectedly")
+        spec.failed(what, error)
+
+    task.add_done_callback(done)
 
 
 class Consumer(Protocol):

@@ -6,13 +6,15 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from .broker import Broker, Consumer, DeadLetter, Message, SubscriptionSpec
 from .context import correlate_attributes
 from .dispatch import Dispatcher
-from .errors import BusClosed, ConfigurationError, SubscriptionError
+from .errors import BusClosed, ConfigurationError, ConsumerFailed, SubscriptionError
 from .event import Envelope, Event, validate_name
+from .health import Health
 from .log import configure as configure_logging
 from .log import get_logger
 from .middleware import (
@@ -91,6 +93,9 @@ class EventBus:
         self._dispatchers: list[Dispatcher] = []
         self._stopping = asyncio.Event()
         self._running = False
+        self._stop_task: asyncio.Task[None] | None = None
+        self._problems: dict[str, str] = {}
+        self._failure: BaseException | None = None
         self._source = settings.source
         self._max_bytes = settings.max_message_bytes
 
@@ -214,6 +219,9 @@ class EventBus:
         configure_logging(self.settings.log_format, self.settings.log_level)
         broker = self.broker
         self._stopping = asyncio.Event()
+        self._stop_task = None
+        self._problems = {}
+        self._failure = None
         await broker.start()
         self._running = True
         try:
@@ -240,6 +248,7 @@ class EventBus:
                     concurrency=sub.concurrency,
                     retry_tiers=tuple(sub.retry.tiers()) if sub.retry.delayed else (),
                     options=sub.options,
+                    failed=partial(self._consumer_failed, f"{sub.stream}/{sub.group}"),
                 )
                 self._dispatchers.append(dispatcher)
                 self._consumers.append(await broker.subscribe(spec, dispatcher.submit))
@@ -254,9 +263,15 @@ class EventBus:
 
     async def stop(self) -> None:
         """Graceful stop: stop fetching, let in-flight handlers finish, flush acks/commits,
-        give unstarted deliveries back to the broker, disconnect."""
-        if not self._running:
-            return
+        give unstarted deliveries back to the broker, disconnect. Concurrent calls wait
+        for the one stop in progress."""
+        if self._stop_task is None:
+            if not self._running:
+                return
+            self._stop_task = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
         self._stopping.set()
         consumers, dispatchers = self._consumers, self._dispatchers
         self._consumers, self._dispatchers = [], []
@@ -273,6 +288,43 @@ class EventBus:
         if broker is not None:
             await _quietly(broker.close(), "broker.close")
         _log.info("bus.stopped", url=redact_url(self.settings.url))
+
+    # --- health ---------------------------------------------------------------------------
+
+    def health(self) -> Health:
+        """Running, and any problem now (a dead letter that cannot be stored, a consumer
+        that died); see `Health`."""
+        failure = self._failure
+        return Health(
+            running=self._running and not self._stopping.is_set(),
+            problems=dict(self._problems),
+            failure=repr(failure) if failure is not None else None,
+        )
+
+    def _report(self, component: str, problem: str | None) -> None:
+        """A component reports a problem (or that it is resolved, with None)."""
+        if problem is None:
+            self._problems.pop(component, None)
+        else:
+            self._problems[component] = problem
+
+    def _consumer_failed(self, subscription: str, what: str, error: BaseException) -> None:
+        """An adapter's consumer died (see `SubscriptionSpec.failed`): fail loudly and stop
+        the whole bus, so no member stays half-alive holding a group membership."""
+        if not self._running or self._stopping.is_set():
+            return
+        _log.error(
+            "consumer.died",
+            subscription=subscription,
+            what=what,
+            error=repr(error),
+            exc_info=error,
+        )
+        self._failure = ConsumerFailed(
+            f"the consumer of {subscription} died ({what}: {error!r}); the bus stopped"
+        )
+        self._report(subscription, f"consumer died: {what}: {error!r}")
+        self._stop_task = asyncio.ensure_future(self._stop())
 
     async def __aenter__(self) -> EventBus:
         await self.start()
@@ -303,6 +355,8 @@ class EventBus:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+        if self._failure is not None:
+            raise self._failure
 
     # --- publishing ------------------------------------------------------------------------
 

@@ -31,6 +31,11 @@ class BusClosed(EventBusError, RuntimeError):
     """The bus is not running: enter `async with bus` first."""
 
 
+class ConsumerFailed(EventBusError, RuntimeError):
+    """A subscription's consumer died unexpectedly; the bus stopped itself rather than run
+    half-alive (`bus.run()` raises it, so `eventbus run` exits non-zero)."""
+
+
 class DecodeError(EventBusError):
     """A received message could not be turned into an event: bad bytes, bad JSON, no type."""
 

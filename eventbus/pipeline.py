@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import ValidationError
@@ -23,6 +24,7 @@ from .log import get_logger
 from .middleware import HandleMiddleware, HandleNext, chain
 from .retry import Reject, Retry, RetryPolicy
 from .routing import matches_any
+from .workers import run_sync
 
 if TYPE_CHECKING:
     from .bus import EventBus
@@ -81,7 +83,9 @@ class Pipeline:
                     await self._direct(ctx.event, ctx)
                 else:
                     await self._call(ctx)
-            except Exception as exc:
+            except BaseException as exc:
+                if _consumer_cancelled(exc):
+                    raise
                 await self._failed(ctx, d, exc)
                 return
             finally:
@@ -89,7 +93,17 @@ class Pipeline:
             await d.ack()
         except asyncio.CancelledError:
             await self._settle(d.nack(), d, "nack")
-            raise
+            if _consumer_cancelled(None):
+                raise
+            # a CancelledError that is not a stop (from a client library's internals):
+            # the delivery went back to the broker; the consumer goes on
+            _log.error(
+                "pipeline.error",
+                event_id=d.attributes.get("id"),
+                stream=d.stream,
+                group=self.group,
+                error="CancelledError outside a stop",
+            )
         except Exception as exc:  # a bug or a failed settlement: never kill the consumer
             _log.error(
                 "pipeline.error",
@@ -99,12 +113,26 @@ class Pipeline:
                 error=repr(exc),
                 exc_info=exc,
             )
+            await self._settle(d.nack(), d, "nack")
 
     def _decode(self, d: Delivery) -> Context | _Bad | None:
         """The delivery as a handler context; None for another type (ack it, not this
-        handler's business); or why it is bad input."""
+        handler's business); or why it is bad input. Never raises: whatever goes wrong
+        while decoding (bad bytes, recursion or size limits) is bad input."""
+        try:
+            return self._decode_unguarded(d)
+        except Exception as exc:
+            name, message, stack = describe(exc)
+            return _Bad(
+                "eventbus.DecodeError", f"cannot decode the message: {name}: {message[:500]}", stack
+            )
+
+    def _decode_unguarded(self, d: Delivery) -> Context | _Bad | None:
         attrs = d.attributes
         body = d.body
+        defect = getattr(d, "defect", None)  # adapters that skip __init__ may not set it
+        if defect is not None:
+            return _Bad("eventbus.DecodeError", defect)
         if len(body) > self.max_message_bytes:
             return _Bad(
                 "eventbus.MessageTooLarge",
@@ -113,6 +141,8 @@ class Pipeline:
         etype = attrs.get("type")
         if not etype:
             return _Bad("eventbus.DecodeError", "message has no event type (ce type header)")
+        if not attrs.get("id"):  # adapters give id-less events a stable id; never collapse
+            return _Bad("eventbus.DecodeError", "message has no event id (ce id header)")
         envelope = Envelope.from_attributes(attrs, body, d.stream, d.key, d.attempt)
         event: Event | Envelope
         types = self.types
@@ -136,16 +166,17 @@ class Pipeline:
             if not ctype or "json" in ctype:
                 try:
                     envelope._data = json.loads(body)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    return _Bad("eventbus.DecodeError", f"body is not valid JSON: {exc}")
+                except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                    return _Bad("eventbus.DecodeError", f"body is not valid JSON: {exc!r}")
             else:
                 envelope._data = body
             event = envelope
         return Context(self.bus, self.group, envelope, event, d)
 
-    async def _failed(self, ctx: Context, d: Delivery, exc: Exception) -> None:
+    async def _failed(self, ctx: Context, d: Delivery, exc: BaseException) -> None:
         """The retry policy: in-process retries (order kept), delayed hand-back, or the
-        dead-letter destination. Settles `d`."""
+        dead-letter destination. Settles `d`. Any exception a handler raises is a failed
+        attempt (`SystemExit`, `KeyboardInterrupt` and its own `CancelledError` too)."""
         policy = self.retry
         envelope = ctx.envelope
         while True:
@@ -155,14 +186,18 @@ class Pipeline:
                 )
                 return
             attempt = envelope.attempt
-            retryable = isinstance(exc, Retry) or policy.retries(exc)
+            retryable = (
+                isinstance(exc, Retry)
+                or policy.retries(exc)
+                or (not isinstance(exc, Exception) and policy.retries(_FAILURE))
+            )
             if not retryable or attempt >= policy.attempts:
                 name, message, stack = describe(exc)
                 _log.warning(
                     "handler.failed",
                     outcome="dead_letter",
                     reason="not retryable" if not retryable else "attempts exhausted",
-                    error=f"{name}: {message}",
+                    error=f"{name}: {message[:300]}",
                     **ctx.log_fields(),
                 )
                 await self._dead_letter(d, name, message, attempt, stack, logged=True)
@@ -174,11 +209,11 @@ class Pipeline:
                 outcome="retry",
                 delayed=policy.delayed,
                 retry_in=round(delay, 3),
-                error=f"{type(exc).__name__}: {exc}",
+                error=f"{type(exc).__name__}: {str(exc)[:300]}",
                 **ctx.log_fields(),
             )
             if policy.delayed:
-                await d.retry_later(attempt + 1, delay)
+                await self._store(partial(d.retry_later, attempt + 1, delay), d, "delayed retry")
                 return
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
@@ -189,7 +224,9 @@ class Pipeline:
             envelope.attempt = attempt + 1
             try:
                 await self._call(ctx)
-            except Exception as again:
+            except BaseException as again:
+                if _consumer_cancelled(again):
+                    raise
                 exc = again
                 continue
             await d.ack()
@@ -213,12 +250,45 @@ class Pipeline:
                 "event.dead_lettered",
                 event_id=d.attributes.get("id"),
                 stream=d.stream,
-                type=d.attributes.get("type"),
+                type=d.attributes.get("type", "")[:200],
                 group=self.group,
                 attempt=attempts,
                 error=f"{exc_type}: {message[:300]}",
             )
-        await d.dead_letter(info)
+        await self._store(partial(d.dead_letter, info), d, "dead letter")
+
+    async def _store(self, op: Callable[[], Awaitable[None]], d: Delivery, what: str) -> None:
+        """Run a settlement that stores a copy (dead letter, delayed retry) until it works:
+        retried with backoff while the bus reports itself unhealthy; given back to the
+        broker (nack) if the bus stops meanwhile. The delivery is settled either way."""
+        problem = f"{d.stream}/{self.group}: {what}"
+        backoff = _STORE_BACKOFF
+        failing = False
+        while True:
+            try:
+                await op()
+            except Exception as exc:
+                failing = True
+                _log.error(
+                    "settle.failed",
+                    what=what,
+                    event_id=d.attributes.get("id"),
+                    stream=d.stream,
+                    group=self.group,
+                    error=repr(exc)[:500],
+                    retry_in=backoff,
+                )
+                self.bus._report(problem, f"cannot store a {what}: {exc!r}"[:500])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), backoff)
+                if self.stopping.is_set():
+                    await self._settle(d.nack(), d, "nack")
+                    break
+                backoff = min(backoff * 2, _STORE_MAX_BACKOFF)
+                continue
+            break
+        if failing:
+            self.bus._report(problem, None)
 
     async def _settle(self, op: Awaitable[None], d: Delivery, what: str) -> None:
         try:
@@ -227,6 +297,21 @@ class Pipeline:
             _log.warning(
                 "settle.failed", what=what, event_id=d.attributes.get("id"), error=repr(exc)
             )
+
+
+#: stands for a non-`Exception` failure (`SystemExit`, ...) when asking a retry policy
+_FAILURE = Exception("failure")
+_STORE_BACKOFF = 0.1
+_STORE_MAX_BACKOFF = 30.0
+
+
+def _consumer_cancelled(exc: BaseException | None) -> bool:
+    """Is the consumer task itself being cancelled (a stop), rather than a handler having
+    raised `CancelledError` of its own accord?"""
+    if exc is not None and not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _endpoint(handler: Callable[..., Any], wants_context: bool, is_async: bool) -> HandleNext:
@@ -244,11 +329,11 @@ def _endpoint(handler: Callable[..., Any], wants_context: bool, is_async: bool) 
     elif wants_context:
 
         async def call(ctx: Context) -> None:
-            await asyncio.to_thread(handler, ctx.event, ctx)
+            await run_sync(handler, ctx.event, ctx)
 
     else:
 
         async def call(ctx: Context) -> None:
-            await asyncio.to_thread(handler, ctx.event)
+            await run_sync(handler, ctx.event)
 
     return call

@@ -30,9 +30,19 @@ def validate_pattern(pattern: str) -> str:
     return pattern
 
 
-@lru_cache(maxsize=65536)
+#: event types longer than this are matched without the cache: types come from producers,
+#: and the cache must stay small whatever they send (at most 8192 * 2 * 256 bytes)
+_CACHED_LENGTH = 256
+
+
 def matches(pattern: str, event_type: str) -> bool:
     """RabbitMQ topic matching: `*` is exactly one word, `#` is zero or more words."""
+    if len(event_type) <= _CACHED_LENGTH and len(pattern) <= _CACHED_LENGTH:
+        return _cached_match(pattern, event_type)
+    return _match(pattern, event_type)
+
+
+def _match(pattern: str, event_type: str) -> bool:
     p = pattern.split(".")
     t = event_type.split(".")
     n, m = len(p), len(t)
@@ -49,6 +59,9 @@ def matches(pattern: str, event_type: str) -> bool:
                 cur[j] = nxt[j + 1]
         nxt = cur
     return nxt[0]
+
+
+_cached_match = lru_cache(maxsize=8192)(_match)
 
 
 def matches_any(patterns: tuple[str, ...], event_type: str) -> bool:

@@ -12,6 +12,7 @@ import itertools
 import os
 import secrets
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -58,6 +59,27 @@ class _Ids:
 
 
 new_id = _Ids()
+
+#: namespace of the ids derived for id-less foreign events
+_DERIVED = uuid.UUID("5f1c3c9e-8d0b-4c55-9f65-0e7a3c1d2b4a")
+
+
+def derived_id(*coordinates: object) -> str:
+    """A stable event id for an event that arrived without one (a plain client's JSON),
+    from where the broker keeps it (e.g. `"kafka", topic, partition, offset`): the same
+    coordinates give the same id on every redelivery, different ones never collide."""
+    return str(uuid.uuid5(_DERIVED, "\x1f".join(str(c) for c in coordinates)))
+
+
+def _strict_text(value: bytes, name: str, defects: list[str] | None) -> str:
+    """UTF-8 text of a header value; invalid bytes are replaced and, when `defects` is
+    given, the field is named there (the pipeline dead-letters such a delivery)."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        if defects is not None:
+            defects.append(f"{name} is not valid UTF-8")
+        return value.decode("utf-8", "replace")
 
 
 def _text(value: Any) -> str:
@@ -121,9 +143,13 @@ def _kafka_attr(header: str) -> str:
 
 
 def from_kafka_headers(
-    headers: Iterable[tuple[str, Any]] | None, key: bytes | str | None
+    headers: Iterable[tuple[str, Any]] | None,
+    key: bytes | str | None,
+    defects: list[str] | None = None,
 ) -> tuple[dict[str, str], int]:
-    """Kafka record headers + key -> (CloudEvents attributes, attempt). Runs per record."""
+    """Kafka record headers + key -> (CloudEvents attributes, attempt). Runs per record.
+
+    With `defects`, every header (or the key) that is not valid UTF-8 is named there."""
     attributes: dict[str, str] = {}
     attempt = 1
     names = _KAFKA_ATTRS
@@ -136,11 +162,16 @@ def from_kafka_headers(
         if attr is _ATTEMPT:
             attempt = parse_attempt(value)
         elif type(value) is bytes:
-            attributes[attr] = value.decode("utf-8", "replace")
+            try:
+                attributes[attr] = value.decode()
+            except UnicodeDecodeError:
+                attributes[attr] = _strict_text(value, f"header {name!r}", defects)
         else:
             attributes[attr] = _text(value) if value is not None else ""
     if key is not None:
-        attributes["partitionkey"] = _text(key)
+        attributes["partitionkey"] = (
+            _strict_text(key, "record key", defects) if type(key) is bytes else _text(key)
+        )
     return attributes, attempt
 
 
@@ -166,18 +197,24 @@ def from_amqp(
     content_type: str | None,
     message_id: str | None = None,
     routing_key: str | None = None,
+    defects: list[str] | None = None,
 ) -> tuple[dict[str, str], int]:
     """AMQP headers + properties -> (CloudEvents attributes, attempt).
 
     A message from a plain client (no `ce-` headers) still decodes: its type is the routing
-    key and its id the `message_id` property.
+    key and its id the `message_id` property. With `defects`, every `ce-` header whose
+    value is not valid UTF-8 is named there.
     """
     attributes: dict[str, str] = {}
     attempt = 1
     for name, value in (headers or {}).items():
         lowered = name.lower()
         if lowered.startswith(AMQP_PREFIX):
-            attributes[lowered[3:]] = _text(value)
+            attributes[lowered[3:]] = (
+                _strict_text(value, f"header {name!r}", defects)
+                if type(value) is bytes
+                else _text(value)
+            )
         elif lowered == ATTEMPT_HEADER:
             attempt = parse_attempt(value)
     if content_type:

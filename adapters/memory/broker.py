@@ -29,13 +29,16 @@ from eventbus.broker import (
     Delivery,
     Message,
     SubscriptionSpec,
+    supervise,
 )
 from eventbus.deadletter import DEAD_LETTER_HEADERS
 from eventbus.routing import matches_any
 from eventbus.settings import Settings, parse_options
-from eventbus.wire import ATTEMPT_HEADER
+from eventbus.wire import ATTEMPT_HEADER, derived_id
 
 DEFAULT_PARTITIONS = 8
+_MAX_ROUTES = 4096
+_CACHED_TYPE_LENGTH = 256
 
 
 class MemoryOptions(BaseModel):
@@ -164,7 +167,11 @@ class _State:
                     for g in self.groups.get(stream, {}).values()
                     if matches_any(g.patterns, event_type)
                 ]
-                self.routes[(stream, event_type)] = groups
+                # producers choose the types: the cache never grows without bound
+                if len(event_type) <= _CACHED_TYPE_LENGTH:
+                    if len(self.routes) >= _MAX_ROUTES:
+                        self.routes = {}
+                    self.routes[(stream, event_type)] = groups
         return groups
 
     def publish(self, message: Message, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -184,10 +191,15 @@ class _State:
         key: str | None = None,
         attempt: int = 1,
     ) -> None:
-        """Put a raw message on a stream, as a foreign producer would (tests, tools)."""
+        """Put a raw message on a stream, as a foreign producer would (tests, tools). An
+        event without an id gets one derived from its place in this broker, the same for
+        every group and every redelivery."""
         event_type = attributes.get("type", "")
+        seq = next(self.seq)
+        if not attributes.get("id"):
+            attributes = {**attributes, "id": derived_id("memory", self.name, stream, seq)}
         for group in self.route(stream, event_type) if event_type else self._all(stream):
-            group.put(_Entry(next(self.seq), body, dict(attributes), key, attempt), _loop())
+            group.put(_Entry(seq, body, dict(attributes), key, attempt), _loop())
 
     def _all(self, stream: str) -> list[_Group]:
         with self.lock:
@@ -252,6 +264,7 @@ class MemoryDelivery(Delivery):
         self.offset = None
         self.routing_key = None
         self.redelivered = entry.redelivered
+        self.defect = None
         self._member = member
         self._partition = partition
         self._entry = entry
@@ -442,7 +455,10 @@ class MemoryBroker:
         with state.lock:
             group.members.append(member)
             group.rebalance()
-        member.task = asyncio.create_task(member.run(), name=f"memory:{spec.stream}.{spec.group}")
+        member.task = task = asyncio.create_task(
+            member.run(), name=f"memory:{spec.stream}.{spec.group}"
+        )
+        supervise(task, spec, "memory consumer task", lambda: member.paused)
         return MemoryConsumer(member)
 
     def busy(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any
 
 from eventbus import Capabilities, EventBus
@@ -40,11 +41,19 @@ class Harness(ABC):
 
     @abstractmethod
     async def inject_raw(
-        self, stream: str, event_type: str | None, body: bytes, key: str | None = None
+        self,
+        stream: str,
+        event_type: str | bytes | None,
+        body: bytes,
+        key: str | bytes | None = None,
+        *,
+        headers: Mapping[str | bytes, str | bytes] | None = None,
     ) -> None:
         """Publish with the broker's own client, as a foreign producer would: the body and
         the event type (routing key / `ce_type` header) only, no other eventbus header.
-        `event_type=None` sends no type at all (bad input)."""
+        `event_type=None` sends no type at all (bad input). Bytes are sent as they are
+        (invalid UTF-8 included); `headers` are extra transport headers, verbatim (a
+        broker without transport headers, memory://, ignores those it cannot carry)."""
 
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Called before each test (after the broker is known to be reachable)."""

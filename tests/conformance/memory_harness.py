@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from adapters.memory import memory_state
 
 from .harness import Harness, unique
@@ -15,7 +17,25 @@ class MemoryHarness(Harness):
         return f"memory://{self._name}"
 
     async def inject_raw(
-        self, stream: str, event_type: str | None, body: bytes, key: str | None = None
+        self,
+        stream: str,
+        event_type: str | bytes | None,
+        body: bytes,
+        key: str | bytes | None = None,
+        *,
+        headers: Mapping[str | bytes, str | bytes] | None = None,
     ) -> None:
-        attributes = {"type": event_type} if event_type is not None else {}
-        memory_state(self._name).inject(stream, body, attributes, key)
+        """memory:// carries text attributes, no transport headers: `ce-` headers become
+        attributes, bytes are decoded leniently, other headers have nowhere to go."""
+        attributes = {"type": _text(event_type)} if event_type is not None else {}
+        for name, value in (headers or {}).items():
+            text = _text(name)
+            if text.startswith("ce-"):
+                attributes[text[3:]] = _text(value)
+        memory_state(self._name).inject(
+            stream, body, attributes, _text(key) if key is not None else None
+        )
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
