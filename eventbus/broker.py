@@ -211,6 +211,11 @@ class Capabilities:
     replays_history_to_new_groups: bool = False
     #: an event with no group bound is an error (RabbitMQ mandatory)
     unroutable_is_error: bool = False
+    #: the transport carries header values and keys as bytes, so a foreign producer can
+    #: send invalid UTF-8 there (memory:// carries text only)
+    binary_headers: bool = True
+    #: every event has a type (RabbitMQ: the routing key is the type)
+    type_always_present: bool = False
 
 
 @runtime_checkable

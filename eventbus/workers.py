@@ -19,6 +19,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+
+class SyncGeneratorExit(Exception):
+    """A sync handler raised `GeneratorExit`, which a coroutine cannot re-raise from an
+    awaited future; it is reported (and retried, dead-lettered) under this name."""
+
+
 _Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 
@@ -59,6 +65,8 @@ class DaemonThreads:
             if future.set_running_or_notify_cancel():
                 try:
                     result = fn(*args)
+                except GeneratorExit as exc:  # cannot cross an `await`: carried as an Exception
+                    future.set_exception(SyncGeneratorExit(f"GeneratorExit: {exc}"))
                 except BaseException as exc:  # the handler's failure, whatever it is
                     future.set_exception(exc)
                 else:

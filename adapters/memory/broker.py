@@ -415,6 +415,7 @@ class MemoryBroker:
         delayed_retry=True,
         replays_history_to_new_groups=False,
         unroutable_is_error=False,
+        binary_headers=False,
     )
 
     def __init__(self, settings: Settings) -> None:

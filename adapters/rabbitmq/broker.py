@@ -59,6 +59,7 @@ class RabbitMQBroker:
             delayed_retry=True,
             replays_history_to_new_groups=False,
             unroutable_is_error=self.settings.mandatory,
+            type_always_present=True,
         )
         self.target = parse_url(settings.url)
         self._shutdown_timeout = settings.shutdown_timeout

@@ -6,8 +6,9 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from eventbus import Event
+from eventbus import Event, EventBus
 
 
 async def until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
@@ -54,3 +55,22 @@ def make_events(stream: str) -> Events:
         n: int = 0
 
     return Events(stream, Created, Paid, Shipped, Noted)
+
+
+async def dead_letters(bus: EventBus, stream: str, group: str) -> list[Any]:
+    return [d async for d in bus.dead_letters(stream, group)]
+
+
+async def wait_dead(
+    bus: EventBus, stream: str, group: str, count: int, timeout: float = 30.0
+) -> list[Any]:
+    """Wait until the group has at least `count` dead letters; return them (oldest first)."""
+    found: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        found[:] = await dead_letters(bus, stream, group)
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} dead letters, found {len(found)}")
+        await asyncio.sleep(0.05)
