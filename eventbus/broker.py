@@ -190,7 +190,10 @@ class DeadLetter:
 
     @property
     def attempts(self) -> int:
-        return int(self.headers.get("x-attempts", "0") or 0)
+        try:
+            return int(self.headers.get("x-attempts", "0") or 0)
+        except ValueError:  # written by another tool: never break a listing
+            return 0
 
     @property
     def envelope(self) -> Any:
