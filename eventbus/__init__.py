@@ -23,7 +23,6 @@ from .errors import (
 )
 from .event import Envelope, Event
 from .health import Health
-from .middleware import HandleMiddleware, HandleNext, PublishMiddleware, PublishNext
 from .retry import Reject, Retry, RetryPolicy
 from .settings import Settings
 from .sourcing import (
@@ -39,6 +38,7 @@ from .sourcing import (
     open_store,
 )
 from .sync import SyncPublisher
+from .types import HandleMiddleware, HandleNext, PublishMiddleware, PublishNext
 
 __all__ = [
     "Aggregate",

@@ -17,18 +17,14 @@ from .event import Envelope, Event, validate_name
 from .health import Health
 from .log import configure as configure_logging
 from .log import get_logger
-from .middleware import (
-    HandleMiddleware,
-    PublishMiddleware,
-    chain,
-    correlate,
-)
+from .middleware import chain, correlate
 from .outgoing import build_message, envelope_of
 from .pipeline import Pipeline
 from .registry import find_adapter
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .routing import inspect_handler, validate_pattern
 from .settings import Settings, load_settings, redact_url
+from .types import HandleMiddleware, PublishMiddleware
 
 F = TypeVar("F", bound=Callable[..., Any])
 _log = get_logger()
@@ -301,8 +297,10 @@ class EventBus:
             failure=repr(failure) if failure is not None else None,
         )
 
-    def _report(self, component: str, problem: str | None) -> None:
-        """A component reports a problem (or that it is resolved, with None)."""
+    def report_problem(self, component: str, problem: str | None) -> None:
+        """Record a problem of a component (`"orders/billing: dead letter"`) for
+        `health()`, or that it is resolved (`None`). The pipelines report theirs; an
+        application may report its own."""
         if problem is None:
             self._problems.pop(component, None)
         else:
@@ -323,7 +321,7 @@ class EventBus:
         self._failure = ConsumerFailed(
             f"the consumer of {subscription} died ({what}: {error!r}); the bus stopped"
         )
-        self._report(subscription, f"consumer died: {what}: {error!r}")
+        self.report_problem(subscription, f"consumer died: {what}: {error!r}")
         self._stop_task = asyncio.ensure_future(self._stop())
 
     async def __aenter__(self) -> EventBus:

@@ -9,7 +9,7 @@ from .event import Envelope, Event
 
 if TYPE_CHECKING:
     from .broker import Delivery
-    from .bus import EventBus
+    from .publisher import Publisher
 
 #: the context of the handler running in this task/thread (None outside handlers)
 current_context: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
@@ -40,7 +40,7 @@ class Context:
 
     def __init__(
         self,
-        bus: EventBus,
+        bus: Publisher,
         group: str,
         envelope: Envelope,
         event: Event | Envelope,
@@ -58,7 +58,8 @@ class Context:
         return self.envelope.attempt
 
     @property
-    def bus(self) -> EventBus:
+    def bus(self) -> Publisher:
+        """The bus this event came from (to publish through)."""
         return self._bus
 
     @property

@@ -17,17 +17,13 @@ A publish middleware receives the outgoing `Message` and may change its attribut
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING
 
-from .broker import Message
-from .context import Context, correlate_attributes
+from .context import correlate_attributes
+from .types import Next, PublishNext, T
 
-T = TypeVar("T")
-Next = Callable[[T], Awaitable[None]]
-HandleNext = Callable[[Context], Awaitable[None]]
-HandleMiddleware = Callable[[Context, HandleNext], Awaitable[None]]
-PublishNext = Callable[[Message], Awaitable[None]]
-PublishMiddleware = Callable[[Message, PublishNext], Awaitable[None]]
+if TYPE_CHECKING:
+    from .broker import Message
 
 
 async def correlate(message: Message, call_next: PublishNext) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -21,13 +21,12 @@ from .context import Context, current_context
 from .deadletter import dead_letter_info, describe
 from .event import Envelope, Event
 from .log import get_logger
-from .middleware import HandleMiddleware, HandleNext, chain
+from .middleware import chain
+from .publisher import BusHandle
 from .retry import Reject, Retry, RetryPolicy
 from .routing import matches_any
+from .types import HandleMiddleware, HandleNext
 from .workers import run_sync
-
-if TYPE_CHECKING:
-    from .bus import EventBus
 
 _log = get_logger()
 
@@ -45,7 +44,7 @@ class Pipeline:
 
     def __init__(
         self,
-        bus: EventBus,
+        bus: BusHandle,
         *,
         group: str,
         patterns: tuple[str, ...],
@@ -278,7 +277,7 @@ class Pipeline:
                     error=repr(exc)[:500],
                     retry_in=backoff,
                 )
-                self.bus._report(problem, f"cannot store a {what}: {exc!r}"[:500])
+                self.bus.report_problem(problem, f"cannot store a {what}: {exc!r}"[:500])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), backoff)
                 if self.stopping.is_set():
@@ -288,7 +287,7 @@ class Pipeline:
                 continue
             break
         if failing:
-            self.bus._report(problem, None)
+            self.bus.report_problem(problem, None)
 
     async def _settle(self, op: Awaitable[None], d: Delivery, what: str) -> None:
         try:
