@@ -1,4 +1,4 @@
-"""`eventbus bench [--quick] [--brokers memory,rabbitmq,kafka,store] [--out DIR]`.
+"""`python -m benchmarks [--quick] [--brokers memory,rabbitmq,kafka,store] [--out DIR]`.
 
 Runs every scenario on every broker through eventbus and its baselines, interleaved,
 several repetitions; writes results.json, results.md and PNG charts.
@@ -29,7 +29,7 @@ SUITES = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="eventbus bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds (CI)")
     parser.add_argument("--brokers", default=",".join(SUITES), help="comma-separated")
     parser.add_argument("--repetitions", type=int, default=None)

@@ -87,15 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("--group", required=True)
     dlq.add_argument("--url", default=None, help="broker URL (default: EVENTBUS_URL)")
     dlq.add_argument("--json", action="store_true", help="one JSON object per dead letter")
-
-    sub.add_parser("bench", help="run the benchmark suite: eventbus bench [--quick] ...")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # every further argument belongs to the benchmark suite
-        return _bench(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
@@ -111,19 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 1
-
-
-def _bench(rest: list[str]) -> int:
-    sys.path.insert(0, os.getcwd())
-    try:
-        bench_main = importlib.import_module("benchmarks.__main__").main
-    except ImportError as exc:
-        print(
-            f"eventbus: error: run `eventbus bench` from the source tree (benchmarks/): {exc}",
-            file=sys.stderr,
-        )
-        return 2
-    return int(bench_main(rest) or 0)
 
 
 if __name__ == "__main__":
