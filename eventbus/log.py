@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
 
-from .settings import is_secret_key, redact_url
+from .settings import is_secret_key, redact_text, redact_value
 
 
 def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: mask secret-looking keys and credentials inside URLs."""
+    """structlog processor: mask secret-looking keys, and the password of every URL with
+    credentials in any value: the message, `error=` strings, exceptions logged as objects,
+    rendered tracebacks, nested mappings and lists (see `redact_text`)."""
     for key, value in list(event_dict.items()):
         if key != "event" and is_secret_key(key):
             event_dict[key] = "***"
-        elif isinstance(value, str) and "://" in value and "@" in value:
-            event_dict[key] = redact_url(value)
+        elif isinstance(value, str):
+            if "://" in value:
+                event_dict[key] = redact_text(value)
+        elif isinstance(value, BaseException):
+            event_dict[key] = redact_text(repr(value))
+        elif isinstance(value, Mapping | list | tuple):
+            event_dict[key] = redact_value(value)
     return event_dict
 
 
@@ -38,8 +45,8 @@ def configure(log_format: str = "console", level: str = "INFO", *, force: bool =
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
             structlog.processors.format_exc_info,
+            redact_secrets,  # after format_exc_info: a traceback's text is redacted too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

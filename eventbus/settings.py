@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,43 +19,76 @@ from .errors import ConfigurationError
 _SECRET_KEY = re.compile(r"(pass(word)?|secret|token|sasl\.|credential|private|api[_-]?key)", re.I)
 
 
+#: `scheme://user:` then the password: everything up to the LAST '@' before the end of the
+#: line or the next `scheme://`. A password may hold any character, an unencoded '/', '#',
+#: '?', '@', ':', '%' or space included (urlsplit mis-parses those), so the authority is not
+#: parsed; the greedy window backtracks to its last '@'. Where an '@' follows later on the
+#: same line (an e-mail address after the URL) the mask covers more than the password:
+#: redaction errs on the side of hiding.
+_URL_CREDENTIALS = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@\[\]]*:)(?:(?!://)[^\n])*@"
+)
+#: the same without a scheme (`user:password@host`), for a value known to be one URL
+_BARE_CREDENTIALS = re.compile(r"^(?P<head>[^\s:/?#@\[\]]*:)[^\n]*@")
+#: query parameters that carry secrets (`?password=...`, `&sslkey=...`, `&token=...`)
+_QUERY_SECRET = re.compile(
+    r"([?&;][^=&;?#\s]*(?:pass|secret|token|key)[^=&;?#\s]*=)[^&;#\s]*", re.I
+)
+#: libpq-style `password=...` key/value pairs (a conninfo string instead of a URL)
+_KEY_VALUE_SECRET = re.compile(
+    r"(?:(?<=\s)|^)((?:ssl)?pass(?:word|wd)?\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I
+)
+
+
+def redact_text(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@` in it masked, wherever
+    the URL sits (`"cannot connect to amqp://u:secret@h/ (refused)"` ->
+    `"cannot connect to amqp://u:***@h/ (refused)"`), and secret query parameters too.
+
+    Cheap for text without `://`: one substring search, and the text itself comes back."""
+    if "://" not in text:
+        return text
+    redacted = _URL_CREDENTIALS.sub(r"\g<head>***@", text)
+    if "?" in redacted:
+        redacted = _QUERY_SECRET.sub(r"\1***", redacted)
+    return redacted
+
+
 def redact_url(url: str) -> str:
-    """`amqp://user:secret@host/` -> `amqp://user:***@host/` (also in query strings)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hostinfo}" if ":" in userinfo else f"{user}@{hostinfo}"
-    query = re.sub(
-        r"((?:^|&)[^=&]*(?:pass|secret|token|key)[^=&]*=)[^&]*", r"\1***", parts.query, flags=re.I
-    )
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    """`amqp://user:secret@host/` -> `amqp://user:***@host/`; a password with unencoded
+    '/', '#', '?', '@' or spaces is masked whole (everything between the first ':' after
+    `//` and the last '@'). Also masks secret query parameters, a scheme-less
+    `user:password@host` and a libpq `password=...` conninfo."""
+    if "://" in url:
+        return redact_text(url)
+    redacted = _BARE_CREDENTIALS.sub(r"\g<head>***@", url)
+    if "?" in redacted:
+        redacted = _QUERY_SECRET.sub(r"\1***", redacted)
+    if "=" in redacted:
+        redacted = _KEY_VALUE_SECRET.sub(r"\1***", redacted)
+    return redacted
 
 
 def is_secret_key(name: str) -> bool:
     return bool(_SECRET_KEY.search(name))
 
 
-def redact_mapping(values: dict[str, Any]) -> dict[str, Any]:
-    """A copy with secret-looking keys masked, nested mappings included."""
-    return {
-        k: (
-            "***"
-            if is_secret_key(k)
-            else redact_mapping(v)
-            if isinstance(v, dict)
-            else redact_url(v)
-            if isinstance(v, str) and "://" in v and "@" in v
-            else v
-        )
-        for k, v in values.items()
-    }
+def redact_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy with secret-looking keys masked and credentials in URLs masked, nested
+    mappings and lists included."""
+    return {k: "***" if is_secret_key(str(k)) else redact_value(v) for k, v in values.items()}
+
+
+def redact_value(value: Any) -> Any:
+    """`value` with credentials masked: strings by `redact_text`, mappings by
+    `redact_mapping`, lists and tuples item by item; anything else as it is."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return redact_mapping(value)
+    if isinstance(value, list | tuple):
+        return type(value)(redact_value(v) for v in value)
+    return value
 
 
 class Settings(BaseSettings):
@@ -92,12 +125,7 @@ class Settings(BaseSettings):
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
-            if name == "url" and isinstance(value, str):
-                yield name, redact_url(value)
-            elif name == "options" and isinstance(value, dict):
-                yield name, redact_mapping(value)
-            else:
-                yield name, value
+            yield name, redact_url(value) if name == "url" else redact_value(value)
 
 
 def load_settings(url: str | None = None, **overrides: Any) -> Settings:
@@ -140,11 +168,17 @@ def parse_options(model: type[M], options: Mapping[str, Any], *, label: str, pre
 
 
 def format_validation_error(exc: ValidationError, prefix: str) -> str:
+    """One line per invalid setting, naming it; secret values and credentials in URLs
+    (anywhere in the value or the message) are masked."""
     lines = []
     for err in exc.errors():
         name = ".".join(str(p) for p in err["loc"]) or "settings"
-        shown = "***" if is_secret_key(name) else repr(err.get("input"))
-        if name in ("url",) and isinstance(err.get("input"), str):
-            shown = repr(redact_url(err["input"]))
-        lines.append(f"{prefix}{name.upper()} (= {shown}): {err['msg']}")
+        value = err.get("input")
+        if is_secret_key(name):
+            shown = "***"
+        elif isinstance(value, str) and name.lower().endswith("url"):
+            shown = repr(redact_url(value))
+        else:
+            shown = redact_text(repr(redact_value(value)))
+        lines.append(f"{prefix}{name.upper()} (= {shown}): {redact_text(err['msg'])}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any, Literal
+from urllib.parse import unquote
 
 try:
     import psycopg
@@ -26,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from eventbus.errors import ConcurrencyError, ConfigurationError
-from eventbus.settings import redact_url
+from eventbus.settings import redact_text, redact_url
 
 from .database import Params, Row
 from .records import NewEvent, Snapshot, StoredEvent
@@ -47,6 +48,34 @@ def to_pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+#: characters libpq cannot take unencoded in a URL password: it ends the authority at the
+#: first '/' and the user info at the first '@', refuses spaces and bad '%' escapes
+_UNENCODABLE = re.compile(r"[/@\s]|%(?![0-9A-Fa-f]{2})")
+_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@\[\]]*:(?P<password>.*)@", re.S)
+
+
+def connection_failure(url: str, exc: BaseException) -> str:
+    """Why connecting to `url` failed, without the password.
+
+    libpq's message is not shown when the password holds a character a URL must
+    percent-encode: libpq then mis-parses the URL and quotes pieces of the password back
+    (as a host, a port or a bad token); the message says how to write it instead. Any
+    other message is shown with URLs redacted and the password itself masked."""
+    where = f"cannot connect to PostgreSQL at {redact_url(url)}"
+    found = _PASSWORD.match(url)
+    password = found["password"] if found else ""
+    if password and _UNENCODABLE.search(password):
+        return (
+            f"{where}: the URL does not parse; percent-encode the password's '/', '@', '%' "
+            "and spaces (%2F, %40, %25, %20)"
+        )
+    text = str(exc).strip()
+    reason = redact_text(text.splitlines()[0]) if text else type(exc).__name__
+    for secret in {password, unquote(password)} - {""}:
+        reason = reason.replace(secret, "***")
+    return f"{where}: {reason}"
+
+
 class _Pool:
     """A few connections, handed out one task at a time; broken ones are replaced."""
 
@@ -65,11 +94,8 @@ class _Pool:
             kwargs["options"] = f"-c search_path={self._schema}"
         try:
             return await psycopg.AsyncConnection.connect(self._url, **kwargs)
-        except psycopg.OperationalError as exc:
-            raise ConnectionError(
-                f"cannot connect to PostgreSQL at {redact_url(self._url)}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-            ) from None
+        except psycopg.Error as exc:  # OperationalError, or ProgrammingError: URL unparsable
+            raise ConnectionError(connection_failure(self._url, exc)) from None
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
