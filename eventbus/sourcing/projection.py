@@ -17,6 +17,29 @@ A projection runs in one of two ways, with the same handlers:
 
 `rebuild` empties the read model and replays the whole store; for a read model whose
 updates per key are order-sensitive only within that key, both ways give the same rows.
+
+**An event the read model cannot apply** (a handler raises: a value the database refuses,
+a row that is not there, a bug) never stops a projection:
+
+- from the store, the event is retried on its own under the projection's `RetryPolicy`
+  (in-process, with backoff; `Reject` or an exception not in `retry.on` skips the
+  retries). Then it is *parked*: a row in `projection_failures` (projection, position,
+  event id, type, stream id, error, traceback, attempts, time) is written and the checkpoint
+  moves past the event, in one transaction, and `projection.event_parked` is logged at
+  error. Every later event still applies. `failures(db)` lists the parked events and
+  `replay_failures(store, db)` applies them again once the cause is fixed (after the
+  events that followed them: mind order-sensitive rows). The events before the failed one
+  in its batch are committed first, so nothing else is held back.
+  An `OSError` (a connection refused, a timeout) is not the event's fault: it is never
+  parked, and neither is an event whose database stops answering: `run` backs off and
+  tries again.
+- from the bus, a handler's exception goes to the bus, whose retry policy and dead-letter
+  queue apply (`bind(retry=...)`); nothing is swallowed here.
+
+`run` never ends silently: a failing store or database is logged at error
+(`projection.stalled`) and retried with backoff for as long as it fails; what cannot be
+retried (another runner moving the same checkpoint, `ProjectionConflict`) is logged at
+critical (`projection.died`) and raised from `run`, so the task's owner sees it.
 """
 
 from __future__ import annotations
@@ -24,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import traceback
 import types
 import typing
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,7 +59,10 @@ from pydantic import ValidationError
 from eventbus.bus import EventBus
 from eventbus.context import Context
 from eventbus.event import Envelope, Event, validate_name
-from eventbus.retry import Reject, RetryPolicy
+from eventbus.log import get_logger
+from eventbus.retry import Reject, Retry, RetryPolicy
+from eventbus.settings import redact_text
+from eventbus.wire import now_rfc3339
 
 from .codec import EventCodec
 from .database import Database, Row, Transaction, create_schema, dump_tables
@@ -44,12 +71,58 @@ from .inbox import record
 from .records import StoredEvent
 from .store import EventStore
 
+_log = get_logger()
+
 CHECKPOINT_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS projection_checkpoints (
         name TEXT PRIMARY KEY,
         position BIGINT NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS projection_failures (
+        name TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        stream_id TEXT NOT NULL,
+        error TEXT NOT NULL,
+        traceback TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        failed_at TEXT NOT NULL,
+        PRIMARY KEY (name, position)
+    )""",
 )
+
+#: how a projection retries an event it cannot apply before parking it (store-driven runs)
+DEFAULT_PROJECTION_RETRY = RetryPolicy(attempts=3, backoff=0.1, max_backoff=5.0)
+
+
+class ProjectionConflict(RuntimeError):
+    """Another runner moved this projection's checkpoint: run one runner per projection."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailedEvent:
+    """A stored event a projection could not apply and skipped (a `projection_failures`
+    row): where it is, what it is, why it failed and after how many attempts."""
+
+    projection: str
+    position: int
+    event_id: str
+    type: str
+    stream_id: str
+    error: str
+    traceback: str
+    attempts: int
+    failed_at: str
+
+
+class _ApplyFailed(Exception):
+    """Internal: the handler of `events[index]` raised `error` (the transaction rolled back)."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +166,27 @@ def _event_classes(annotation: Any) -> list[type[Event]]:
 
 
 class Projection:
+    """A read model's handlers, its tables and how it runs (see the module docstring).
+
+    `retry`: how an event the read model cannot apply is retried before it is parked,
+    when the projection reads the store (`catch_up`, `run`, `rebuild`); `delayed` retries
+    do not apply there. From the bus, the subscription's policy (`bind(retry=...)`) rules.
+    """
+
     def __init__(
-        self, name: str, *, schema: Sequence[str] = (), tables: Sequence[str] = ()
+        self,
+        name: str,
+        *,
+        schema: Sequence[str] = (),
+        tables: Sequence[str] = (),
+        retry: RetryPolicy = DEFAULT_PROJECTION_RETRY,
     ) -> None:
         self.name = validate_name("projection name", name)
         self.schema = tuple(schema)
         self.tables = tuple(tables)
+        if retry.delayed:
+            raise ValueError("a projection retries in-process: RetryPolicy(delayed=False)")
+        self.retry = retry
         self._handlers: dict[str, tuple[type[Event], Handler, bool]] = {}
 
     # --- declaring -------------------------------------------------------------------------
@@ -148,10 +236,41 @@ class Projection:
     async def checkpoint(self, db: Database) -> int:
         """The store position this projection has applied up to (0: nothing yet)."""
         async with db.transaction() as tx:
-            row = await tx.fetchone(
-                "SELECT position FROM projection_checkpoints WHERE name = ?", (self.name,)
-            )
+            return await self._position(tx)
+
+    async def _position(self, tx: Transaction) -> int:
+        row = await tx.fetchone(
+            "SELECT position FROM projection_checkpoints WHERE name = ?", (self.name,)
+        )
         return int(row[0]) if row is not None else 0
+
+    async def _advance(self, tx: Transaction, expected: int, position: int) -> None:
+        """Move the checkpoint from `expected` to `position` inside `tx`."""
+        current = await self._position(tx)
+        if current != expected:
+            raise ProjectionConflict(
+                f"projection {self.name!r} is being run by another runner too "
+                f"(checkpoint moved from {expected} to {current})"
+            )
+        await tx.execute(
+            "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            (self.name, position),
+        )
+
+    async def _commit(
+        self, db: Database, codec: EventCodec, events: Sequence[StoredEvent], expected: int
+    ) -> None:
+        """Apply `events` and move the checkpoint past the last one, in one transaction;
+        `_ApplyFailed` names the event whose handler raised (nothing is committed then)."""
+        async with db.transaction() as tx:
+            for index, stored in enumerate(events):
+                if stored.type in self._handlers:
+                    try:
+                        await self.apply(tx, codec.decode(stored), EventMeta.of_stored(stored))
+                    except Exception as exc:
+                        raise _ApplyFailed(index, exc) from exc
+            await self._advance(tx, expected, events[-1].position)
 
     async def catch_up(
         self,
@@ -160,34 +279,177 @@ class Projection:
         codec: EventCodec | None = None,
         *,
         batch_size: int = 500,
+        retry: RetryPolicy | None = None,
     ) -> int:
-        """Apply every stored event after the checkpoint; returns how many were read."""
-        codec = codec or self.codec()
+        """Apply every stored event after the checkpoint; returns how many were read
+        (events parked as failed included). `retry` overrides the projection's policy."""
+        return await self._catch_up(
+            store, db, codec or self.codec(), batch_size, retry or self.retry, None
+        )
+
+    async def _catch_up(
+        self,
+        store: EventStore,
+        db: Database,
+        codec: EventCodec,
+        batch_size: int,
+        retry: RetryPolicy,
+        stop: asyncio.Event | None,
+    ) -> int:
         done = 0
         position = await self.checkpoint(db)
-        while True:
-            batch = await store.read_all(position + 1, batch_size)
+        limit = batch_size
+        #: an event that failed inside a batch (first attempt), retried alone once the
+        #: events before it are committed
+        failing: tuple[int, Exception] | None = None
+        while stop is None or not stop.is_set():
+            batch = await store.read_all(position + 1, limit)
             if not batch:
-                return done
-            async with db.transaction() as tx:
-                row = await tx.fetchone(
-                    "SELECT position FROM projection_checkpoints WHERE name = ?", (self.name,)
-                )
-                if row is not None and int(row[0]) != position:
-                    raise RuntimeError(
-                        f"projection {self.name!r} is being run by another runner too "
-                        f"(checkpoint moved from {position} to {row[0]})"
+                break
+            limit = batch_size
+            head = batch[0]
+            if failing is not None and failing[0] == head.position:
+                error = failing[1]
+            else:
+                try:
+                    await self._commit(db, codec, batch, position)
+                    position = batch[-1].position
+                    done += len(batch)
+                    continue
+                except _ApplyFailed as failed:
+                    if failed.index:  # commit the events before it first, on their own
+                        limit = failed.index
+                        failing = (batch[failed.index].position, failed.error)
+                        continue
+                    error = failed.error
+            failing = None
+            if not await self._retry_or_park(db, codec, head, position, error, retry, stop):
+                break  # stopped while waiting to retry: the event is tried again next run
+            position = head.position
+            done += 1
+        return done
+
+    async def _retry_or_park(
+        self,
+        db: Database,
+        codec: EventCodec,
+        stored: StoredEvent,
+        expected: int,
+        error: Exception,
+        retry: RetryPolicy,
+        stop: asyncio.Event | None,
+    ) -> bool:
+        """Retry the event the read model refused, alone, then park it; returns False if
+        `stop` was set meanwhile (nothing parked, the checkpoint unmoved)."""
+        attempt = 1
+        while True:
+            if isinstance(error, OSError):  # a connection or a timeout: not the event's fault
+                raise error
+            if isinstance(error, Reject) or not retry.retries(error) or attempt >= retry.attempts:
+                break
+            delay = retry.delay(attempt)
+            if isinstance(error, Retry) and error.after is not None:
+                delay = error.after
+            _log.warning(
+                "projection.apply_failed", **self._describe(stored), attempt=attempt,
+                error=_reason(error), retry_in=delay,
+            )  # fmt: skip
+            if stop is not None:
+                await _wait(stop, delay)
+                if stop.is_set():
+                    return False
+            else:
+                await asyncio.sleep(delay)
+            attempt += 1
+            try:
+                await self._commit(db, codec, [stored], expected)
+                return True
+            except _ApplyFailed as again:
+                error = again.error
+        await self._park(db, stored, expected, error, attempt)
+        return True
+
+    async def _park(
+        self, db: Database, stored: StoredEvent, expected: int, error: Exception, attempts: int
+    ) -> None:
+        """Record `stored` as failed and move the checkpoint past it, in one transaction.
+        Reading the checkpoint first: a database that does not answer raises here, and
+        the event is not parked for what was the database's fault."""
+        await self.checkpoint(db)
+        reason = _reason(error)
+        trace = redact_text("".join(traceback.format_exception(error)))[-8000:]
+        async with db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO projection_failures (name, position, event_id, type, stream_id, "
+                "error, traceback, attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (name, position) DO UPDATE SET error = excluded.error, "
+                "traceback = excluded.traceback, attempts = excluded.attempts, "
+                "failed_at = excluded.failed_at",
+                (self.name, stored.position, stored.id, stored.type, stored.stream_id,
+                 reason, trace, attempts, now_rfc3339()),
+            )  # fmt: skip
+            await self._advance(tx, expected, stored.position)
+        _log.error(
+            "projection.event_parked", **self._describe(stored), attempts=attempts,
+            error=reason, exc_info=error,
+        )  # fmt: skip
+
+    def _describe(self, stored: StoredEvent) -> dict[str, Any]:
+        return {
+            "projection": self.name,
+            "event_id": stored.id,
+            "position": stored.position,
+            "type": stored.type,
+            "stream_id": stored.stream_id,
+        }
+
+    async def failures(self, db: Database) -> list[FailedEvent]:
+        """The events this projection parked because it could not apply them, oldest first."""
+        async with db.transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT position, event_id, type, stream_id, error, traceback, attempts, "
+                "failed_at FROM projection_failures WHERE name = ? ORDER BY position",
+                (self.name,),
+            )
+        return [
+            FailedEvent(self.name, int(p), i, t, sid, e, tb, int(n), at)
+            for (p, i, t, sid, e, tb, n, at) in rows
+        ]
+
+    async def replay_failures(
+        self, store: EventStore, db: Database, codec: EventCodec | None = None
+    ) -> int:
+        """Apply the parked events again, oldest first, each in its own transaction that
+        also deletes its failure row; returns how many applied. One that fails again stays
+        parked with the new error. They apply after the events that followed them."""
+        codec = codec or self.codec()
+        applied = 0
+        for failure in await self.failures(db):
+            found = await store.read_all(failure.position, 1)
+            try:
+                if not found or found[0].id != failure.event_id:
+                    raise LookupError(f"event {failure.event_id} is not at {failure.position}")
+                stored = found[0]
+                async with db.transaction() as tx:
+                    await self.apply(tx, codec.decode(stored), EventMeta.of_stored(stored))
+                    await tx.execute(
+                        "DELETE FROM projection_failures WHERE name = ? AND position = ?",
+                        (self.name, failure.position),
                     )
-                for stored in batch:
-                    if stored.type in self._handlers:
-                        await self.apply(tx, codec.decode(stored), EventMeta.of_stored(stored))
-                position = batch[-1].position
-                await tx.execute(
-                    "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                    (self.name, position),
-                )
-            done += len(batch)
+            except Exception as exc:
+                async with db.transaction() as tx:
+                    await tx.execute(
+                        "UPDATE projection_failures SET error = ?, attempts = attempts + 1, "
+                        "failed_at = ? WHERE name = ? AND position = ?",
+                        (_reason(exc), now_rfc3339(), self.name, failure.position),
+                    )
+                _log.error(
+                    "projection.replay_failed", projection=self.name,
+                    event_id=failure.event_id, position=failure.position, error=_reason(exc),
+                )  # fmt: skip
+                continue
+            applied += 1
+        return applied
 
     async def run(
         self,
@@ -197,27 +459,61 @@ class Projection:
         *,
         stop: asyncio.Event | None = None,
         poll_interval: float = 0.05,
+        max_backoff: float = 5.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        """Follow the store until `stop` is set or the task is cancelled."""
+        """Follow the store until `stop` is set or the task is cancelled.
+
+        Events the read model cannot apply are retried, then parked (module docstring).
+        A failing store or database is logged at error and retried with backoff (up to
+        `max_backoff` seconds). `ProjectionConflict`, or anything that is not an
+        `Exception`, is logged at critical and raised: the task ends only loudly."""
         stop = stop or asyncio.Event()
         codec = codec or self.codec()
-        while not stop.is_set():
-            if not await self.catch_up(store, db, codec):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), poll_interval)
+        policy = retry or self.retry
+        backoff = poll_interval
+        failing = False
+        try:
+            while not stop.is_set():
+                try:
+                    read = await self._catch_up(store, db, codec, 500, policy, stop)
+                except ProjectionConflict:
+                    raise
+                except Exception as exc:
+                    _log.error(
+                        "projection.stalled", projection=self.name, error=_reason(exc),
+                        retry_in=backoff, exc_info=None if failing else exc,
+                    )  # fmt: skip
+                    failing = True
+                    await _wait(stop, backoff)
+                    backoff = min(backoff * 2, max_backoff)
+                    continue
+                if failing:
+                    _log.info("projection.recovered", projection=self.name)
+                failing, backoff = False, poll_interval
+                if not read:
+                    await _wait(stop, poll_interval)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            _log.critical("projection.died", projection=self.name, error=_reason(exc), exc_info=exc)
+            raise
 
     async def reset(self, db: Database) -> None:
-        """Empty the read model, the checkpoint and the inbox of this projection."""
+        """Empty the read model, the checkpoint, the parked failures and the inbox of this
+        projection."""
         async with db.transaction() as tx:
             for table in self.tables:
                 await tx.execute(f"DELETE FROM {table}")
             await tx.execute("DELETE FROM projection_checkpoints WHERE name = ?", (self.name,))
+            await tx.execute("DELETE FROM projection_failures WHERE name = ?", (self.name,))
             await tx.execute("DELETE FROM inbox WHERE consumer_group = ?", (self.name,))
 
     async def rebuild(
         self, store: EventStore, db: Database, codec: EventCodec | None = None
     ) -> int:
-        """Empty the read model and replay the whole store into it."""
+        """Empty the read model and replay the whole store into it (events that still
+        cannot be applied are parked again)."""
         await self.setup(db)
         await self.reset(db)
         return await self.catch_up(store, db, codec)
@@ -277,3 +573,13 @@ class Projection:
 
         handler.__qualname__ = f"projection:{self.name}"
         return handler
+
+
+def _reason(exc: BaseException) -> str:
+    """`Type: message` of an exception, credentials in URLs masked, at most 2000 chars."""
+    return redact_text(f"{type(exc).__name__}: {exc}")[:2000]
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
