@@ -1,66 +1,12 @@
-"""The broker harness of the conformance suite (Watermill-style universal tests).
-
-Every adapter provides one `Harness` subclass, registered in `HARNESSES`. The suite runs
-each test once per harness; capability flags (from the broker itself, `Capabilities`) skip
-what a broker honestly does not offer, and nothing else.
-
-A harness must give every test fresh broker names: tests build their own streams with
-`unique()` so runs never see each other's events on a shared broker.
-"""
+"""Our adapters' harnesses for the shipped conformance suite (`eventbus.testing.conformance`)."""
 
 from __future__ import annotations
 
 import importlib
-import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any
 
-from eventbus import Capabilities, EventBus
+from eventbus.testing.conformance.harness import Harness, unique
 
-
-def unique(prefix: str = "t") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
-
-
-class Harness(ABC):
-    #: pytest marker name of the broker this harness needs ("memory" needs none)
-    name: str = ""
-
-    @abstractmethod
-    def url(self) -> str:
-        """The EVENTBUS_URL of this broker for one test."""
-
-    def bus(self, **options: Any) -> EventBus:
-        """A bus on this broker; `options` are adapter options (`prefetch=...`)."""
-        return EventBus(self.url(), **options)
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self.bus().broker.capabilities
-
-    @abstractmethod
-    async def inject_raw(
-        self,
-        stream: str,
-        event_type: str | bytes | None,
-        body: bytes,
-        key: str | bytes | None = None,
-        *,
-        headers: Mapping[str | bytes, str | bytes] | None = None,
-    ) -> None:
-        """Publish with the broker's own client, as a foreign producer would: the body and
-        the event type (routing key / `ce_type` header) only, no other eventbus header.
-        `event_type=None` sends no type at all (bad input). Bytes are sent as they are
-        (invalid UTF-8 included); `headers` are extra transport headers, verbatim (a
-        broker without transport headers, memory://, ignores those it cannot carry)."""
-
-    async def setup(self) -> None:  # noqa: B027 - optional hook
-        """Called before each test (after the broker is known to be reachable)."""
-
-    async def teardown(self) -> None:  # noqa: B027 - optional hook
-        """Called after each test: delete what the test declared, if the broker needs it."""
-
+__all__ = ["HARNESSES", "Harness", "load_harness", "unique"]
 
 #: harness name -> "module:Class"; the adapter issues add theirs here
 HARNESSES: dict[str, str] = {
