@@ -219,6 +219,13 @@ class Capabilities:
     binary_headers: bool = True
     #: every event has a type (RabbitMQ: the routing key is the type)
     type_always_present: bool = False
+    #: deliveries carry a partition and an offset (Kafka), recorded in dead letters as
+    #: `x-original-partition` / `x-original-offset`
+    records_offsets: bool = False
+    #: deliveries carry the routing key (RabbitMQ), recorded as `x-original-routing-key`
+    records_routing_keys: bool = False
+    #: a redelivered message says so (`ctx.redelivered`); Kafka cannot tell
+    marks_redeliveries: bool = True
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ __all__ = ["HARNESSES", "Harness", "load_harness", "unique"]
 
 #: harness name -> "module:Class"; the adapter issues add theirs here
 HARNESSES: dict[str, str] = {
-    "memory": "tests.conformance.memory_harness:MemoryHarness",
+    "memory": "tests.memory.harness:MemoryHarness",
     "rabbitmq": "tests.rabbitmq.harness:RabbitMQHarness",
     "kafka": "tests.kafka.harness:KafkaHarness",
 }

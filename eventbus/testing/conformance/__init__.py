@@ -2,21 +2,35 @@
 
 An adapter's test module runs it in a few lines::
 
-    from eventbus.testing.conformance import Harness
+    from eventbus.testing.conformance import AdapterTests, Harness
 
     class AcmeHarness(Harness):
         def url(self) -> str: ...
         async def inject_raw(self, stream, event_type, body, key=None, *, headers=None): ...
 
+    class TestAcme(AdapterTests):
+        harness_class = AcmeHarness
+
 Needs pytest and pytest-asyncio (`pip install 'eventbus[testing]'`).
 """
 
 from .harness import Harness, unique
+from .hostile import HostileInputTests
+from .suite import ConformanceTests
 from .support import Events, dead_letters, make_events, settle, until, wait_dead
 
+
+class AdapterTests(ConformanceTests, HostileInputTests):
+    """Every test of the suite: the guarantees and the hostile-input section. Subclass it
+    as `Test<YourAdapter>` with `harness_class = YourHarness`."""
+
+
 __all__ = [
+    "AdapterTests",
+    "ConformanceTests",
     "Events",
     "Harness",
+    "HostileInputTests",
     "dead_letters",
     "make_events",
     "settle",

@@ -3,8 +3,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from adapters.memory import memory_state
-
-from .harness import Harness, unique
+from eventbus.testing.conformance import Harness, unique
 
 
 class MemoryHarness(Harness):
