@@ -38,6 +38,11 @@ from .settings import (
 from .topics import Topics
 
 _log = get_logger()
+#: what a retry or dead-letter topic takes beyond its stream's largest record: room for
+#: the headers eventbus adds (the dead-letter headers are shortened to fit, if need be)
+SIDE_TOPIC_HEADROOM = 64 * 1024
+#: a broker's default `message.max.bytes`, if a topic's cannot be read
+BROKER_DEFAULT_RECORD_LIMIT = 1048588
 
 
 def client_configs(settings: Settings) -> ClientConfigs:
@@ -90,14 +95,40 @@ class KafkaBroker:
 
     # --- publishing ----------------------------------------------------------------------
 
-    async def _ensure(self, wanted: dict[str, int]) -> None:
+    async def _ensure(self, wanted: dict[str, int], config: dict[str, str] | None = None) -> None:
         known = self.topics.known
         missing = {name: n for name, n in wanted.items() if name not in known}
         if not missing:
             return
         lock = self._topic_locks.setdefault(",".join(sorted(missing)), asyncio.Lock())
         async with lock:
-            await asyncio.to_thread(self.topics.ensure, missing)
+            await asyncio.to_thread(self.topics.ensure, missing, config)
+
+    async def _ensure_side_topics(self, stream: str, side: dict[str, int], dlq: str) -> int:
+        """Make the retry/replay/dead-letter topics of a group (name -> partitions) take
+        any record of the stream plus the headers eventbus adds: created, or raised, to
+        the stream's `max.message.bytes` + headroom. -> the largest dead-letter copy that
+        can be stored (the dead-letter topic's limit, at most the producer's)."""
+        limits = await asyncio.to_thread(self.topics.record_limits, [stream, *side])
+        needed = (limits.get(stream) or BROKER_DEFAULT_RECORD_LIMIT) + SIDE_TOPIC_HEADROOM
+        missing = {name: n for name, n in side.items() if limits.get(name) is None}
+        if missing:
+            await self._ensure(missing, {"max.message.bytes": str(needed)})
+        low = [name for name in side if (limits.get(name) or needed) < needed]
+        if low and self.settings.create_topics:
+            await asyncio.to_thread(self.topics.raise_record_limit, low, needed)
+        elif low:
+            _log.warning(
+                "kafka.side_topic_too_small",
+                topics=low,
+                needed=needed,
+                hint=f"records near the limit of {stream!r} cannot be retried or "
+                "dead-lettered whole: raise max.message.bytes of these topics",
+            )
+        dlq_limit = limits.get(dlq)
+        if dlq_limit is None or (dlq_limit < needed and self.settings.create_topics):
+            dlq_limit = needed
+        return min(dlq_limit, self.configs.producer_max_bytes)
 
     async def publish(self, message: Message) -> None:
         if message.stream not in self.topics.known:
@@ -118,11 +149,11 @@ class KafkaBroker:
         partitions = options.partitions or settings.partitions
         stream, group = spec.stream, spec.group
         retries = [retry_topic(stream, group, n) for n in range(len(spec.retry_tiers))]
-        replay = replay_topic(stream, group)
-        wanted = {stream: partitions, replay: settings.dlq_partitions}
-        wanted.update({name: partitions for name in retries})
-        wanted[dlq_topic(stream, group)] = settings.dlq_partitions
-        await self._ensure(wanted)
+        replay, dlq = replay_topic(stream, group), dlq_topic(stream, group)
+        await self._ensure({stream: partitions})
+        side = {replay: settings.dlq_partitions, dlq: settings.dlq_partitions}
+        side.update({name: partitions for name in retries})
+        dead_letter_limit = await self._ensure_side_topics(stream, side, dlq)
         consumer = KafkaConsumer(
             configs=self.configs,
             producer=self.producer,
@@ -131,6 +162,10 @@ class KafkaBroker:
             topics=[stream, *retries, replay],
             delayed_topics={*retries, replay},
             partition_buffer=options.partition_buffer or settings.partition_buffer,
+            partition_buffer_bytes=(
+                options.partition_buffer_bytes or settings.partition_buffer_bytes
+            ),
+            dead_letter_limit=dead_letter_limit,
             config=options.config,
         )
         await consumer.start(settings.assignment_timeout)
@@ -143,28 +178,41 @@ class KafkaBroker:
 
     # --- dead letters --------------------------------------------------------------------
 
+    def _reader(self, stream: str, group: str) -> DeadLetterReader:
+        return DeadLetterReader(self.configs, stream, group)
+
     async def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
-        reader = DeadLetterReader(self.configs, stream, group)
+        """Streamed: each letter is yielded as it is read, never the whole topic at once."""
+        reader = self._reader(stream, group)
         try:
-            snapshot = await asyncio.to_thread(reader.read)
+            if not await asyncio.to_thread(reader.open):
+                return
+            while (batch := await asyncio.to_thread(reader.next_batch)) is not None:
+                for message in batch:
+                    yield dead_letter_of(stream, group, message)
         finally:
             await asyncio.to_thread(reader.close)
-        for message in snapshot.records:
-            yield dead_letter_of(stream, group, message)
 
     async def replay_dead_letters(self, stream: str, group: str) -> int:
-        reader = DeadLetterReader(self.configs, stream, group)
+        """Batch by batch: each batch is stored on the replay topic, then the replay group
+        moves past it (a failure midway leaves the rest listed, none lost)."""
+        reader = self._reader(stream, group)
+        count = 0
         try:
-            snapshot = await asyncio.to_thread(reader.read)
-            if snapshot.records:
-                await self._ensure({replay_topic(stream, group): self.settings.dlq_partitions})
-                await self.producer.send_many(
-                    [replay_record(stream, group, m) for m in snapshot.records]
-                )
-            await asyncio.to_thread(reader.commit, snapshot.ends)
+            if await asyncio.to_thread(reader.open):
+                replay = replay_topic(stream, group)
+                if replay not in self.topics.known:
+                    await self._ensure_side_topics(
+                        stream, {replay: self.settings.dlq_partitions}, dlq_topic(stream, group)
+                    )
+                while (batch := await asyncio.to_thread(reader.next_batch)) is not None:
+                    await self.producer.send_many([replay_record(stream, group, m) for m in batch])
+                    count += len(batch)
+                    await asyncio.to_thread(reader.commit, reader.handed_out())
+            await asyncio.to_thread(reader.commit, reader.ends)
         finally:
             await asyncio.to_thread(reader.close)
-        return len(snapshot.records)
+        return count
 
 
 class _Detaching:

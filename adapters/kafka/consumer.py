@@ -14,6 +14,21 @@ Two sides share the partition state under one lock:
 A revoked partition stops starting records at once, waits (bounded) for the ones in flight,
 commits, and is handed over: the next owner continues exactly after the last finished
 record, which keeps per-key order across rebalances.
+
+Memory is bounded twice: by records (`partition_buffer` per partition) and by bytes
+(`partition_buffer_bytes` per subscription, shared evenly by its assigned partitions). A
+record fetched beyond a partition's byte share is not kept: the partition pauses and,
+once it has room again, seeks back to that record.
+
+No record can kill the pump: decoding every field is guarded, and a record that cannot be
+decoded faithfully becomes a delivery with a `defect` (the kernel dead-letters it). If the
+pump task or the poll thread ends anyway while the consumer is not being closed, the
+kernel hears of it (`SubscriptionSpec.failed`) and stops the bus: never half-alive.
+
+Trust: the attempt count (`x-eventbus-attempt`) and the origin position
+(`x-eventbus-origin-*`) are read only from records on the group's own retry and replay
+topics; on the stream every record starts at attempt 1 at its own position. A record
+without an event id gets one derived from that position, the same on every retry.
 """
 
 from __future__ import annotations
@@ -29,15 +44,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from eventbus.broker import Deliver, SubscriptionSpec
+from eventbus.broker import Deliver, SubscriptionSpec, supervise
 from eventbus.log import get_logger
 from eventbus.routing import matches_any
-from eventbus.wire import from_kafka_headers
+from eventbus.wire import derived_id, from_kafka_headers
 
 from .delivery import KafkaDelivery
 from .names import DUE_HEADER, ORIGIN_OFFSET_HEADER, ORIGIN_PARTITION_HEADER
 from .offsets import PartitionTracker
-from .producer import Headers, headers_of
+from .producer import Headers
+from .records import get_headers, headers_of, read_headers, salvage_headers
 from .settings import ClientConfigs, config_error
 
 if TYPE_CHECKING:
@@ -54,6 +70,7 @@ class PartitionState:
 
     __slots__ = (
         "committed",
+        "defects",
         "delayed",
         "full",
         "generation",
@@ -61,6 +78,7 @@ class PartitionState:
         "inflight",
         "partition",
         "paused",
+        "refetch",
         "revoked",
         "topic",
         "tracker",
@@ -80,6 +98,10 @@ class PartitionState:
         self.committed = -1
         #: records fetched but not due yet (retry topics), oldest first
         self.held: deque[Message] = deque()
+        #: offset -> why its headers could not all be read (found by the poll thread)
+        self.defects: dict[int, str] = {}
+        #: the first record dropped for lack of byte room: fetched again from there
+        self.refetch: int | None = None
         self.full = False
         self.paused = False
         self.revoked = False
@@ -90,8 +112,11 @@ class PartitionState:
         return TopicPartition(self.topic, self.partition, offset)
 
 
-def _due_ms(message: Message) -> int:
-    for name, value in headers_of(message):
+def _due_ms(part: PartitionState, message: Message) -> int:
+    headers, defect = read_headers(message)
+    if defect is not None:  # the pump must know: the message's headers are repaired now
+        part.defects[cast(int, message.offset())] = defect
+    for name, value in headers:
         if name == DUE_HEADER and value is not None:
             try:
                 return int(value)
@@ -113,6 +138,8 @@ class KafkaConsumer:
         topics: list[str],
         delayed_topics: set[str],
         partition_buffer: int,
+        partition_buffer_bytes: int,
+        dead_letter_limit: int,
         config: dict[str, Any],
     ) -> None:
         self.configs = configs
@@ -122,6 +149,11 @@ class KafkaConsumer:
         self._topics = topics
         self._delayed_topics = delayed_topics
         self._buffer = partition_buffer
+        self._buffer_bytes = partition_buffer_bytes
+        #: the byte share of each assigned partition
+        self._share = partition_buffer_bytes
+        #: the largest dead-letter copy the dead-letter topic and the producer take
+        self.dead_letter_limit = dead_letter_limit
         self._config = config
         settings = configs.settings
         self._commit_interval = settings.commit_interval_ms / 1000
@@ -156,7 +188,7 @@ class KafkaConsumer:
         """Join the group; return once partitions are assigned (ready means ready)."""
         loop = self._loop = asyncio.get_running_loop()
         self._assigned = loop.create_future()
-        config = self.configs.consumer(self.spec.group, self._config)
+        config = self.configs.consumer(self.spec.group, self._config, self._buffer_bytes)
         config["error_cb"] = self._client_error
         try:
             consumer = Consumer(config)
@@ -180,6 +212,7 @@ class KafkaConsumer:
         self._pump_task = asyncio.create_task(
             self._pump(), name=f"kafka:{self.spec.stream}.{self.spec.group}"
         )
+        supervise(self._pump_task, self.spec, "the Kafka consumer's pump task", self._ending)
         try:
             await asyncio.wait_for(asyncio.shield(self._assigned), timeout)
         except TimeoutError:
@@ -189,6 +222,15 @@ class KafkaConsumer:
                 f"{self.spec.group!r} within {timeout}s ({self.configs.target.redacted}); "
                 "raise EVENTBUS_KAFKA_ASSIGNMENT_TIMEOUT if the group rebalances slowly"
             ) from None
+
+    def _ending(self) -> bool:
+        """Whether the pump and the poll thread are meant to end (pause or close)."""
+        return self._halted
+
+    def _thread_failed(self, what: str, error: BaseException) -> None:
+        """On the loop: the poll thread ended while it should be running."""
+        if not self._closing:
+            self.spec.failed(what, error)
 
     async def pause(self) -> None:
         """Start no new record; the poll thread pauses every partition but keeps polling."""
@@ -230,6 +272,8 @@ class KafkaConsumer:
         types = self._types
         patterns = self._patterns
         stream = self.spec.stream
+        deliver = self._deliver
+        defects: list[str] = []  # invalid UTF-8 found by from_kafka_headers (reused)
         while not self._halted:
             if not ready:
                 wake.clear()
@@ -241,37 +285,82 @@ class KafkaConsumer:
                     continue
                 part.inflight += 1
             offset = cast(int, message.offset())
-            raw_key = message.key()
-            raw_headers = headers_of(message)
-            attributes, attempt = from_kafka_headers(raw_headers, raw_key)
-            etype = attributes.get("type")
-            if etype and (
-                (types is not None and etype not in types)
-                or (types is None and not matches_any(patterns, etype))
-            ):  # another type on the stream: not this group's business
-                self.settle(part, offset, True)
-                continue
-            partition, origin_offset = part.partition, offset
-            if part.delayed:
-                partition, origin_offset = _origin(raw_headers, partition, offset)
-            delivery = KafkaDelivery(
-                self,
-                part,
-                offset,
-                raw_key,
-                raw_headers,
-                stream=stream,
-                body=message.value() or b"",
-                attributes=attributes,
-                key=attributes.get("partitionkey") if raw_key is not None else None,
-                attempt=attempt,
-                partition=partition,
-                offset=origin_offset,
-            )
             try:
-                await self._deliver(delivery)
+                raw_key = message.key()
+                try:
+                    raw_headers = cast(Headers, get_headers(message) or [])
+                    defect = None
+                except Exception as exc:  # a header name confluent-kafka cannot decode
+                    raw_headers, defect = salvage_headers(message, exc)
+                if part.defects:
+                    defect = part.defects.pop(offset, defect)
+                attributes, attempt = from_kafka_headers(raw_headers, raw_key, defects)
+                if defects:
+                    defect = "; ".join(defects if defect is None else [defect, *defects])
+                    defects.clear()
+                etype = attributes.get("type")
+                if (
+                    etype
+                    and (
+                        (types is not None and etype not in types)
+                        or (types is None and not matches_any(patterns, etype))
+                    )
+                    and (defect is None or "\ufffd" not in etype)
+                ):  # another type on the stream: not this group's business
+                    self.settle(part, offset, True)
+                    continue
+                if part.delayed:  # the group's own retry/replay topic: its bookkeeping counts
+                    topic, partition, origin_offset = _origin(raw_headers, part, offset, stream)
+                else:  # the stream: a foreign producer's attempt/origin headers do not count
+                    attempt = 1
+                    topic, partition, origin_offset = stream, part.partition, offset
+                if not attributes.get("id"):  # id-less: one stable id from its position
+                    attributes["id"] = derived_id("kafka", topic, partition, origin_offset)
+                delivery = KafkaDelivery(
+                    self,
+                    part,
+                    offset,
+                    raw_key,
+                    raw_headers,
+                    stream=stream,
+                    body=message.value() or b"",
+                    attributes=attributes,
+                    key=attributes.get("partitionkey") if raw_key is not None else None,
+                    attempt=attempt,
+                    partition=partition,
+                    offset=origin_offset,
+                    defect=defect,
+                )
+            except Exception as exc:  # never die of a record: it is bad input
+                defects.clear()
+                delivery = self._undecodable(part, message, offset, exc)
+            try:
+                await deliver(delivery)
             except Exception as exc:  # the kernel never raises here; never die silently
                 self._log.error("kafka.deliver_failed", error=repr(exc))
+
+    def _undecodable(
+        self, part: PartitionState, message: Message, offset: int, exc: Exception
+    ) -> KafkaDelivery:
+        """A record whose decoding failed unexpectedly, as a delivery the kernel
+        dead-letters (with what could be kept of it)."""
+        self._log.error("kafka.undecodable_record", offset=offset, error=repr(exc)[:500])
+        raw_key = message.key()
+        return KafkaDelivery(
+            self,
+            part,
+            offset,
+            raw_key if isinstance(raw_key, bytes) else None,
+            headers_of(message),
+            stream=self.spec.stream,
+            body=message.value() or b"",
+            attributes={"id": derived_id("kafka", part.topic, part.partition, offset)},
+            key=None,
+            attempt=1,
+            partition=part.partition,
+            offset=offset,
+            defect=f"the record cannot be decoded: {exc!r}"[:2000],
+        )
 
     def settle(self, part: PartitionState, offset: int, finished: bool) -> None:
         """A delivery was settled: finished (ack, retried, dead-lettered) or given back."""
@@ -292,6 +381,7 @@ class KafkaConsumer:
         consumer = self._consumer
         assert consumer is not None
         next_commit = time.monotonic() + self._commit_interval
+        failure: BaseException | None = None
         try:
             while True:
                 with self._lock:
@@ -318,13 +408,25 @@ class KafkaConsumer:
                     messages.insert(0, first)
                     self._fetched(messages)
             self._commit(None)
-        except Exception as exc:  # a client failure must not vanish silently
+        except BaseException as exc:  # a client failure must not vanish silently
+            failure = exc
             self._log.error("kafka.consumer_failed", error=self.configs.scrub(repr(exc)))
         finally:
             try:
                 consumer.close()  # revokes (-> commit) and leaves the group
             except (KafkaException, RuntimeError) as exc:
                 self._log.warning("kafka.close_failed", error=self.configs.scrub(repr(exc)))
+            if failure is not None:  # left the group; now the bus must hear of it
+                self._report(
+                    "the Kafka consumer's poll thread",
+                    RuntimeError(self.configs.scrub(repr(failure))),
+                )
+
+    def _report(self, what: str, error: BaseException) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed
+                loop.call_soon_threadsafe(self._thread_failed, what, error)
 
     def _hand_over(self, batch: list[tuple[PartitionState, int, Message]]) -> None:
         loop = self._loop
@@ -338,6 +440,7 @@ class KafkaConsumer:
         now_ms = time.time() * 1000
         with self._lock:
             parts = self._parts
+            share = self._share
             for message in messages:
                 if message.error() is not None:
                     errors.append(message)
@@ -345,9 +448,16 @@ class KafkaConsumer:
                 part = parts.get((cast(str, message.topic()), cast(int, message.partition())))
                 if part is None or part.revoked:
                     continue
-                if not part.tracker.fetched(cast(int, message.offset())):
+                key = message.key()
+                size = len(message) + (len(key) if key is not None else 0)
+                offset = cast(int, message.offset())
+                taken = part.tracker.fetched(offset, size, share)
+                if not taken:
+                    if taken is None and part.refetch is None:  # no byte room: later
+                        part.refetch = offset
+                        part.full = True
                     continue
-                if part.delayed and (part.held or _due_ms(message) > now_ms):
+                if part.delayed and (part.held or _due_ms(part, message) > now_ms):
                     part.held.append(message)
                 else:
                     batch.append((part, part.generation, message))
@@ -362,7 +472,7 @@ class KafkaConsumer:
         with self._lock:
             for part in self._parts.values():
                 held = part.held
-                while held and _due_ms(held[0]) <= now_ms:
+                while held and _due_ms(part, held[0]) <= now_ms:
                     released.append((part, part.generation, held.popleft()))
         return released
 
@@ -373,24 +483,37 @@ class KafkaConsumer:
         wait = _IDLE_WAIT
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
+        seek: list[TopicPartition] = []
         buffer = self._buffer
         with self._lock:
             halted = self._halted
+            share = self._share
             for part in self._parts.values():
-                window = part.tracker.window
-                part.full = window >= buffer if not part.full else window > buffer // 2
+                tracker = part.tracker
+                if part.full:  # full until half empty again
+                    part.full = tracker.window > buffer // 2 or tracker.bytes > share // 2
+                else:
+                    part.full = tracker.window >= buffer or tracker.bytes >= share
                 if part.full:
                     wait = min(wait, 0.01)
                 if part.held:
-                    wait = min(wait, max(_due_ms(part.held[0]) / 1000 - now, 0.0))
+                    wait = min(wait, max(_due_ms(part, part.held[0]) / 1000 - now, 0.0))
                 want = halted or part.full or bool(part.held)
                 if want != part.paused:
                     part.paused = want
                     (pause if want else resume).append(part.tp())
+                if not want and part.refetch is not None:  # fetch the dropped records again
+                    seek.append(part.tp(part.refetch))
+                    part.refetch = None
         if pause:
             consumer.pause(pause)
         if resume:
             consumer.resume(resume)
+        for tp in seek:  # after resume: what was prefetched before is discarded
+            try:
+                consumer.seek(tp)
+            except KafkaException as exc:
+                self._log.warning("kafka.seek_failed", error=self.configs.scrub(str(exc)))
         return wait
 
     def _commit(self, parts: list[PartitionState] | None) -> None:
@@ -438,6 +561,7 @@ class KafkaConsumer:
             part.generation += 1
             part.tracker.rewind(target)
             part.held.clear()
+            part.refetch = None
         try:
             consumer.seek(part.tp(target))
         except KafkaException as exc:
@@ -453,6 +577,7 @@ class KafkaConsumer:
                     self._parts[key] = PartitionState(
                         tp.topic, tp.partition, tp.topic in self._delayed_topics
                     )
+            self._share = self._buffer_bytes // max(len(self._parts), 1)
             self.assignments += 1
         self._log.info(
             "kafka.assigned",
@@ -490,6 +615,7 @@ class KafkaConsumer:
         with self._lock:
             for part in parts:
                 self._parts.pop((part.topic, part.partition), None)
+            self._share = self._buffer_bytes // max(len(self._parts), 1)
         self._log.info(
             "kafka.lost" if lost else "kafka.revoked",
             partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions),
@@ -519,8 +645,11 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _origin(headers: Headers, partition: int, offset: int) -> tuple[int, int]:
-    """Where a retried/replayed record first was in its stream (x-eventbus-origin-*)."""
+def _origin(
+    headers: Headers, part: PartitionState, offset: int, stream: str
+) -> tuple[str, int, int]:
+    """Where a retried/replayed record first was: its stream position from the
+    x-eventbus-origin-* headers, else its own position on the retry/replay topic."""
     found_partition = found_offset = None
     for name, value in headers:
         if value is None:
@@ -530,8 +659,8 @@ def _origin(headers: Headers, partition: int, offset: int) -> tuple[int, int]:
         elif name == ORIGIN_OFFSET_HEADER:
             found_offset = value
     if found_partition is None or found_offset is None:
-        return partition, offset
+        return part.topic, part.partition, offset
     try:
-        return int(found_partition), int(found_offset)
+        return stream, int(found_partition), int(found_offset)
     except ValueError:
-        return partition, offset
+        return part.topic, part.partition, offset

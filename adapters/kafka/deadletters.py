@@ -1,23 +1,27 @@
 """Dead letters on Kafka: the topic `<stream>.<group>.dlq`.
 
 Listing reads the topic from the committed offset of the group `<group>.dlq-replay` up to
-the high watermark, without committing. Replay produces each letter (body, key and event
-headers as stored; dead-letter and attempt headers stripped) to `<stream>.<group>.replay`,
-which only that group consumes, and then commits the replay group's offset to the
-watermark it read up to: a replayed letter is not listed again.
+the high watermark found when it starts, without committing, and yields the letters as
+they are read (oldest first across partitions: a merge on the record timestamps), so a
+large dead-letter topic is never held in memory. Replay produces each letter (body, key
+and event headers as stored; dead-letter, attempt and origin headers stripped, the origin
+rebuilt from `x-original-partition/offset`) to `<stream>.<group>.replay`, which only that
+group consumes, batch by batch, and commits the replay group's offsets after each batch:
+a replayed letter is not listed again. Every wait on the broker is bounded by
+`admin_timeout`: a read that makes no progress for that long raises TimeoutError.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections import deque
 from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from eventbus.broker import DeadLetter
 from eventbus.deadletter import DEAD_LETTER_HEADERS
-from eventbus.wire import ATTEMPT_HEADER, from_kafka_headers, header_text
+from eventbus.wire import ATTEMPT_HEADER, derived_id, from_kafka_headers, header_text
 
 from .names import (
     DUE_HEADER,
@@ -27,107 +31,215 @@ from .names import (
     replay_group,
     replay_topic,
 )
-from .producer import Record, headers_of
-from .settings import ClientConfigs, config_error
+from .producer import Record
+from .records import headers_of
+from .settings import ClientConfigs, MiB, config_error
 
-_STRIPPED_ON_REPLAY = frozenset({*DEAD_LETTER_HEADERS, ATTEMPT_HEADER, DUE_HEADER})
-
-
-@dataclass
-class Snapshot:
-    """The dead letters read in one pass, and where the pass ended per partition."""
-
-    records: list[Message] = field(default_factory=list)
-    ends: list[TopicPartition] = field(default_factory=list)
+_STRIPPED_ON_REPLAY = frozenset(
+    {
+        *DEAD_LETTER_HEADERS,
+        ATTEMPT_HEADER,
+        DUE_HEADER,
+        ORIGIN_PARTITION_HEADER,
+        ORIGIN_OFFSET_HEADER,
+    }
+)
+#: letters handed out per step, and the bytes of letters buffered per partition before
+#: that partition's fetching pauses (the merge waits for the others)
+BATCH = 500
+_BUFFERED_BYTES = 8 * MiB
+#: the reader's librdkafka prefetch (a quarter of this)
+_READER_BUFFER = 16 * MiB
 
 
 class DeadLetterReader:
-    """A short-lived, assign-only consumer in the group `<group>.dlq-replay` (blocking)."""
+    """A short-lived, assign-only consumer in the group `<group>.dlq-replay` (blocking).
+
+    `open()` finds where to start and end, `next_batch()` returns the next letters in
+    order (None once every partition reached its end), `commit()` moves the replay group.
+    """
 
     def __init__(self, configs: ClientConfigs, stream: str, group: str) -> None:
         self.configs = configs
         self.stream = stream
         self.group = group
         self.topic = dlq_topic(stream, group)
-        config = configs.consumer(replay_group(group), {"enable.partition.eof": True})
+        self.timeout = configs.settings.admin_timeout
+        config = configs.consumer(
+            replay_group(group), {"enable.partition.eof": True}, _READER_BUFFER
+        )
         try:
             self._consumer = Consumer(config)
         except (KafkaException, ValueError, TypeError) as exc:
             raise config_error(configs, exc, "dead-letter reader") from None
+        #: per partition: the high watermark found by `open` (where reading ends)
+        self.ends: list[TopicPartition] = []
+        #: partitions still being read -> their end offset
+        self._reading: dict[int, int] = {}
+        #: letters read, not handed out yet, per partition (and their bytes)
+        self._buffered: dict[int, deque[Message]] = {}
+        self._bytes: dict[int, int] = {}
+        self._paused: set[int] = set()
+        #: per partition: the offset after the last letter handed out
+        self._next: dict[int, int] = {}
+        #: letters handed to Python by the client so far (tests)
+        self.read = 0
 
-    def read(self) -> Snapshot:
-        consumer = self._consumer
-        timeout = self.configs.settings.admin_timeout
-        metadata = consumer.list_topics(self.topic, timeout=timeout)
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            return Snapshot()  # no dead-letter topic: nothing was ever dead-lettered
-        partitions = sorted(topic.partitions)
-        committed = consumer.committed(
-            [TopicPartition(self.topic, p) for p in partitions], timeout=timeout
+    def _failed(self, what: str, exc: BaseException) -> ConnectionError:
+        return ConnectionError(
+            f"cannot {what} the dead letters of {self.topic!r} "
+            f"({self.configs.target.redacted}) within {self.timeout}s "
+            f"(EVENTBUS_KAFKA_ADMIN_TIMEOUT): {self.configs.scrub(str(exc))}"
         )
-        snapshot = Snapshot()
-        starts: list[TopicPartition] = []
-        ends: dict[int, int] = {}
-        for tp in committed:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(self.topic, tp.partition), timeout=timeout
-            )
-            start = max(tp.offset, low)
-            snapshot.ends.append(TopicPartition(self.topic, tp.partition, high))
-            if start < high:
-                starts.append(TopicPartition(self.topic, tp.partition, start))
-                ends[tp.partition] = high
-        if not starts:
-            return snapshot
-        consumer.assign(starts)
-        deadline = time.monotonic() + timeout
-        while ends:
-            if time.monotonic() > deadline:
-                raise ConnectionError(
-                    f"timed out reading dead letters of {self.topic!r} "
-                    f"({self.configs.target.redacted})"
-                )
-            for message in consumer.consume(500, 0.5):
-                error = message.error()
-                partition = cast(int, message.partition())
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        ends.pop(partition, None)
-                        continue
-                    raise ConnectionError(
-                        f"cannot read dead letters of {self.topic!r}: "
-                        f"{self.configs.scrub(str(error))}"
-                    )
-                end = ends.get(partition)
-                if end is None:
-                    continue
-                offset = cast(int, message.offset())
-                if offset < end:
-                    snapshot.records.append(message)
-                if offset >= end - 1:
-                    ends.pop(partition, None)
-        snapshot.records.sort(key=lambda m: (m.timestamp()[1], m.partition(), m.offset()))
-        return snapshot
 
-    def commit(self, ends: list[TopicPartition]) -> None:
+    def open(self) -> bool:
+        """Find the range to read; False if there is nothing (or no dead-letter topic)."""
+        consumer = self._consumer
+        timeout = self.timeout
+        try:
+            metadata = consumer.list_topics(self.topic, timeout=timeout)
+            topic = metadata.topics.get(self.topic)
+            if topic is None or topic.error is not None or not topic.partitions:
+                return False  # no dead-letter topic: nothing was ever dead-lettered
+            partitions = sorted(topic.partitions)
+            committed = consumer.committed(
+                [TopicPartition(self.topic, p) for p in partitions], timeout=timeout
+            )
+            starts: list[TopicPartition] = []
+            for tp in committed:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, tp.partition), timeout=timeout
+                )
+                start = max(tp.offset, low)
+                self.ends.append(TopicPartition(self.topic, tp.partition, high))
+                if start < high:
+                    starts.append(TopicPartition(self.topic, tp.partition, start))
+                    self._reading[tp.partition] = high
+                    self._buffered[tp.partition] = deque()
+                    self._bytes[tp.partition] = 0
+            if starts:
+                consumer.assign(starts)
+        except KafkaException as exc:
+            raise self._failed("look up", exc) from None
+        return bool(starts)
+
+    def next_batch(self) -> list[Message] | None:
+        """The next letters, oldest first (None: all read). A letter is handed out once
+        every partition still being read has one buffered to compare it with."""
+        buffered = self._buffered
+        deadline = time.monotonic() + self.timeout
+        while True:
+            out: list[Message] = []
+            while len(out) < BATCH:
+                heads = [q for q in buffered.values() if q]
+                if not heads or any(not buffered[p] for p in self._reading):
+                    break
+                oldest = min(heads, key=_order)
+                message = oldest.popleft()
+                partition = cast(int, message.partition())
+                self._bytes[partition] -= len(message)
+                self._next[partition] = cast(int, message.offset()) + 1
+                out.append(message)
+            if out:
+                self._flow()
+                return out
+            if not self._reading:
+                return None
+            if self._fill():
+                deadline = time.monotonic() + self.timeout
+            elif time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"reading the dead letters of {self.topic!r} "
+                    f"({self.configs.target.redacted}) made no progress within "
+                    f"{self.timeout}s (EVENTBUS_KAFKA_ADMIN_TIMEOUT)"
+                )
+
+    def _fill(self) -> bool:
+        """Read what the client has; True if anything arrived (a letter or an end)."""
+        try:
+            messages = self._consumer.consume(BATCH, 0.2)
+        except KafkaException as exc:
+            raise self._failed("read", exc) from None
+        progress = False
+        reading = self._reading
+        for message in messages:
+            partition = cast(int, message.partition())
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    if reading.pop(partition, None) is not None:
+                        progress = True
+                    continue
+                raise self._failed("read", KafkaException(error))
+            end = reading.get(partition)
+            if end is None:
+                continue
+            offset = cast(int, message.offset())
+            if offset < end:
+                self.read += 1
+                self._buffered[partition].append(message)
+                self._bytes[partition] += len(message)
+                progress = True
+            if offset >= end - 1:
+                reading.pop(partition, None)
+                progress = True
+        self._flow()
+        return progress
+
+    def _flow(self) -> None:
+        """Pause partitions that have plenty buffered, resume the drained ones."""
+        pause = [p for p in self._reading if p not in self._paused and self._full(p)]
+        resume = [p for p in self._paused if p not in self._reading or not self._full(p)]
+        try:
+            if pause:
+                self._consumer.pause([TopicPartition(self.topic, p) for p in pause])
+            if resume:
+                self._consumer.resume([TopicPartition(self.topic, p) for p in resume])
+        except KafkaException as exc:
+            raise self._failed("read", exc) from None
+        self._paused.update(pause)
+        self._paused.difference_update(resume)
+
+    def _full(self, partition: int) -> bool:
+        return self._bytes[partition] >= _BUFFERED_BYTES or len(self._buffered[partition]) >= (
+            4 * BATCH
+        )
+
+    def handed_out(self) -> list[TopicPartition]:
+        """Where the replay group may move: after the last letter handed out, per partition."""
+        return [TopicPartition(self.topic, p, n) for p, n in sorted(self._next.items())]
+
+    def commit(self, offsets: list[TopicPartition]) -> None:
         """Move the replay group past what was replayed."""
-        if ends:
-            self._consumer.commit(offsets=ends, asynchronous=False)
+        if offsets:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                raise self._failed("commit the replay of", exc) from None
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def _order(queue: deque[Message]) -> tuple[int, int, int]:
+    head = queue[0]
+    return (head.timestamp()[1], cast(int, head.partition()), cast(int, head.offset()))
 
 
 def dead_letter_of(stream: str, group: str, message: Message) -> DeadLetter:
     raw = headers_of(message)
     key = message.key()
     attributes, _attempt = from_kafka_headers(raw, key)
+    headers = header_text(dict(raw))
+    if not attributes.get("id"):  # id-less: the id its handler saw (from its position)
+        partition, offset = headers.get("x-original-partition"), headers.get("x-original-offset")
+        if partition and offset:
+            attributes["id"] = derived_id("kafka", stream, partition, offset)
     return DeadLetter(
         stream=stream,
         group=group,
         body=message.value() or b"",
-        headers=header_text(dict(raw)),
+        headers=headers,
         attributes=attributes,
         key=attributes.get("partitionkey") if key is not None else None,
         position=message.offset(),
@@ -135,16 +247,16 @@ def dead_letter_of(stream: str, group: str, message: Message) -> DeadLetter:
 
 
 def replay_record(stream: str, group: str, message: Message) -> Record:
-    """The record that returns a dead letter to its group: attempt 1, origin kept."""
+    """The record that returns a dead letter to its group: attempt 1, origin kept (from
+    the dead-letter headers, which the dead-lettering side wrote)."""
     raw = headers_of(message)
     texts = header_text(dict(raw))
-    headers = [(n, v) for n, v in raw if n not in _STRIPPED_ON_REPLAY]
-    if ORIGIN_PARTITION_HEADER not in texts:
-        partition = texts.get("x-original-partition")
-        offset = texts.get("x-original-offset")
-        if partition and offset:
-            headers.append((ORIGIN_PARTITION_HEADER, partition.encode()))
-            headers.append((ORIGIN_OFFSET_HEADER, offset.encode()))
+    headers = [(n, v) for n, v in raw if n.lower() not in _STRIPPED_ON_REPLAY]
+    partition = texts.get("x-original-partition")
+    offset = texts.get("x-original-offset")
+    if partition and offset:
+        headers.append((ORIGIN_PARTITION_HEADER, partition.encode()))
+        headers.append((ORIGIN_OFFSET_HEADER, offset.encode()))
     attributes, _attempt = from_kafka_headers(raw, None)
     return Record(
         replay_topic(stream, group),

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -48,11 +48,6 @@ def record_of(message: broker.Message) -> Record:
     return Record(message.stream, message.body, key, headers, message.id)
 
 
-def headers_of(message: Message) -> Headers:
-    """A consumed record's headers as a list (confluent returns a list or None)."""
-    return cast(Headers, message.headers() or [])
-
-
 def create_producer(configs: ClientConfigs) -> Producer:
     config = configs.producer()
     config["error_cb"] = partial(_client_error, configs, "producer")
@@ -66,10 +61,40 @@ def _client_error(configs: ClientConfigs, client: str, error: KafkaError) -> Non
     _log.warning("kafka.client_error", client=client, error=configs.scrub(str(error)))
 
 
+#: bytes a record batch adds around one record, and a record around each header
+RECORD_OVERHEAD = 128
+HEADER_OVERHEAD = 10
+
+
+def header_bytes(headers: Headers) -> int:
+    """What the headers of a record take on the wire (about)."""
+    total = 0
+    for name, value in headers:
+        total += len(name.encode()) + HEADER_OVERHEAD
+        if value is not None:
+            total += len(value.encode() if isinstance(value, str) else value)
+    return total
+
+
+def record_bytes(record: Record) -> int:
+    """What one record takes on the wire, alone in its batch (about, uncompressed)."""
+    key = len(record.key) if record.key is not None else 0
+    return len(record.value) + key + header_bytes(record.headers) + RECORD_OVERHEAD
+
+
 def _failure(configs: ClientConfigs, record: Record, error: Any) -> PublishError:
+    text = configs.scrub(str(error))
+    if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+        key = len(record.key) if record.key is not None else 0
+        return PublishError(
+            f"Kafka refused event {record.label or '?'} on topic {record.topic!r} as too "
+            f"large: the record is about {record_bytes(record)} bytes (key {key}, headers "
+            f"{header_bytes(record.headers)}, body {len(record.value)}), more than the topic "
+            "accepts (its max.message.bytes) or the producer sends (message.max.bytes "
+            f"{configs.producer_max_bytes}); send a smaller key, headers or body ({text})"
+        )
     return PublishError(
-        f"Kafka did not store event {record.label or '?'} on topic {record.topic!r}: "
-        f"{configs.scrub(str(error))}"
+        f"Kafka did not store event {record.label or '?'} on topic {record.topic!r}: {text}"
     )
 
 
@@ -164,6 +189,14 @@ class AsyncProducer:
         await self._produce(record, partial(self._on_one, future, record))
         await future
 
+    async def submit(self, record: Record) -> asyncio.Future[None]:
+        """Produce one record; -> the future of its delivery report (its failure is
+        retrieved even if nobody awaits it)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        await self._produce(record, partial(self._on_one, future, record))
+        return future
+
     async def send_many(self, records: Sequence[Record]) -> None:
         """Produce all records, then wait for all reports; the first failure is raised."""
         if not records:
@@ -199,6 +232,11 @@ def _resolve(done: list[tuple[asyncio.Future[None], PublishError | None]]) -> No
             future.set_result(None)
         else:
             future.set_exception(failure)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class SyncProducer:

@@ -11,6 +11,7 @@ and every error text is scrubbed of secret values before it leaves this package.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -22,6 +23,11 @@ from eventbus.errors import ConfigurationError
 from eventbus.settings import is_secret_key, parse_options, redact_mapping, redact_url
 
 DEFAULT_PORT = 9092
+MiB = 1024 * 1024
+#: the producer's `message.max.bytes` unless configured: large enough for the retry and
+#: dead-letter copies of any record a stream topic stores (their topics are made to take
+#: them); what a stream topic does not take, the broker refuses (a clear PublishError)
+PRODUCER_MAX_BYTES = 64 * MiB
 SecurityProtocol = Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
@@ -50,6 +56,10 @@ class KafkaSettings(BaseSettings):
     compression: Compression = "none"
     #: records of one partition fetched but not yet finished before the partition is paused
     partition_buffer: int = Field(default=5000, ge=1, le=1_000_000)
+    #: bytes (record values and keys) one subscription holds fetched but not yet finished;
+    #: its assigned partitions share them evenly, a partition whose share is full pauses
+    #: (it always takes one record, however large); also sizes librdkafka's prefetch
+    partition_buffer_bytes: int = Field(default=64 * MiB, ge=64 * 1024, le=1 << 40)
     #: how often finished offsets are committed (ms); also on revoke and on stop
     commit_interval_ms: int = Field(default=500, ge=10, le=3_600_000)
     #: seconds `subscribe` waits for the partition assignment ("ready means ready")
@@ -87,6 +97,7 @@ class SubscriptionOptions(BaseModel):
     #: partitions of the stream (and retry) topics if this subscription creates them
     partitions: int | None = Field(default=None, ge=1, le=10_000)
     partition_buffer: int | None = Field(default=None, ge=1, le=1_000_000)
+    partition_buffer_bytes: int | None = Field(default=None, ge=64 * 1024, le=1 << 40)
     #: librdkafka properties for this subscription's consumer
     config: dict[str, Any] = Field(default_factory=dict)
 
@@ -224,12 +235,28 @@ class ClientConfigs:
             "compression.type": s.compression,
             "partitioner": "murmur2_random",  # the Java client's key -> partition mapping
             "allow.auto.create.topics": False,  # topics are made by eventbus, not by accident
+            "message.max.bytes": PRODUCER_MAX_BYTES,
         }
         config.update(self.user)
         config.update(self.user_producer)
         return config
 
-    def consumer(self, group: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    @property
+    def producer_max_bytes(self) -> int:
+        """The largest record the producer sends (its `message.max.bytes`)."""
+        try:
+            return int(self.producer()["message.max.bytes"])
+        except (TypeError, ValueError):
+            return PRODUCER_MAX_BYTES
+
+    def consumer(
+        self, group: str, extra: dict[str, Any] | None = None, buffer_bytes: int | None = None
+    ) -> dict[str, Any]:
+        """A consumer's config. librdkafka's own prefetch is bounded by a quarter of the
+        subscription's byte buffer (`buffer_bytes`), between 1 and 16 MiB."""
+        prefetch = min(
+            max((buffer_bytes or self.settings.partition_buffer_bytes) // 4, MiB), 16 * MiB
+        )
         config = {
             **self.common,
             "group.id": group,
@@ -239,10 +266,15 @@ class ClientConfigs:
             "partition.assignment.strategy": "range",
             "allow.auto.create.topics": False,
             "fetch.wait.max.ms": 100,
+            "queued.max.messages.kbytes": prefetch // 1024,
+            "fetch.max.bytes": prefetch,
         }
-        config.update(self.user)
-        config.update(self.user_consumer)
-        config.update(_plain(extra or {}))
+        chosen = {**self.user, **self.user_consumer, **_plain(extra or {})}
+        if "fetch.max.bytes" not in chosen:  # librdkafka: fetch.max.bytes >= message.max.bytes
+            with contextlib.suppress(TypeError, ValueError):
+                wanted = int(chosen.get("message.max.bytes", 0))
+                config["fetch.max.bytes"] = max(prefetch, wanted)
+        config.update(chosen)
         return config
 
     def admin(self) -> dict[str, Any]:

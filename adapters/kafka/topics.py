@@ -19,6 +19,12 @@ from eventbus.errors import ConfigurationError
 
 from .settings import ClientConfigs, config_error
 
+# not in the type stubs' exports
+AlterConfigOpType: Any = getattr(kafka_admin, "AlterConfigOpType")  # noqa: B009
+ConfigEntry: Any = getattr(kafka_admin, "ConfigEntry")  # noqa: B009
+ConfigResource: Any = getattr(kafka_admin, "ConfigResource")  # noqa: B009
+ResourceType: Any = getattr(kafka_admin, "ResourceType")  # noqa: B009
+
 
 class Topics:
     """Knows which topics exist; creates the missing ones once (`ensure`)."""
@@ -41,8 +47,9 @@ class Topics:
                     raise config_error(self.configs, exc, "admin client") from None
             return self._admin
 
-    def ensure(self, wanted: dict[str, int]) -> None:
-        """Make sure every topic of `wanted` (name -> partitions) exists."""
+    def ensure(self, wanted: dict[str, int], config: dict[str, str] | None = None) -> None:
+        """Make sure every topic of `wanted` (name -> partitions) exists; the ones created
+        here get the topic `config` (e.g. `max.message.bytes`)."""
         missing = {name: n for name, n in wanted.items() if name not in self.known}
         if not missing:
             return
@@ -59,7 +66,7 @@ class Topics:
             return
         replication = settings.replication_factor or -1
         futures = self.admin.create_topics(
-            [_new_topic(name, n, replication) for name, n in missing.items()],
+            [_new_topic(name, n, replication, config) for name, n in missing.items()],
             request_timeout=settings.admin_timeout,
         )
         fresh = []
@@ -130,6 +137,56 @@ class Topics:
                     raise ConnectionError(f"Kafka topics {pending} have no partition leader yet")
                 time.sleep(0.05)
 
+    def record_limits(self, names: Iterable[str]) -> dict[str, int | None]:
+        """The `max.message.bytes` of each topic (what one record batch may be); None for
+        a topic that does not exist."""
+        names = list(names)
+        futures = self.admin.describe_configs(
+            [ConfigResource(ResourceType.TOPIC, name) for name in names],
+            request_timeout=self.configs.settings.admin_timeout,
+        )
+        limits: dict[str, int | None] = {}
+        for resource, future in futures.items():
+            name = resource.name
+            try:
+                entry = future.result().get(_RECORD_LIMIT)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.code() in (
+                    KafkaError.UNKNOWN_TOPIC_OR_PART,
+                    KafkaError._UNKNOWN_TOPIC,
+                ):
+                    limits[name] = None
+                    continue
+                raise ConnectionError(
+                    f"cannot describe Kafka topic {name!r}: {self.configs.scrub(str(exc))}"
+                ) from None
+            try:
+                limits[name] = int(entry.value) if entry is not None else None
+            except (TypeError, ValueError):
+                limits[name] = None
+        return limits
+
+    def raise_record_limit(self, names: Iterable[str], limit: int) -> None:
+        """Set `max.message.bytes` of existing topics to `limit`."""
+        entry = ConfigEntry(_RECORD_LIMIT, str(limit), incremental_operation=AlterConfigOpType.SET)
+        futures = self.admin.incremental_alter_configs(
+            [
+                ConfigResource(ResourceType.TOPIC, name, incremental_configs=[entry])
+                for name in names
+            ],
+            request_timeout=self.configs.settings.admin_timeout,
+        )
+        for resource, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                raise ConfigurationError(
+                    f"cannot raise max.message.bytes of Kafka topic {resource.name!r} to "
+                    f"{limit} (so that its records' dead-letter copies fit): "
+                    f"{self.configs.scrub(str(exc))}; raise it yourself"
+                ) from None
+
     def partitions(self, name: str) -> int | None:
         """Partition count of an existing topic, None if it does not exist."""
         if self._absent([name]):
@@ -154,6 +211,9 @@ class Topics:
         self.created.difference_update(names)
 
 
-def _new_topic(name: str, partitions: int, replication: int) -> Any:
+_RECORD_LIMIT = "max.message.bytes"
+
+
+def _new_topic(name: str, partitions: int, replication: int, config: dict[str, str] | None) -> Any:
     new_topic: Any = getattr(kafka_admin, "NewTopic")  # noqa: B009 (not in the type stubs)
-    return new_topic(name, partitions, replication)
+    return new_topic(name, partitions, replication, config=config or {})

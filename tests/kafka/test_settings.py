@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from adapters.kafka.offsets import PartitionTracker
-from adapters.kafka.settings import ClientConfigs, load_kafka_settings, parse_url
+from adapters.kafka.settings import (
+    ClientConfigs,
+    load_kafka_settings,
+    load_subscription_options,
+    parse_url,
+)
 from eventbus import ConfigurationError, EventBus
 
 pytestmark = pytest.mark.kafka
@@ -127,3 +132,30 @@ async def test_unknown_librdkafka_property_fails_at_start_naming_the_option() ->
         await bus.start()
     assert "no.such.property" in str(info.value)
     assert "EVENTBUS_KAFKA_CONFIG" in str(info.value)
+
+
+def test_byte_buffer_is_validated_and_bounds_the_client_prefetch() -> None:
+    with pytest.raises(ConfigurationError, match="EVENTBUS_KAFKA_PARTITION_BUFFER_BYTES"):
+        EventBus("kafka://127.0.0.1:9092", partition_buffer_bytes=10)
+    configs = ClientConfigs(parse_url("kafka://h:1"), load_kafka_settings({}))
+    default = configs.consumer("g")
+    assert default["queued.max.messages.kbytes"] == 16 * 1024
+    assert default["fetch.max.bytes"] == 16 * 1024 * 1024
+    small = configs.consumer("g", None, 2 * 1024 * 1024)
+    assert small["queued.max.messages.kbytes"] == 1024, "a quarter of the buffer, >= 1 MiB"
+    mine = ClientConfigs(
+        parse_url("kafka://h:1"),
+        load_kafka_settings({"consumer_config": {"queued.max.messages.kbytes": 7}}),
+    )
+    assert mine.consumer("g")["queued.max.messages.kbytes"] == 7, "explicit settings win"
+    large = ClientConfigs(
+        parse_url("kafka://h:1"), load_kafka_settings({"config": {"message.max.bytes": 40 << 20}})
+    )
+    assert large.consumer("g")["fetch.max.bytes"] == 40 << 20, "librdkafka: >= message.max.bytes"
+    assert configs.producer()["message.max.bytes"] == configs.producer_max_bytes == 64 << 20
+
+
+def test_subscription_byte_buffer_is_validated() -> None:
+    with pytest.raises(ConfigurationError, match="PARTITION_BUFFER_BYTES"):
+        load_subscription_options({"partition_buffer_bytes": -1})
+    assert load_subscription_options({"partition_buffer_bytes": 1 << 20}).partition_buffer_bytes

@@ -1,0 +1,128 @@
+"""Memory stays bounded: a stuck handler cannot make a subscription hold more fetched
+bytes than `partition_buffer_bytes`, and the dead-letter listing streams (it never reads
+the whole topic before yielding) and gives up within `admin_timeout` when it cannot read."""
+
+import asyncio
+import time
+import zlib
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from adapters.kafka.broker import KafkaBroker, _Detaching
+from adapters.kafka.deadletters import BATCH, DeadLetterReader
+from eventbus import Context, Event, EventBus
+from tests.conformance.harness import unique
+from tests.conformance.support import until
+
+from .harness import BOOTSTRAP, KafkaHarness
+
+pytestmark = pytest.mark.kafka
+
+
+def _keys_on_distinct_lanes(count: int, lanes: int) -> list[str]:
+    """Keys that the dispatcher puts on `count` different lanes (so each runs at once)."""
+    keys: dict[int, str] = {}
+    n = 0
+    while len(keys) < count:
+        key = f"key-{n}"
+        keys.setdefault(zlib.crc32(key.encode()) % lanes, key)
+        n += 1
+    return list(keys.values())
+
+
+async def test_partition_buffer_bytes_bounds_what_a_stuck_subscription_holds(
+    kafka: KafkaHarness,
+) -> None:
+    stream, group = unique("bytes"), unique("g")
+    count, size = 40, 50_000
+    budget = 400_000  # two assigned partitions (the stream's and the replay topic's)
+    share = budget // 2
+
+    class Blob(Event, stream=stream, type="blob"):
+        n: int
+        pad: str
+
+    started: list[int] = []
+    release = asyncio.Event()
+    bus = kafka.bus(partitions=1, partition_buffer_bytes=budget)
+
+    @bus.subscribe(group=group, concurrency=count)
+    async def handle(event: Blob, ctx: Context) -> None:  # type: ignore[valid-type]
+        started.append(event.n)  # type: ignore[attr-defined]
+        await release.wait()
+
+    keys = _keys_on_distinct_lanes(count, count)
+    async with bus:
+        [detaching] = bus._consumers
+        assert isinstance(detaching, _Detaching)
+        consumer = detaching.consumer
+        await bus.publish_many([(Blob(n=i, pad="x" * size), keys[i]) for i in range(count)])
+        part = consumer._parts[(stream, 0)]
+        await until(
+            lambda: part.paused and started and len(started) == part.tracker.unfinished,
+            what="the partition to pause with every record it holds started",
+        )
+        held = len(started)
+        assert 1 <= held <= share // size + 1, f"{held} records of {size} bytes held"
+        assert part.tracker.bytes < share + size + 1024
+        release.set()
+        await until(lambda: len(started) == count, what="every record after the release")
+    assert sorted(started) == list(range(count)), "each record handled once, none skipped"
+
+
+async def test_dead_letter_listing_streams(
+    kafka: KafkaHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first dead letter is yielded while most of the topic is still unread."""
+    stream, group = unique("listing"), unique("g")
+    total = 6 * BATCH
+    bus = kafka.bus(partitions=1)
+
+    @bus.subscribe(stream, "#", group=group)
+    async def handle(envelope: Any) -> None:
+        pass
+
+    readers: list[DeadLetterReader] = []
+    made = KafkaBroker._reader
+
+    def recorded(self: KafkaBroker, stream: str, group: str) -> DeadLetterReader:
+        readers.append(made(self, stream, group))
+        return readers[-1]
+
+    monkeypatch.setattr(KafkaBroker, "_reader", recorded)
+
+    def fill_dead_letter_topic() -> None:
+        producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 20})
+        for n in range(total):
+            headers = [("ce_type", b"t"), ("ce_id", f"id-{n}".encode())]
+            producer.produce(f"{stream}.{group}.dlq", b"x" * 1000, None, headers=headers)
+            producer.poll(0)
+        assert producer.flush(30) == 0
+
+    async with bus:
+        await asyncio.to_thread(fill_dead_letter_topic)
+        letters = bus.dead_letters(stream, group)
+        first = await anext(letters)
+        read_when_first = readers[0].read
+        rest = [letter async for letter in letters]
+    assert read_when_first < total, "everything was read before the first letter was yielded"
+    ids = [first.attributes["id"], *(letter.attributes["id"] for letter in rest)]
+    assert ids == [f"id-{n}" for n in range(total)], "each letter once, oldest first"
+
+
+@pytest.mark.parametrize("what", ["list", "replay"])
+async def test_dead_letters_fail_clearly_within_admin_timeout(what: str) -> None:
+    bus = EventBus("kafka://127.0.0.1:1", admin_timeout=1)  # nothing listens on port 1
+    broker = bus.broker
+    assert isinstance(broker, KafkaBroker)
+    started = time.monotonic()
+    with pytest.raises((ConnectionError, TimeoutError)) as info:
+        if what == "list":
+            [letter async for letter in broker.dead_letters("s", "g")]
+        else:
+            await broker.replay_dead_letters("s", "g")
+    assert time.monotonic() - started < 15
+    assert "EVENTBUS_KAFKA_ADMIN_TIMEOUT" in str(info.value)
+    assert "s.g.dlq" in str(info.value)
