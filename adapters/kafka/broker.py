@@ -58,6 +58,8 @@ class KafkaBroker:
         delayed_retry=True,
         replays_history_to_new_groups=True,  # a new group starts at the earliest offset
         unroutable_is_error=False,
+        records_offsets=True,  # x-original-partition / x-original-offset
+        marks_redeliveries=False,  # a record fetched again looks like the first fetch
     )
 
     def __init__(self, settings: Settings) -> None:

@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 
 from adapters.kafka import KafkaBroker
 from eventbus import EventBus
-from tests.conformance.harness import Harness
+from eventbus.testing.conformance import Harness
 
 #: the broker started by scripts/kafka.sh
 KAFKA_URL = os.environ.get("EVENTBUS_TEST_KAFKA_URL", "kafka://127.0.0.1:9092")
