@@ -34,6 +34,13 @@ def event_store_schema(integer: str, blob: str) -> tuple[str, ...]:
         time TEXT NOT NULL
     )""",
         f"CREATE TABLE IF NOT EXISTS outbox (position {integer} PRIMARY KEY)",
+        # outbox events the relay parked as unpublishable (eventbus.sourcing.outbox); a
+        # table of its own, so stores created before it only gain a table
+        f"""CREATE TABLE IF NOT EXISTS outbox_failed (
+        position {integer} PRIMARY KEY,
+        reason TEXT NOT NULL,
+        failed_at TEXT NOT NULL
+    )""",
     )
 
 
