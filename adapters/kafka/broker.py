@@ -111,7 +111,13 @@ class KafkaBroker:
         any record of the stream plus the headers eventbus adds: created, or raised, to
         the stream's `max.message.bytes` + headroom. -> the largest dead-letter copy that
         can be stored (the dead-letter topic's limit, at most the producer's)."""
-        limits = await asyncio.to_thread(self.topics.record_limits, [stream, *side])
+        try:
+            limits = await asyncio.to_thread(self.topics.record_limits, [stream, *side])
+        except ConnectionError as exc:  # e.g. no DescribeConfigs permission: assume defaults
+            _log.warning("kafka.topic_limits_unknown", stream=stream, error=str(exc))
+            needed = BROKER_DEFAULT_RECORD_LIMIT + SIDE_TOPIC_HEADROOM
+            await self._ensure(side, {"max.message.bytes": str(needed)})
+            return min(BROKER_DEFAULT_RECORD_LIMIT, self.configs.producer_max_bytes)
         needed = (limits.get(stream) or BROKER_DEFAULT_RECORD_LIMIT) + SIDE_TOPIC_HEADROOM
         missing = {name: n for name, n in side.items() if limits.get(name) is None}
         if missing:

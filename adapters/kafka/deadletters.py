@@ -44,8 +44,9 @@ _STRIPPED_ON_REPLAY = frozenset(
         ORIGIN_OFFSET_HEADER,
     }
 )
-#: letters handed out per step, and the bytes of letters buffered per partition before
-#: that partition's fetching pauses (the merge waits for the others)
+#: letters handed out per step (at most about `_BUFFERED_BYTES` of them), and the bytes
+#: of letters buffered per partition before that partition's fetching pauses (the merge
+#: waits for the others)
 BATCH = 500
 _BUFFERED_BYTES = 8 * MiB
 #: the reader's librdkafka prefetch (a quarter of this)
@@ -130,7 +131,8 @@ class DeadLetterReader:
         deadline = time.monotonic() + self.timeout
         while True:
             out: list[Message] = []
-            while len(out) < BATCH:
+            size = 0
+            while len(out) < BATCH and size < _BUFFERED_BYTES:
                 heads = [q for q in buffered.values() if q]
                 if not heads or any(not buffered[p] for p in self._reading):
                     break
@@ -138,6 +140,7 @@ class DeadLetterReader:
                 message = oldest.popleft()
                 partition = cast(int, message.partition())
                 self._bytes[partition] -= len(message)
+                size += len(message)
                 self._next[partition] = cast(int, message.offset()) + 1
                 out.append(message)
             if out:

@@ -126,3 +126,44 @@ async def test_dead_letters_fail_clearly_within_admin_timeout(what: str) -> None
     assert time.monotonic() - started < 15
     assert "EVENTBUS_KAFKA_ADMIN_TIMEOUT" in str(info.value)
     assert "s.g.dlq" in str(info.value)
+
+
+async def test_dead_letters_of_several_partitions_are_merged_oldest_first(
+    kafka: KafkaHarness,
+) -> None:
+    """Two dead-letter partitions, read as they come: listed (and replayed) in timestamp
+    order, each letter once; a replayed letter is not listed again."""
+    stream, group = unique("merge"), unique("g")
+    total = 5 * BATCH
+    bus = kafka.bus(partitions=1, dlq_partitions=2)
+    replayed: list[str] = []
+
+    @bus.subscribe(stream, "#", group=group)
+    async def handle(envelope: Any) -> None:
+        replayed.append(envelope.id)
+
+    def fill_dead_letter_topic() -> None:
+        producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 20})
+        base = int(time.time() * 1000) - total
+        for n in range(total):
+            headers = [("ce_type", b"t"), ("ce_id", f"id-{n}".encode())]
+            producer.produce(
+                f"{stream}.{group}.dlq",
+                b"{}",
+                None,
+                partition=1 if n % 3 == 0 else 0,
+                timestamp=base + n,
+                headers=headers,
+            )
+            producer.poll(0)
+        assert producer.flush(30) == 0
+
+    expected = [f"id-{n}" for n in range(total)]
+    async with bus:
+        await asyncio.to_thread(fill_dead_letter_topic)
+        listed = [letter.attributes["id"] async for letter in bus.dead_letters(stream, group)]
+        assert listed == expected
+        assert await bus.replay_dead_letters(stream, group) == total
+        await until(lambda: len(replayed) == total, what="every replayed letter")
+        assert [letter async for letter in bus.dead_letters(stream, group)] == []
+    assert sorted(replayed) == sorted(expected)
