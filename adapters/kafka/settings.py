@@ -68,7 +68,9 @@ class KafkaSettings(BaseSettings):
     revoke_timeout: float = Field(default=30.0, ge=0)
     #: seconds `start` waits for the cluster to answer
     connect_timeout: float = Field(default=15.0, gt=0)
-    #: seconds admin requests (create/describe topics) may take
+    #: seconds admin requests (create/describe topics) may take; also how long listing or
+    #: replaying dead letters may go without progress, and how long a dead-letter or retry
+    #: copy waits for its delivery report before the pipeline retries (that same copy)
     admin_timeout: float = Field(default=30.0, gt=0)
     #: security: protocol, SASL credentials (also from the URL's user:password), TLS files
     security_protocol: SecurityProtocol | None = None
