@@ -561,6 +561,7 @@ class KafkaConsumer:
             part.generation += 1
             part.tracker.rewind(target)
             part.held.clear()
+            part.defects.clear()  # what is fetched again is read (and repaired) again
             part.refetch = None
         try:
             consumer.seek(part.tp(target))
