@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import pika
@@ -32,20 +33,33 @@ class RabbitMQHarness(Harness):
         await asyncio.to_thread(lambda: raw_connection().close())
 
     async def inject_raw(
-        self, stream: str, event_type: str | None, body: bytes, key: str | None = None
+        self,
+        stream: str,
+        event_type: str | bytes | None,
+        body: bytes,
+        key: str | bytes | None = None,
+        *,
+        headers: Mapping[str | bytes, str | bytes] | None = None,
     ) -> None:
-        """Plain pika, as a foreign producer: body and routing key (the type), and the key
-        as the CloudEvents `partitionkey` extension header; nothing else."""
+        """Plain pika, as a foreign producer: body and routing key (the type), the key as
+        the CloudEvents `partitionkey` extension header, `headers` verbatim; nothing else.
+        Bytes go on the wire as they are (pika writes a bytes header value as a byte
+        array, `x`, and a bytes routing key or header name unchecked)."""
         self._streams.add(stream)
+        table: dict[Any, Any] = dict(headers or {})
+        if key is not None:
+            table["ce-partitionkey"] = key
 
         def publish() -> None:
             connection = raw_connection()
             try:
                 channel = connection.channel()
                 channel.confirm_delivery()
-                headers = {"ce-partitionkey": key} if key is not None else None
                 channel.basic_publish(
-                    stream, event_type or "", body, pika.BasicProperties(headers=headers)
+                    stream,
+                    event_type if event_type is not None else "",  # type: ignore[arg-type]
+                    body,
+                    pika.BasicProperties(headers=table or None),
                 )
             finally:
                 connection.close()
