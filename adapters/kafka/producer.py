@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from eventbus import broker
-from eventbus.errors import PublishError
+from eventbus.errors import MessageTooLarge, PublishError
 from eventbus.log import get_logger
 from eventbus.wire import to_kafka_headers
 
@@ -86,7 +86,7 @@ def _failure(configs: ClientConfigs, record: Record, error: Any) -> PublishError
     text = configs.scrub(str(error))
     if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
         key = len(record.key) if record.key is not None else 0
-        return PublishError(
+        return MessageTooLarge(  # permanent: an outbox relay parks it rather than retry
             f"Kafka refused event {record.label or '?'} on topic {record.topic!r} as too "
             f"large: the record is about {record_bytes(record)} bytes (key {key}, headers "
             f"{header_bytes(record.headers)}, body {len(record.value)}), more than the topic "

@@ -10,8 +10,8 @@ from .codec import EventCodec, schema_version
 from .database import Database, Transaction, create_schema, dump_tables
 from .inbox import Inbox
 from .memory import MemoryEventStore
-from .outbox import OutboxRelay
-from .projection import EventMeta, Projection
+from .outbox import OutboxRelay, ParkedEvent, is_permanent
+from .projection import EventMeta, FailedEvent, Projection, ProjectionConflict
 from .records import NewEvent, Snapshot, StoredEvent
 from .repository import Repository
 from .sqlite import SqliteDatabase, SqliteEventStore
@@ -26,11 +26,14 @@ __all__ = [
     "EventCodec",
     "EventMeta",
     "EventStore",
+    "FailedEvent",
     "Inbox",
     "MemoryEventStore",
     "NewEvent",
     "OutboxRelay",
+    "ParkedEvent",
     "Projection",
+    "ProjectionConflict",
     "Repository",
     "Snapshot",
     "SqliteDatabase",
@@ -41,6 +44,7 @@ __all__ = [
     "applies",
     "create_schema",
     "dump_tables",
+    "is_permanent",
     "open_store",
     "schema_version",
 ]
