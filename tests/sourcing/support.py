@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from eventbus.event import Event
-from eventbus.sourcing import EventStore, NewEvent, SqliteEventStore
-from eventbus.sourcing.memory import MemoryEventStore
+from eventbus.sourcing import EventStore, MemoryEventStore, SqliteEventStore
+from eventbus.testing.store_contract import new_event
+
+__all__ = ["Deposited", "StoreSpec", "Withdrawn", "make_store", "new_event", "unique_schema"]
 
 #: how a store is rebuilt in another task or process: ("sqlite", path) or
 #: ("postgresql", dsn, schema)
@@ -39,14 +40,3 @@ class Deposited(Event, stream="accounts", type="account.deposited"):
 class Withdrawn(Event, stream="accounts", type="account.withdrawn"):
     account_id: str
     amount: int
-
-
-def new_event(n: int = 0, **overrides: Any) -> NewEvent:
-    values: dict[str, Any] = {
-        "type": "account.deposited",
-        "data": f'{{"account_id":"a","amount":{n}}}'.encode(),
-        "stream": "accounts",
-        "key": "a",
-    }
-    values.update(overrides)
-    return NewEvent(**values)

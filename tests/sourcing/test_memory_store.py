@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from .store_contract import StoreContract
-from .support import StoreSpec
+from eventbus.sourcing import MemoryEventStore
+from eventbus.testing.store_contract import StoreContract, StoreFactory
 
 
 class TestMemoryStore(StoreContract):
     shared_instances = False
 
-    def spec(self) -> StoreSpec:
-        return ("memory",)
+    def store_factory(self) -> StoreFactory:
+        return MemoryEventStore

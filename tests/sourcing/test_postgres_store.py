@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
-from eventbus.sourcing.postgres import PostgresDatabase
+from eventbus.sourcing.postgres import PostgresDatabase, PostgresEventStore
+from eventbus.testing.store_contract import MultiProcessContract, StoreFactory
 
 from .conftest import POSTGRES_DSN
-from .store_contract import MultiProcessContract
-from .support import StoreSpec, unique_schema
+from .support import unique_schema
 
 pytestmark = pytest.mark.postgres
 
@@ -16,8 +18,8 @@ class TestPostgresStore(MultiProcessContract):
     def _schema(self) -> None:
         self._schema_name = unique_schema()
 
-    def spec(self) -> StoreSpec:
-        return ("postgresql", POSTGRES_DSN, self._schema_name)
+    def store_factory(self) -> StoreFactory:
+        return partial(PostgresEventStore, POSTGRES_DSN, schema=self._schema_name)
 
     async def cleanup(self) -> None:
         db = PostgresDatabase(POSTGRES_DSN, schema=self._schema_name)

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from eventbus.sourcing import SqliteEventStore, open_store
 from eventbus.sourcing.store import sqlite_path
-
-from .store_contract import MultiProcessContract
-from .support import StoreSpec
+from eventbus.testing.store_contract import MultiProcessContract, StoreFactory
 
 
 class TestSqliteStore(MultiProcessContract):
@@ -14,8 +14,8 @@ class TestSqliteStore(MultiProcessContract):
     def _dir(self, tmp_path: object) -> None:
         self._path = f"{tmp_path}/events.db"
 
-    def spec(self) -> StoreSpec:
-        return ("sqlite", self._path)
+    def store_factory(self) -> StoreFactory:
+        return partial(SqliteEventStore, self._path)
 
 
 def test_store_urls() -> None:

@@ -1,36 +1,59 @@
-"""The shared event-store tests: every backend subclasses `StoreContract` (and
+"""The event-store contract, shipped: every backend, ours and third parties', subclasses
+`StoreContract` (`PersistentContract` if its data outlives an instance,
 `MultiProcessContract` if several processes can share it), in the spirit of the
-`eventsourcing` library's recorder tests."""
+`eventsourcing` library's recorder test cases::
+
+    class TestAcmeStore(MultiProcessContract):
+        def store_factory(self) -> Callable[[], EventStore]:
+            return functools.partial(AcmeEventStore, "acme://test")  # picklable
+
+Needs pytest and pytest-asyncio (`pip install 'eventbus[testing]'`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar
 
 import pytest
+import pytest_asyncio
 
-from eventbus.errors import ConcurrencyError
-from eventbus.sourcing import NO_STREAM, EventStore, NewEvent, Snapshot, StoredEvent
-
-from .support import StoreSpec, make_store, new_event
+from ..errors import ConcurrencyError
+from ..sourcing import NO_STREAM, EventStore, NewEvent, Snapshot, StoredEvent
 
 STREAM = "account-a"
 
+#: opens a new store instance on the data under test (picklable for MultiProcessContract)
+StoreFactory = Callable[[], EventStore]
+
+
+def new_event(n: int = 0, **overrides: Any) -> NewEvent:
+    """An `account.deposited` event of `amount` n; fields overridable."""
+    values: dict[str, Any] = {
+        "type": "account.deposited",
+        "data": f'{{"account_id":"a","amount":{n}}}'.encode(),
+        "stream": "accounts",
+        "key": "a",
+    }
+    values.update(overrides)
+    return NewEvent(**values)
+
 
 class StoreContract:
-    """Subclasses implement `spec()` (how to open the store under test) and may override
-    `cleanup()`; `shared_instances` says whether two instances of one spec see the same
-    data (false for memory)."""
+    """Subclasses implement `store_factory()` (how to open an instance of the store under
+    test, on this test's data) and may override `cleanup()`; `shared_instances` says
+    whether two instances of one factory see the same data (false for memory)."""
 
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
     shared_instances = True
 
-    def spec(self) -> StoreSpec:
+    def store_factory(self) -> StoreFactory:
         raise NotImplementedError
 
     async def test_one_relay_lease_at_a_time(self, store: EventStore) -> None:
-        other = make_store(self._spec) if self.shared_instances else store
+        other = self._factory() if self.shared_instances else store
         if other is not store:
             await other.open()
         try:
@@ -47,10 +70,10 @@ class StoreContract:
     async def cleanup(self) -> None:
         return None
 
-    @pytest.fixture
+    @pytest_asyncio.fixture
     async def store(self) -> AsyncIterator[EventStore]:
-        self._spec = self.spec()
-        store = make_store(self._spec)
+        self._factory = self.store_factory()
+        store = self._factory()
         await store.open()
         try:
             yield store
@@ -62,7 +85,7 @@ class StoreContract:
         """A second instance on the same data (its own connection)."""
         if not self.shared_instances:
             return store
-        other = make_store(self._spec)
+        other = self._factory()
         await other.open()
         return other
 
@@ -256,7 +279,7 @@ class PersistentContract(StoreContract):
     async def test_events_survive_reopening(self, store: EventStore) -> None:
         stored = await store.append(STREAM, [new_event(1)], NO_STREAM, publish=True)
         await store.close()
-        reopened = make_store(self._spec)
+        reopened = self._factory()
         await reopened.open()
         try:
             assert await reopened.read(STREAM) == stored
@@ -274,7 +297,7 @@ class MultiProcessContract(PersistentContract):
         go = ctx.Event()
         results: Any = ctx.Queue()
         workers = [
-            ctx.Process(target=append_worker, args=(self._spec, versions, go, results))
+            ctx.Process(target=append_worker, args=(self._factory, versions, go, results))
             for _ in range(processes)
         ]
         for w in workers:
@@ -303,11 +326,11 @@ def assert_one_winner_per_version(
     assert [(e.version, e.id) for e in stored] == wins
 
 
-def append_worker(spec: StoreSpec, versions: int, go: Any, results: Any) -> None:
+def append_worker(factory: StoreFactory, versions: int, go: Any, results: Any) -> None:
     """One OS process racing for every version of one stream."""
 
     async def main() -> list[tuple[int, str]]:
-        store = make_store(spec)
+        store = factory()
         await store.open()
         wins: list[tuple[int, str]] = []
         try:
