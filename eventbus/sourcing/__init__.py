@@ -8,6 +8,7 @@ The PostgreSQL backend is imported on demand (`open_store("postgresql://...")` o
 from .aggregate import Aggregate, applies
 from .codec import EventCodec, schema_version
 from .database import Database, Transaction, create_schema, dump_tables
+from .factory import open_store
 from .inbox import Inbox
 from .memory import MemoryEventStore
 from .outbox import OutboxRelay, ParkedEvent, is_permanent
@@ -15,7 +16,7 @@ from .projection import EventMeta, FailedEvent, Projection, ProjectionConflict
 from .records import NewEvent, Snapshot, StoredEvent
 from .repository import Repository
 from .sqlite import SqliteDatabase, SqliteEventStore
-from .store import ANY_VERSION, NO_STREAM, EventStore, open_store
+from .store import ANY_VERSION, NO_STREAM, EventStore
 from .upcasting import Upcasters
 
 __all__ = [

@@ -31,8 +31,24 @@ from eventbus.settings import redact_text, redact_url
 
 from .database import Params, Row
 from .records import NewEvent, Snapshot, StoredEvent
-from .store import EventStore, check_events, check_version, encode_headers
-from .table import COLUMNS, E_COLUMNS, event_store_schema, rows_to_events
+from .store import EventStore, check_events, check_version
+from .table import (
+    INSERT_EVENT,
+    INSERT_OUTBOX,
+    LAST_POSITION,
+    LOAD_SNAPSHOT,
+    MAX_VERSION,
+    OUTBOX_PENDING,
+    READ_ALL,
+    READ_STREAM,
+    SAVE_SNAPSHOT,
+    STREAM_VERSION,
+    event_row,
+    event_store_schema,
+    row_to_snapshot,
+    rows_to_events,
+    snapshot_row,
+)
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -299,21 +315,9 @@ class PostgresEventStore(EventStore):
                         for i, new in enumerate(events, start=1)
                     ]
                     async with conn.cursor() as c:
-                        await c.executemany(
-                            f"INSERT INTO events ({COLUMNS}) VALUES "
-                            "(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                            [
-                                (e.position, stream_id, e.version, e.id, e.type,
-                                 e.schema_version, e.data, e.stream, e.key, e.time,
-                                 e.correlation_id, e.causation_id, encode_headers(e.headers))
-                                for e in stored
-                            ],
-                        )  # fmt: skip
+                        await c.executemany(_INSERT_EVENT, [event_row(e) for e in stored])
                         if publish:
-                            await c.executemany(
-                                "INSERT INTO outbox (position) VALUES (%s)",
-                                [(e.position,) for e in stored],
-                            )
+                            await c.executemany(_INSERT_OUTBOX, [(e.position,) for e in stored])
             except psycopg.errors.UniqueViolation as exc:
                 raise ConcurrencyError(
                     f"stream {stream_id!r}: version or event id already taken "
@@ -330,18 +334,11 @@ class PostgresEventStore(EventStore):
     async def read(
         self, stream_id: str, from_version: int = 1, to_version: int | None = None
     ) -> list[StoredEvent]:
-        upper = to_version if to_version is not None else 2**31 - 1
-        return await self._fetch(
-            f"SELECT {COLUMNS} FROM events WHERE stream_id = %s AND version >= %s "
-            "AND version <= %s ORDER BY version",
-            (stream_id, from_version, upper),
-        )
+        upper = to_version if to_version is not None else MAX_VERSION
+        return await self._fetch(_READ_STREAM, (stream_id, from_version, upper))
 
     async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[StoredEvent]:
-        return await self._fetch(
-            f"SELECT {COLUMNS} FROM events WHERE position >= %s ORDER BY position LIMIT %s",
-            (from_position, limit),
-        )
+        return await self._fetch(_READ_ALL, (from_position, limit))
 
     async def _scalar(self, query: str, params: Params = ()) -> int:
         async with self._db.pool.connection() as conn:
@@ -350,42 +347,22 @@ class PostgresEventStore(EventStore):
         return int(row[0]) if row is not None else 0
 
     async def stream_version(self, stream_id: str) -> int:
-        return await self._scalar(
-            "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = %s", (stream_id,)
-        )
+        return await self._scalar(_STREAM_VERSION, (stream_id,))
 
     async def last_position(self) -> int:
-        return await self._scalar("SELECT coalesce(max(position), 0) FROM events")
+        return await self._scalar(_LAST_POSITION)
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         async with self._db.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO snapshots (stream_id, version, state, schema_version, time) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stream_id) DO UPDATE SET "
-                "version = excluded.version, state = excluded.state, "
-                "schema_version = excluded.schema_version, time = excluded.time "
-                "WHERE excluded.version >= snapshots.version",
-                (snapshot.stream_id, snapshot.version, snapshot.state,
-                 snapshot.schema_version, snapshot.time),
-            )  # fmt: skip
+            await conn.execute(_SAVE_SNAPSHOT, snapshot_row(snapshot))
 
     async def load_snapshot(self, stream_id: str) -> Snapshot | None:
         async with self._db.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT version, state, schema_version, time FROM snapshots WHERE stream_id = %s",
-                (stream_id,),
-            )
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        return Snapshot(stream_id, row[0], bytes(row[1]), row[2], row[3])
+            cur = await conn.execute(_LOAD_SNAPSHOT, (stream_id,))
+            return row_to_snapshot(stream_id, await cur.fetchone())
 
     async def outbox_pending(self, limit: int = 500) -> list[StoredEvent]:
-        return await self._fetch(
-            f"SELECT {E_COLUMNS} FROM outbox o JOIN events e ON e.position = o.position "
-            "ORDER BY o.position LIMIT %s",
-            (limit,),
-        )
+        return await self._fetch(_OUTBOX_PENDING, (limit,))
 
     async def outbox_mark_sent(self, positions: Sequence[int]) -> None:
         if not positions:
@@ -393,5 +370,16 @@ class PostgresEventStore(EventStore):
         async with self._db.pool.connection() as conn:
             await conn.execute("DELETE FROM outbox WHERE position = ANY(%s)", (list(positions),))
 
+
+#: the shared statements (`table.py`) with PostgreSQL's placeholders
+_INSERT_EVENT = to_pyformat(INSERT_EVENT)
+_INSERT_OUTBOX = to_pyformat(INSERT_OUTBOX)
+_STREAM_VERSION = to_pyformat(STREAM_VERSION)
+_LAST_POSITION = to_pyformat(LAST_POSITION)
+_READ_STREAM = to_pyformat(READ_STREAM)
+_READ_ALL = to_pyformat(READ_ALL)
+_SAVE_SNAPSHOT = to_pyformat(SAVE_SNAPSHOT)
+_LOAD_SNAPSHOT = to_pyformat(LOAD_SNAPSHOT)
+_OUTBOX_PENDING = to_pyformat(OUTBOX_PENDING)
 
 __all__ = ["PostgresDatabase", "PostgresEventStore", "PostgresTransaction"]

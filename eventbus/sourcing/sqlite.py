@@ -9,7 +9,7 @@ positions (max + 1 inside that lock) are committed in order, so `read_all` has n
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import importlib.util
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +17,29 @@ from contextlib import asynccontextmanager
 from typing import IO, Literal, TypeVar
 
 from eventbus.errors import ConcurrencyError
+from eventbus.log import get_logger
 
 from .database import Params, Row
 from .records import NewEvent, Snapshot, StoredEvent
-from .store import EventStore, check_events, check_version, encode_headers
-from .table import COLUMNS, E_COLUMNS, event_store_schema, rows_to_events
+from .store import EventStore, check_events, check_version
+from .table import (
+    INSERT_EVENT,
+    INSERT_OUTBOX,
+    LAST_POSITION,
+    LOAD_SNAPSHOT,
+    MAX_VERSION,
+    OUTBOX_PENDING,
+    OUTBOX_SENT,
+    READ_ALL,
+    READ_STREAM,
+    SAVE_SNAPSHOT,
+    STREAM_VERSION,
+    event_row,
+    event_store_schema,
+    row_to_snapshot,
+    rows_to_events,
+    snapshot_row,
+)
 
 T = TypeVar("T")
 
@@ -157,9 +175,14 @@ class SqliteEventStore(EventStore):
         await self._db.close()
 
     async def try_acquire_relay(self) -> bool:
-        """An exclusive `flock` on `<db>.relay.lock`, released by the OS if we die."""
+        """An exclusive `flock` on `<db>.relay.lock`, released by the OS if we die. Where
+        `flock` does not exist (Windows), the lease covers this process only, and a
+        warning says so once."""
         if self._relay_file is not None:
             return False
+        if not _HAS_FLOCK:
+            _warn_no_flock()
+            return await super().try_acquire_relay()
         handle = await asyncio.to_thread(_try_lock, f"{self.path}.relay.lock")
         if handle is None:
             return False
@@ -167,10 +190,11 @@ class SqliteEventStore(EventStore):
         return True
 
     async def release_relay(self) -> None:
+        if not _HAS_FLOCK:
+            await super().release_relay()
         handle, self._relay_file = self._relay_file, None
         if handle is not None:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            handle.close()
+            handle.close()  # closing the file ends its flock
 
     async def append(
         self,
@@ -183,28 +207,16 @@ class SqliteEventStore(EventStore):
         check_events(events)
 
         def append(conn: sqlite3.Connection) -> list[StoredEvent]:
-            (current,) = conn.execute(
-                "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
-            ).fetchone()
+            (current,) = conn.execute(STREAM_VERSION, (stream_id,)).fetchone()
             check_version(stream_id, current, expected_version)
-            (last,) = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()
+            (last,) = conn.execute(LAST_POSITION).fetchone()
             stored = [
                 StoredEvent.of(new, stream_id, current + i, last + i)
                 for i, new in enumerate(events, start=1)
             ]
-            conn.executemany(
-                f"INSERT INTO events ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (e.position, stream_id, e.version, e.id, e.type, e.schema_version, e.data,
-                     e.stream, e.key, e.time, e.correlation_id, e.causation_id,
-                     encode_headers(e.headers))
-                    for e in stored
-                ],
-            )  # fmt: skip
+            conn.executemany(INSERT_EVENT, [event_row(e) for e in stored])
             if publish:
-                conn.executemany(
-                    "INSERT INTO outbox (position) VALUES (?)", [(e.position,) for e in stored]
-                )
+                conn.executemany(INSERT_OUTBOX, [(e.position,) for e in stored])
             return stored
 
         try:
@@ -215,99 +227,71 @@ class SqliteEventStore(EventStore):
                 "reload and retry the command"
             ) from None
 
+    async def _fetch(self, query: str, params: Params) -> list[StoredEvent]:
+        return await self._db.run(
+            lambda conn: rows_to_events(conn.execute(query, params).fetchall())
+        )
+
+    async def _scalar(self, query: str, params: Params = ()) -> int:
+        return await self._db.run(lambda conn: int(conn.execute(query, params).fetchone()[0]))
+
     async def read(
         self, stream_id: str, from_version: int = 1, to_version: int | None = None
     ) -> list[StoredEvent]:
-        upper = to_version if to_version is not None else 2**62
-
-        def read(conn: sqlite3.Connection) -> list[StoredEvent]:
-            rows = conn.execute(
-                f"SELECT {COLUMNS} FROM events WHERE stream_id = ? AND version >= ? "
-                "AND version <= ? ORDER BY version",
-                (stream_id, from_version, upper),
-            ).fetchall()
-            return rows_to_events(rows)
-
-        return await self._db.run(read)
+        upper = to_version if to_version is not None else MAX_VERSION
+        return await self._fetch(READ_STREAM, (stream_id, from_version, upper))
 
     async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[StoredEvent]:
-        def read(conn: sqlite3.Connection) -> list[StoredEvent]:
-            rows = conn.execute(
-                f"SELECT {COLUMNS} FROM events WHERE position >= ? ORDER BY position LIMIT ?",
-                (from_position, limit),
-            ).fetchall()
-            return rows_to_events(rows)
-
-        return await self._db.run(read)
+        return await self._fetch(READ_ALL, (from_position, limit))
 
     async def stream_version(self, stream_id: str) -> int:
-        def version(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
-            ).fetchone()
-            return int(row[0])
-
-        return await self._db.run(version)
+        return await self._scalar(STREAM_VERSION, (stream_id,))
 
     async def last_position(self) -> int:
-        def last(conn: sqlite3.Connection) -> int:
-            return int(conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])
-
-        return await self._db.run(last)
+        return await self._scalar(LAST_POSITION)
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
-        def save(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO snapshots (stream_id, version, state, schema_version, time) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET "
-                "version = excluded.version, state = excluded.state, "
-                "schema_version = excluded.schema_version, time = excluded.time "
-                "WHERE excluded.version >= snapshots.version",
-                (snapshot.stream_id, snapshot.version, snapshot.state,
-                 snapshot.schema_version, snapshot.time),
-            )  # fmt: skip
-
-        await self._db.run(save, write=True)
+        row = snapshot_row(snapshot)
+        await self._db.run(lambda conn: conn.execute(SAVE_SNAPSHOT, row), write=True)
 
     async def load_snapshot(self, stream_id: str) -> Snapshot | None:
-        def load(conn: sqlite3.Connection) -> Snapshot | None:
-            row = conn.execute(
-                "SELECT version, state, schema_version, time FROM snapshots WHERE stream_id = ?",
-                (stream_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            return Snapshot(stream_id, row[0], bytes(row[1]), row[2], row[3])
-
-        return await self._db.run(load)
+        return await self._db.run(
+            lambda conn: row_to_snapshot(
+                stream_id, conn.execute(LOAD_SNAPSHOT, (stream_id,)).fetchone()
+            )
+        )
 
     async def outbox_pending(self, limit: int = 500) -> list[StoredEvent]:
-        def pending(conn: sqlite3.Connection) -> list[StoredEvent]:
-            rows = conn.execute(
-                f"SELECT {E_COLUMNS} "
-                "FROM outbox o JOIN events e ON e.position = o.position "
-                "ORDER BY o.position LIMIT ?",
-                (limit,),
-            ).fetchall()
-            return rows_to_events(rows)
-
-        return await self._db.run(pending)
+        return await self._fetch(OUTBOX_PENDING, (limit,))
 
     async def outbox_mark_sent(self, positions: Sequence[int]) -> None:
         if not positions:
             return
-
-        def mark(conn: sqlite3.Connection) -> None:
-            conn.executemany("DELETE FROM outbox WHERE position = ?", [(p,) for p in positions])
-
-        await self._db.run(mark, write=True)
+        rows = [(p,) for p in positions]
+        await self._db.run(lambda conn: conn.executemany(OUTBOX_SENT, rows), write=True)
 
 
 __all__ = ["SqliteDatabase", "SqliteEventStore", "SqliteTransaction"]
 
 
+_HAS_FLOCK = importlib.util.find_spec("fcntl") is not None
+_warned: list[bool] = []
+
+
+def _warn_no_flock() -> None:
+    if not _warned:
+        _warned.append(True)
+        get_logger().warning(
+            "sqlite.relay_lease_local",
+            reason="fcntl.flock is not available on this platform: the outbox relay lease "
+            "covers one process; run one relay per SQLite store",
+        )
+
+
 def _try_lock(path: str) -> IO[str] | None:
     """The file at `path`, exclusively `flock`ed, or None if another process holds it."""
+    import fcntl  # POSIX only: imported where the lease needs it
+
     handle = open(path, "a+")  # noqa: SIM115 - stays open while the lease is held
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,10 +1,12 @@
-"""The SQL tables of an event store, shared by the SQLite and PostgreSQL backends."""
+"""The SQL of an event store, written once for the SQLite and PostgreSQL backends: the
+tables, the statements (with `?` placeholders; PostgreSQL converts them with
+`postgres.to_pyformat`) and the decoding of rows."""
 
 from __future__ import annotations
 
 from .database import Row
-from .records import StoredEvent
-from .store import decode_headers
+from .records import Snapshot, StoredEvent
+from .store import decode_headers, encode_headers
 
 
 def event_store_schema(integer: str, blob: str) -> tuple[str, ...]:
@@ -50,6 +52,56 @@ COLUMNS = (
 )
 #: the same columns, qualified for a join on `events e`
 E_COLUMNS = ", ".join("e." + c.strip() for c in COLUMNS.split(","))
+
+
+#: the statements both backends run (`?` placeholders)
+INSERT_EVENT = f"INSERT INTO events ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+INSERT_OUTBOX = "INSERT INTO outbox (position) VALUES (?)"
+STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?"
+LAST_POSITION = "SELECT coalesce(max(position), 0) FROM events"
+READ_STREAM = (
+    f"SELECT {COLUMNS} FROM events WHERE stream_id = ? AND version >= ? AND version <= ? "
+    "ORDER BY version"
+)
+READ_ALL = f"SELECT {COLUMNS} FROM events WHERE position >= ? ORDER BY position LIMIT ?"
+SAVE_SNAPSHOT = (
+    "INSERT INTO snapshots (stream_id, version, state, schema_version, time) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET "
+    "version = excluded.version, state = excluded.state, "
+    "schema_version = excluded.schema_version, time = excluded.time "
+    "WHERE excluded.version >= snapshots.version"
+)
+LOAD_SNAPSHOT = "SELECT version, state, schema_version, time FROM snapshots WHERE stream_id = ?"
+OUTBOX_PENDING = (
+    f"SELECT {E_COLUMNS} FROM outbox o JOIN events e ON e.position = o.position "
+    "ORDER BY o.position LIMIT ?"
+)
+OUTBOX_SENT = "DELETE FROM outbox WHERE position = ?"
+#: the highest version a stream can reach (PostgreSQL INTEGER), for open-ended reads
+MAX_VERSION = 2**31 - 1
+
+
+def event_row(e: StoredEvent) -> tuple[object, ...]:
+    """One event as the parameters of `INSERT_EVENT`."""
+    return (
+        e.position, e.stream_id, e.version, e.id, e.type, e.schema_version, e.data, e.stream,
+        e.key, e.time, e.correlation_id, e.causation_id, encode_headers(e.headers),
+    )  # fmt: skip
+
+
+def snapshot_row(snapshot: Snapshot) -> tuple[object, ...]:
+    """A snapshot as the parameters of `SAVE_SNAPSHOT`."""
+    return (
+        snapshot.stream_id, snapshot.version, snapshot.state, snapshot.schema_version,
+        snapshot.time,
+    )  # fmt: skip
+
+
+def row_to_snapshot(stream_id: str, row: Row | None) -> Snapshot | None:
+    """A `LOAD_SNAPSHOT` row -> the snapshot (None: there is none)."""
+    if row is None:
+        return None
+    return Snapshot(stream_id, row[0], bytes(row[1]), row[2], row[3])
 
 
 def rows_to_events(rows: list[Row]) -> list[StoredEvent]:

@@ -5,7 +5,7 @@ from functools import partial
 import pytest
 
 from eventbus.sourcing import SqliteEventStore, open_store
-from eventbus.sourcing.store import sqlite_path
+from eventbus.sourcing.factory import sqlite_path
 from eventbus.testing.store_contract import MultiProcessContract, StoreFactory
 
 
