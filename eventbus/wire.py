@@ -46,7 +46,8 @@ class _Ids:
 
     def __init__(self) -> None:
         self.reset()
-        os.register_at_fork(after_in_child=self.reset)
+        if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+            os.register_at_fork(after_in_child=self.reset)
 
     def reset(self) -> None:
         rand = secrets.randbits(128)
