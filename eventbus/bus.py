@@ -17,8 +17,8 @@ from .event import Envelope, Event, validate_name
 from .health import Health
 from .log import configure as configure_logging
 from .log import get_logger
+from .messages import build_message, envelope_of
 from .middleware import chain, correlate
-from .outgoing import build_message, envelope_of
 from .pipeline import Pipeline
 from .registry import find_adapter
 from .retry import DEFAULT_RETRY, RetryPolicy

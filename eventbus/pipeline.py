@@ -31,7 +31,7 @@ from .workers import run_sync
 _log = get_logger()
 
 
-class _Bad(NamedTuple):
+class _BadInput(NamedTuple):
     """Why a delivery is bad input (it goes to the dead-letter destination)."""
 
     exc_type: str
@@ -71,7 +71,7 @@ class Pipeline:
         try:
             ctx = self._decode(d)
             if type(ctx) is not Context:
-                if type(ctx) is _Bad:
+                if type(ctx) is _BadInput:
                     await self._dead_letter(d, ctx.exc_type, ctx.message, d.attempt, ctx.stack)
                 else:
                     await d.ack()
@@ -114,7 +114,7 @@ class Pipeline:
             )
             await self._settle(d.nack(), d, "nack")
 
-    def _decode(self, d: Delivery) -> Context | _Bad | None:
+    def _decode(self, d: Delivery) -> Context | _BadInput | None:
         """The delivery as a handler context; None for another type (ack it, not this
         handler's business); or why it is bad input. Never raises: whatever goes wrong
         while decoding (bad bytes, recursion or size limits) is bad input."""
@@ -122,26 +122,26 @@ class Pipeline:
             return self._decode_unguarded(d)
         except Exception as exc:
             name, message, stack = describe(exc)
-            return _Bad(
+            return _BadInput(
                 "eventbus.DecodeError", f"cannot decode the message: {name}: {message[:500]}", stack
             )
 
-    def _decode_unguarded(self, d: Delivery) -> Context | _Bad | None:
+    def _decode_unguarded(self, d: Delivery) -> Context | _BadInput | None:
         attrs = d.attributes
         body = d.body
         defect = getattr(d, "defect", None)  # adapters that skip __init__ may not set it
         if defect is not None:
-            return _Bad("eventbus.DecodeError", defect)
+            return _BadInput("eventbus.DecodeError", defect)
         if len(body) > self.max_message_bytes:
-            return _Bad(
+            return _BadInput(
                 "eventbus.MessageTooLarge",
                 f"body of {len(body)} bytes exceeds max_message_bytes={self.max_message_bytes}",
             )
         etype = attrs.get("type")
         if not etype:
-            return _Bad("eventbus.DecodeError", "message has no event type (ce type header)")
+            return _BadInput("eventbus.DecodeError", "message has no event type (ce type header)")
         if not attrs.get("id"):  # adapters give id-less events a stable id; never collapse
-            return _Bad("eventbus.DecodeError", "message has no event id (ce id header)")
+            return _BadInput("eventbus.DecodeError", "message has no event id (ce id header)")
         envelope = Envelope.from_attributes(attrs, body, d.stream, d.key, d.attempt)
         event: Event | Envelope
         types = self.types
@@ -153,7 +153,7 @@ class Pipeline:
                 event = cls.__pydantic_validator__.validate_json(body)
             except ValidationError as exc:
                 invalid_json = any(e["type"] == "json_invalid" for e in exc.errors())
-                return _Bad(
+                return _BadInput(
                     "eventbus.DecodeError" if invalid_json else "pydantic.ValidationError",
                     str(exc),
                     describe(exc)[2],
@@ -166,7 +166,7 @@ class Pipeline:
                 try:
                     envelope._data = json.loads(body)
                 except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                    return _Bad("eventbus.DecodeError", f"body is not valid JSON: {exc!r}")
+                    return _BadInput("eventbus.DecodeError", f"body is not valid JSON: {exc!r}")
             else:
                 envelope._data = body
             event = envelope

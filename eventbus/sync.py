@@ -9,7 +9,7 @@ from typing import Any
 from .broker import Message, SyncTransport
 from .context import correlate_attributes
 from .event import Envelope, Event
-from .outgoing import build_message, envelope_of
+from .messages import build_message, envelope_of
 from .registry import find_adapter
 from .settings import Settings, load_settings, redact_url
 

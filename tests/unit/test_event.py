@@ -2,7 +2,7 @@ import pytest
 
 from eventbus import Envelope, Event, EventBus, SubscriptionError
 from eventbus.event import validate_extension
-from eventbus.outgoing import build_message
+from eventbus.messages import build_message
 
 
 class Created(Event, stream="shop", type="order.created"):

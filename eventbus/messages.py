@@ -1,4 +1,5 @@
-"""Turning an `Event` into an outgoing `Message`: one place for the async and sync faces."""
+"""Events into outgoing `Message`s (and back into the `Envelope` the publisher gets): one
+place for the async and sync faces."""
 
 from __future__ import annotations
 
