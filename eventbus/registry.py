@@ -4,21 +4,14 @@ when their scheme is used."""
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import entry_points
-from typing import Any, cast
+from typing import cast
 
 from .broker import Adapter
 from .errors import ConfigurationError
 from .settings import Settings, redact_url
 
-#: fallback when eventbus runs from a source tree without installed metadata
-_BUILTIN = {
-    "memory": ("adapters.memory:adapter", None),
-    "amqp": ("adapters.rabbitmq:adapter", "rabbitmq"),
-    "amqps": ("adapters.rabbitmq:adapter", "rabbitmq"),
-    "kafka": ("adapters.kafka:adapter", "kafka"),
-}
+#: the extra that installs a client library an adapter imports
 _EXTRA_OF_MODULE = {
     "pika": "rabbitmq",
     "aio_pika": "rabbitmq",
@@ -28,28 +21,28 @@ _EXTRA_OF_MODULE = {
 }
 
 
-def _load(target: str) -> Any:
-    module_name, _, attr = target.partition(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, attr) if attr else module
-
-
 def known_schemes() -> list[str]:
-    names = {ep.name for ep in entry_points(group="eventbus.adapters")}
-    return sorted(names | set(_BUILTIN))
+    return sorted({ep.name for ep in entry_points(group="eventbus.adapters")})
 
 
 def find_adapter(settings: Settings) -> Adapter:
     scheme = settings.scheme
     found = [ep for ep in entry_points(group="eventbus.adapters") if ep.name == scheme]
-    target = found[0].value if found else _BUILTIN.get(scheme, (None, None))[0]
-    if target is None:
+    if not found:
+        known = known_schemes()
+        hint = (
+            f"known schemes: {', '.join(known)}"
+            if known
+            else "no adapter is registered at all: install eventbus (pip install -e .) so its "
+            "entry points exist"
+        )
         raise ConfigurationError(
             f"EVENTBUS_URL={redact_url(settings.url)!r}: no adapter for scheme {scheme!r}; "
-            f"known schemes: {', '.join(known_schemes())}"
+            f"{hint}"
         )
+    target = found[0].value
     try:
-        return cast(Adapter, found[0].load() if found else _load(target))
+        return cast(Adapter, found[0].load())
     except ImportError as exc:
         if exc.name and exc.name == target.split(":")[0]:
             raise ConfigurationError(
@@ -57,7 +50,7 @@ def find_adapter(settings: Settings) -> Adapter:
                 f"{exc.name!r} is missing from this installation: reinstall eventbus"
             ) from None
         missing = (exc.name or "").split(".")[0]
-        extra = _EXTRA_OF_MODULE.get(missing) or _BUILTIN.get(scheme, (None, None))[1]
+        extra = _EXTRA_OF_MODULE.get(missing)
         hint = f"pip install 'eventbus[{extra}]'" if extra else "install the adapter's package"
         raise ConfigurationError(
             f"EVENTBUS_URL={redact_url(settings.url)!r} needs the Python package "

@@ -12,7 +12,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from adapters.kafka import KafkaBroker
+from eventbus.adapters.kafka import KafkaBroker
 from eventbus import EventBus
 from eventbus.testing.conformance import Harness
 

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from adapters.kafka.broker import _Detaching
+from eventbus.adapters.kafka.broker import _Detaching
 from eventbus import Event
 from tests.conformance.harness import unique
 from tests.conformance.support import until

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from adapters.kafka.broker import KafkaBroker, _Detaching
-from adapters.kafka.deadletters import BATCH, DeadLetterReader
+from eventbus.adapters.kafka.broker import KafkaBroker, _Detaching
+from eventbus.adapters.kafka.deadletters import BATCH, DeadLetterReader
 from eventbus import Context, Event, EventBus
 from tests.conformance.harness import unique
 from tests.conformance.support import until

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.kafka.offsets import PartitionTracker
-from adapters.kafka.settings import (
+from eventbus.adapters.kafka.offsets import PartitionTracker
+from eventbus.adapters.kafka.settings import (
     ClientConfigs,
     load_kafka_settings,
     load_subscription_options,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from adapters.kafka.broker import _Detaching
+from eventbus.adapters.kafka.broker import _Detaching
 from eventbus import ConsumerFailed, Envelope, Event
 from tests.conformance.harness import unique
 from tests.conformance.support import until

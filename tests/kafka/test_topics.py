@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from adapters.kafka import KafkaBroker
+from eventbus.adapters.kafka import KafkaBroker
 from eventbus import ConfigurationError, Envelope, Event, RetryPolicy
 from tests.conformance.harness import unique
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from adapters.memory import memory_state
+from eventbus.adapters.memory import memory_state
 from eventbus.testing.conformance import Harness, unique
 
 

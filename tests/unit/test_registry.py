@@ -14,7 +14,7 @@ def installed_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Install a tiny package `acme_bus` whose dist-info declares scheme `acme`; its
     adapter is a renamed memory:// (the point is the discovery, not the transport)."""
     (tmp_path / "acme_bus.py").write_text(
-        "from adapters.memory import MemoryAdapter\n"
+        "from eventbus.adapters.memory import MemoryAdapter\n"
         "from eventbus.settings import Settings\n"
         "class AcmeAdapter(MemoryAdapter):\n"
         "    def create_broker(self, settings: Settings):\n"
