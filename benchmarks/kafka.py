@@ -56,7 +56,8 @@ async def _windows(count: int, batch: Callable[[int], Awaitable[None]]) -> None:
 
 
 def _topic() -> str:
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
 
     name = f"bench{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
@@ -146,7 +147,7 @@ class _RawConsumer(threading.Thread):
                 for record in batch:
                     if record.error():
                         continue
-                    event = OrderPayload.model_validate_json(record.value())
+                    event = OrderPayload.model_validate_json(record.value() or b"")
                     self.latencies.append(time.perf_counter_ns() - event.sent_ns)
                 consumer.commit(asynchronous=True)
             with contextlib.suppress(KafkaException):  # nothing new to commit is fine
@@ -187,7 +188,7 @@ _HEADERS = {"type only": _minimal_headers, "CloudEvents": _cloudevents_headers}
 
 
 def _raw_send(producer: Any, topic: str, i: int, report: Any, headers: str = "type only") -> None:
-    body = OrderPayload(**payload_fields(i)).model_dump_json().encode()  # type: ignore[arg-type]
+    body = OrderPayload(**payload_fields(i)).model_dump_json().encode()
     record_headers = _HEADERS[headers]()
     while True:
         try:
@@ -268,11 +269,14 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
 
     if consume:
 
+        def on_assign(*_: Any) -> None:
+            loop.call_soon_threadsafe(assigned.set)
+
         @broker.subscriber(
             topic,
             group_id=f"{topic}.faststream",
             auto_offset_reset="earliest",
-            on_assign=lambda *_: loop.call_soon_threadsafe(assigned.set),
+            on_assign=on_assign,
         )
         async def handle(event: OrderPayload) -> None:
             latencies.append(time.perf_counter_ns() - event.sent_ns)
@@ -284,14 +288,14 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
 
         async def send(i: int) -> None:
             await broker.publish(
-                OrderPayload(**payload_fields(i)),  # type: ignore[arg-type]
+                OrderPayload(**payload_fields(i)),
                 topic=topic,
                 key=f"k{i % 64}",
             )
 
         async def batch(first: int) -> None:
             await broker.publish_batch(
-                *(OrderPayload(**payload_fields(i)) for i in _batch(first, count)),  # type: ignore[arg-type]
+                *(OrderPayload(**payload_fields(i)) for i in _batch(first, count)),
                 topic=topic,
             )
 

@@ -100,7 +100,7 @@ async def raw_run(count: int, rate: float | None, consume: bool) -> dict[str, fl
         await queue.consume(on_message)
 
         def message(i: int) -> Any:
-            body = OrderPayload(**payload_fields(i)).model_dump_json().encode()  # type: ignore[arg-type]
+            body = OrderPayload(**payload_fields(i)).model_dump_json().encode()
             return aio_pika.Message(
                 body,
                 content_type="application/json",
@@ -131,7 +131,7 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
     latencies: list[int] = []
     broker = RabbitBroker(URL, logger=None)
     exchange = RabbitExchange(stream, type=ExchangeType.TOPIC, durable=True)
-    queue = RabbitQueue(
+    queue = RabbitQueue(  # type: ignore[call-overload]  # FastStream's overloads want queue_type
         queue_name, durable=True, routing_key=TYPE, arguments={"x-queue-type": "quorum"}
     )
 
@@ -144,7 +144,7 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
 
         async def send(i: int) -> None:
             await broker.publish(
-                OrderPayload(**payload_fields(i)),  # type: ignore[arg-type]
+                OrderPayload(**payload_fields(i)),
                 exchange=exchange,
                 routing_key=TYPE,
                 persist=True,

@@ -44,4 +44,4 @@ def payload_fields(i: int) -> dict[str, object]:
 
 
 def sample_body() -> bytes:
-    return OrderPayload(**payload_fields(0)).model_dump_json().encode()  # type: ignore[arg-type]
+    return OrderPayload(**payload_fields(0)).model_dump_json().encode()

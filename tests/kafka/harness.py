@@ -12,8 +12,8 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from eventbus.adapters.kafka import KafkaBroker
 from eventbus import EventBus
+from eventbus.adapters.kafka import KafkaBroker
 from eventbus.testing.conformance import Harness
 
 #: the broker started by scripts/kafka.sh
@@ -32,7 +32,7 @@ def raw_produce(
 ) -> None:
     """Produce one record as a foreign client would: with a plain confluent Producer, or
     with kcat when a header name is not valid UTF-8 (confluent-kafka cannot write one)."""
-    texts: list[tuple[str, bytes]] = []
+    texts: list[tuple[str, str | bytes | None]] = []
     for name, header_value in headers or ():
         if isinstance(name, bytes):
             try:

@@ -60,8 +60,12 @@ async def crash_and_restart(kafka: KafkaHarness, tmp_path: Path, total: int, kil
             env={**os.environ, "EVENTBUS_LOG_LEVEL": "WARNING"},
         )
         try:
+
+            def reached(t: int = target, p: asyncio.subprocess.Process = proc) -> bool:
+                return len(handled(out)) >= t or p.returncode is not None
+
             await until(
-                lambda t=target, p=proc: len(handled(out)) >= t or p.returncode is not None,
+                reached,
                 timeout=180,
                 what=f"{target} events handled by the consumer process",
             )
@@ -87,7 +91,7 @@ async def crash_and_restart(kafka: KafkaHarness, tmp_path: Path, total: int, kil
     restarted = kafka.bus()
 
     @restarted.subscribe(group=group, concurrency=4)
-    async def handle(event: Tick, ctx: Context) -> None:  # type: ignore[valid-type]
+    async def handle(event: Tick, ctx: Context) -> None:
         second.append((ctx.partition, ctx.offset, event.n))  # type: ignore[arg-type]
 
     everything = set(range(total))

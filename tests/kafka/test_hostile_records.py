@@ -16,7 +16,7 @@ from .harness import KafkaHarness, kcat_produce, raw_produce
 
 pytestmark = pytest.mark.kafka
 
-TYPED = ("ce_type", b"order.created")
+TYPED: tuple[str | bytes, bytes] = ("ce_type", b"order.created")
 
 
 async def test_undecodable_header_name_is_dead_lettered_and_the_partition_flows(
@@ -35,8 +35,8 @@ async def test_undecodable_header_name_is_dead_lettered_and_the_partition_flows(
     bus = kafka.bus(partitions=1)
 
     @bus.subscribe(group=group, retry=RetryPolicy(attempts=2, backoff=0.01, delayed=True))
-    async def handle(event: Created) -> None:  # type: ignore[valid-type]
-        got.append(event.order_id)  # type: ignore[attr-defined]
+    async def handle(event: Created) -> None:
+        got.append(event.order_id)
 
     body = b'{"order_id": "bad-name"}'
     async with bus:
@@ -78,9 +78,9 @@ async def test_id_less_records_get_one_stable_id_each(kafka: KafkaHarness) -> No
     bus = kafka.bus(partitions=1)
 
     @bus.subscribe(group=group, retry=RetryPolicy(attempts=2, backoff=0.05, delayed=True))
-    async def handle(event: Created, ctx: Context) -> None:  # type: ignore[valid-type]
-        seen.append((event.order_id, ctx.envelope.id, ctx.attempt, ctx.offset))  # type: ignore[attr-defined]
-        if event.order_id == "reject":  # type: ignore[attr-defined]
+    async def handle(event: Created, ctx: Context) -> None:
+        seen.append((event.order_id, ctx.envelope.id, ctx.attempt, ctx.offset))
+        if event.order_id == "reject":
             raise Reject("dead-letter me")
         if ctx.attempt == 1:
             raise RuntimeError("once")
@@ -117,7 +117,7 @@ async def test_foreign_bookkeeping_headers_are_not_trusted(kafka: KafkaHarness) 
     bus = kafka.bus(partitions=1)
 
     @bus.subscribe(group=group, retry=RetryPolicy(attempts=3, backoff=0.01, delayed=True))
-    async def handle(event: Created, ctx: Context) -> None:  # type: ignore[valid-type]
+    async def handle(event: Created, ctx: Context) -> None:
         tries.append((ctx.attempt, ctx.envelope.id, ctx.partition, ctx.offset))
         raise RuntimeError("always")
 

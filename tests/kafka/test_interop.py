@@ -49,8 +49,8 @@ async def test_kcat_record_is_handled_by_a_typed_subscriber(kafka: KafkaHarness)
     bus = kafka.bus()
 
     @bus.subscribe(group=unique("g"))
-    async def handle(event: Created, ctx: Context) -> None:  # type: ignore[valid-type]
-        got.append((event.order_id, event.total, ctx.envelope.key, ctx.envelope.type))  # type: ignore[attr-defined]
+    async def handle(event: Created, ctx: Context) -> None:
+        got.append((event.order_id, event.total, ctx.envelope.key, ctx.envelope.type))
 
     async with bus:
         body = json.dumps({"order_id": "kc-1", "total": 9.5}).encode()
@@ -128,7 +128,7 @@ async def test_an_event_written_by_the_cloudevents_sdk_is_consumed(kafka: KafkaH
     bus = kafka.bus()
 
     @bus.subscribe(group=unique("g"))
-    async def handle(event: Paid, ctx: Context) -> None:  # type: ignore[valid-type]
+    async def handle(event: Paid, ctx: Context) -> None:
         got.append((event, ctx.envelope.id, ctx.envelope.source, ctx.envelope.key))
 
     event = CloudEvent(

@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
-from eventbus.adapters.kafka.broker import _Detaching
 from eventbus import Event
+from eventbus.adapters.kafka.broker import _Detaching
 from tests.conformance.harness import unique
 from tests.conformance.support import until
 
@@ -31,10 +31,10 @@ async def test_handler_longer_than_max_poll_interval_keeps_the_member(
     )
 
     @bus.subscribe(group=group)
-    async def handle(event: Slow) -> None:  # type: ignore[valid-type]
-        if event.n == 0:  # type: ignore[attr-defined]
+    async def handle(event: Slow) -> None:
+        if event.n == 0:
             await asyncio.sleep(9)  # longer than max.poll.interval.ms
-        handled.append(event.n)  # type: ignore[attr-defined]
+        handled.append(event.n)
 
     async with bus:
         await bus.publish_many([(Slow(n=i), "k") for i in range(30)])

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from eventbus import Context, Event, EventBus
 from eventbus.adapters.kafka.broker import KafkaBroker, _Detaching
 from eventbus.adapters.kafka.deadletters import BATCH, DeadLetterReader
-from eventbus import Context, Event, EventBus
 from tests.conformance.harness import unique
 from tests.conformance.support import until
 
@@ -49,8 +49,8 @@ async def test_partition_buffer_bytes_bounds_what_a_stuck_subscription_holds(
     bus = kafka.bus(partitions=1, partition_buffer_bytes=budget)
 
     @bus.subscribe(group=group, concurrency=count)
-    async def handle(event: Blob, ctx: Context) -> None:  # type: ignore[valid-type]
-        started.append(event.n)  # type: ignore[attr-defined]
+    async def handle(event: Blob, ctx: Context) -> None:
+        started.append(event.n)
         await release.wait()
 
     keys = _keys_on_distinct_lanes(count, count)
@@ -61,7 +61,7 @@ async def test_partition_buffer_bytes_bounds_what_a_stuck_subscription_holds(
         await bus.publish_many([(Blob(n=i, pad="x" * size), keys[i]) for i in range(count)])
         part = consumer._parts[(stream, 0)]
         await until(
-            lambda: part.paused and started and len(started) == part.tracker.unfinished,
+            lambda: part.paused and bool(started) and len(started) == part.tracker.unfinished,
             what="the partition to pause with every record it holds started",
         )
         held = len(started)
@@ -96,7 +96,10 @@ async def test_dead_letter_listing_streams(
     def fill_dead_letter_topic() -> None:
         producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 20})
         for n in range(total):
-            headers = [("ce_type", b"t"), ("ce_id", f"id-{n}".encode())]
+            headers: list[tuple[str, str | bytes | None]] = [
+                ("ce_type", b"t"),
+                ("ce_id", f"id-{n}".encode()),
+            ]
             producer.produce(f"{stream}.{group}.dlq", b"x" * 1000, None, headers=headers)
             producer.poll(0)
         assert producer.flush(30) == 0
@@ -146,7 +149,10 @@ async def test_dead_letters_of_several_partitions_are_merged_oldest_first(
         producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 20})
         base = int(time.time() * 1000) - total
         for n in range(total):
-            headers = [("ce_type", b"t"), ("ce_id", f"id-{n}".encode())]
+            headers: list[tuple[str, str | bytes | None]] = [
+                ("ce_type", b"t"),
+                ("ce_id", f"id-{n}".encode()),
+            ]
             producer.produce(
                 f"{stream}.{group}.dlq",
                 b"{}",

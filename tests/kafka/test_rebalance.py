@@ -28,9 +28,9 @@ async def test_member_joins_then_one_leaves_while_consuming(kafka: KafkaHarness)
         bus = kafka.bus(partitions=6)
 
         @bus.subscribe(group=group, concurrency=3)
-        async def handle(event: Step) -> None:  # type: ignore[valid-type]
+        async def handle(event: Step) -> None:
             await asyncio.sleep(0.001)
-            seen.append((event.key, event.n, name))  # type: ignore[attr-defined]
+            seen.append((event.key, event.n, name))
 
         return bus
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from eventbus import ConfigurationError, EventBus
 from eventbus.adapters.kafka.offsets import PartitionTracker
 from eventbus.adapters.kafka.settings import (
     ClientConfigs,
@@ -11,7 +12,6 @@ from eventbus.adapters.kafka.settings import (
     load_subscription_options,
     parse_url,
 )
-from eventbus import ConfigurationError, EventBus
 
 pytestmark = pytest.mark.kafka
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from eventbus.adapters.kafka.broker import _Detaching
 from eventbus import ConsumerFailed, Envelope, Event
+from eventbus.adapters.kafka.broker import _Detaching
 from tests.conformance.harness import unique
 from tests.conformance.support import until
 

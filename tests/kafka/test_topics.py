@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from eventbus.adapters.kafka import KafkaBroker
 from eventbus import ConfigurationError, Envelope, Event, RetryPolicy
+from eventbus.adapters.kafka import KafkaBroker
 from tests.conformance.harness import unique
 
 from .harness import KafkaHarness
@@ -52,7 +52,7 @@ async def test_missing_topic_with_creation_off_names_topic_and_option(kafka: Kaf
     bus = kafka.bus(create_topics=False)
 
     @bus.subscribe(group="g")
-    async def handle(event: Created) -> None:  # type: ignore[valid-type]
+    async def handle(event: Created) -> None:
         pass
 
     with pytest.raises(ConfigurationError) as info:

@@ -3,6 +3,7 @@ projections (catch-up exactly once, rebuild equals live)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,10 @@ from examples.orders.read_model import order_views
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> SqliteEventStore:
+async def store(tmp_path: Path) -> AsyncIterator[SqliteEventStore]:
     s = SqliteEventStore(f"{tmp_path}/e.db")
     await s.open()
-    yield s  # type: ignore[misc]
+    yield s
     await s.close()
 
 

@@ -25,7 +25,7 @@ def test_failure_retry_and_dead_letter_lines(capsys: pytest.CaptureFixture[str])
             done.set()
         raise RuntimeError("boom")
 
-    async def main() -> None:
+    async def main() -> str:
         async with bus:
             sent = await bus.publish(Boom(n=1), key="k")
             await asyncio.wait_for(done.wait(), 10)

@@ -6,6 +6,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from eventbus import Event
+from eventbus.broker import Message
 from eventbus.messages import build_message
 from eventbus.wire import from_amqp, from_kafka_headers, to_amqp, to_kafka_headers
 
@@ -15,7 +16,7 @@ class Paid(Event, stream="orders", type="order.paid"):
     amount: float
 
 
-def message():  # type: ignore[no-untyped-def]
+def message() -> Message:
     return build_message(
         Paid(order_id="o-1", amount=9.5),
         source="/billing",
@@ -29,7 +30,7 @@ def message():  # type: ignore[no-untyped-def]
 def test_sdk_reads_our_kafka_record() -> None:
     m = message()
     record = ce_kafka.KafkaMessage(
-        headers=dict(to_kafka_headers(m.attributes)), key=m.key.encode(), value=m.body
+        headers=dict(to_kafka_headers(m.attributes)), key=(m.key or "").encode(), value=m.body
     )
     event = ce_kafka.from_binary(record, JSONFormat(), CloudEvent)
     assert event.get_id() == m.attributes["id"]
