@@ -46,7 +46,7 @@ async def test_consumer_death_stops_the_bus_loudly(
             raise Boom(f"the {part} broke") if part == "pump task" else RuntimeError("broke")
 
         if part == "pump task":
-            monkeypatch.setattr("adapters.kafka.consumer.from_kafka_headers", boom)
+            monkeypatch.setattr("eventbus.adapters.kafka.consumer.from_kafka_headers", boom)
         else:
             monkeypatch.setattr(consumer, "_fetched", boom)
         publisher = kafka.bus()

@@ -43,7 +43,9 @@ def test_unknown_adapter_option_names_it() -> None:
 
 def test_missing_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(sys.modules):
-        if name == "adapters.kafka" or name.startswith(("adapters.kafka.", "confluent_kafka")):
+        if name == "eventbus.adapters.kafka" or name.startswith(
+            ("eventbus.adapters.kafka.", "confluent_kafka")
+        ):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # import fails as if absent
     with pytest.raises(ConfigurationError) as info:
