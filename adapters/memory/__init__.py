@@ -1,6 +1,9 @@
 """`memory://[name]`: the embedded in-process broker, with the full contract."""
 
-from .broker import MemoryAdapter, MemoryBroker, MemorySyncTransport, memory_state
+from .adapter import MemoryAdapter
+from .broker import MemoryBroker
+from .state import memory_state
+from .sync import MemorySyncTransport
 
 adapter = MemoryAdapter()
 

@@ -1,0 +1,27 @@
+"""The sync face of `memory://`: thread-safe publishing into the named broker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from eventbus.broker import Message
+from eventbus.settings import Settings
+
+from .state import current_loop, memory_state, name_of
+
+
+class MemorySyncTransport:
+    """Sync face of `memory://`: thread-safe publishing into the named broker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.state = memory_state(name_of(settings.url))
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        loop = current_loop()
+        for message in messages:
+            self.state.publish(message, loop)
+
+    def close(self) -> None:
+        pass
+
+
