@@ -6,8 +6,10 @@ reported clearly by the adapter registry.
 
 import confluent_kafka  # noqa: F401  (the client library: fail here if it is missing)
 
-from .broker import KafkaAdapter, KafkaBroker, KafkaSyncTransport
+from .adapter import KafkaAdapter
+from .broker import KafkaBroker, KafkaSubscription
+from .sync import KafkaSyncTransport
 
 adapter = KafkaAdapter()
 
-__all__ = ["KafkaAdapter", "KafkaBroker", "KafkaSyncTransport", "adapter"]
+__all__ = ["KafkaAdapter", "KafkaBroker", "KafkaSubscription", "KafkaSyncTransport", "adapter"]

@@ -25,16 +25,10 @@ from eventbus.log import get_logger
 from eventbus.settings import Settings
 
 from .consumer import KafkaConsumer
-from .deadletters import DeadLetterReader, dead_letter_of, replay_record
+from .dlq import DeadLetterReader, dead_letter_of, replay_record
 from .names import dlq_topic, replay_topic, retry_topic
-from .producer import AsyncProducer, SyncProducer, record_of
-from .settings import (
-    ClientConfigs,
-    load_kafka_settings,
-    load_subscription_options,
-    parse_url,
-    shield_secrets,
-)
+from .producer import AsyncProducer, record_of
+from .settings import client_configs, load_subscription_options
 from .topics import Topics
 
 _log = get_logger()
@@ -43,11 +37,6 @@ _log = get_logger()
 SIDE_TOPIC_HEADROOM = 64 * 1024
 #: a broker's default `message.max.bytes`, if a topic's cannot be read
 BROKER_DEFAULT_RECORD_LIMIT = 1048588
-
-
-def client_configs(settings: Settings) -> ClientConfigs:
-    shield_secrets(settings.options)
-    return ClientConfigs(parse_url(settings.url), load_kafka_settings(settings.options))
 
 
 class KafkaBroker:
@@ -178,7 +167,7 @@ class KafkaBroker:
         )
         await consumer.start(settings.assignment_timeout)
         self._consumers.append(consumer)
-        return _Detaching(self, consumer)
+        return KafkaSubscription(self, consumer)
 
     def _forget(self, consumer: KafkaConsumer) -> None:
         if consumer in self._consumers:
@@ -223,8 +212,9 @@ class KafkaBroker:
         return count
 
 
-class _Detaching:
-    """The consumer handed to the kernel; closing it also detaches it from the broker."""
+class KafkaSubscription:
+    """The `Consumer` handed to the kernel for one subscription; closing it also detaches
+    its `KafkaConsumer` from the broker."""
 
     def __init__(self, broker: KafkaBroker, consumer: KafkaConsumer) -> None:
         self._broker = broker
@@ -236,29 +226,3 @@ class _Detaching:
     async def close(self) -> None:
         self._broker._forget(self.consumer)
         await self.consumer.close()
-
-
-class KafkaSyncTransport:
-    """Sync face of `kafka://`: the same producer configuration, blocking until stored."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.configs = client_configs(settings)
-        self.topics = Topics(self.configs)
-        self._producer = SyncProducer(self.configs)
-
-    def publish(self, messages: Sequence[Message]) -> None:
-        missing = {m.stream for m in messages if m.stream not in self.topics.known}
-        if missing:
-            self.topics.ensure({s: self.configs.settings.partitions for s in missing})
-        self._producer.send_many([record_of(m) for m in messages])
-
-    def close(self) -> None:
-        self._producer.close()
-
-
-class KafkaAdapter:
-    def create_broker(self, settings: Settings) -> KafkaBroker:
-        return KafkaBroker(settings)
-
-    def create_sync_transport(self, settings: Settings) -> KafkaSyncTransport:
-        return KafkaSyncTransport(settings)

@@ -20,7 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventbus.errors import ConfigurationError
-from eventbus.settings import is_secret_key, parse_options, redact_mapping, redact_url
+from eventbus.settings import (
+    Settings,
+    is_secret_key,
+    parse_options,
+    redact_mapping,
+    redact_url,
+)
 
 DEFAULT_PORT = 9092
 MiB = 1024 * 1024
@@ -314,3 +320,9 @@ def config_error(configs: ClientConfigs, exc: BaseException, what: str) -> Confi
         f"{configs.scrub(str(exc))}; check EVENTBUS_KAFKA_CONFIG / PRODUCER_CONFIG / "
         "CONSUMER_CONFIG and the SASL/SSL options"
     )
+
+
+def client_configs(settings: Settings) -> ClientConfigs:
+    """The client configurations of one bus (secrets in options shielded first)."""
+    shield_secrets(settings.options)
+    return ClientConfigs(parse_url(settings.url), load_kafka_settings(settings.options))

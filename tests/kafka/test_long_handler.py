@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from eventbus import Event
-from eventbus.adapters.kafka.broker import _Detaching
+from eventbus.adapters.kafka import KafkaSubscription
 from tests.conformance.harness import unique
 from tests.conformance.support import until
 
@@ -40,6 +40,6 @@ async def test_handler_longer_than_max_poll_interval_keeps_the_member(
         await bus.publish_many([(Slow(n=i), "k") for i in range(30)])
         await until(lambda: len(handled) == 30, timeout=60, what="every event")
         [consumer] = bus._consumers
-        assert isinstance(consumer, _Detaching)
+        assert isinstance(consumer, KafkaSubscription)
         assert consumer.consumer.assignments == 1, "the member was rebalanced out"
     assert handled == list(range(30))

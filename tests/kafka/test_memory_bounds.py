@@ -11,8 +11,8 @@ import pytest
 from confluent_kafka import Producer
 
 from eventbus import Context, Event, EventBus
-from eventbus.adapters.kafka.broker import KafkaBroker, _Detaching
-from eventbus.adapters.kafka.deadletters import BATCH, DeadLetterReader
+from eventbus.adapters.kafka import KafkaBroker, KafkaSubscription
+from eventbus.adapters.kafka.dlq import BATCH, DeadLetterReader
 from tests.conformance.harness import unique
 from tests.conformance.support import until
 
@@ -56,7 +56,7 @@ async def test_partition_buffer_bytes_bounds_what_a_stuck_subscription_holds(
     keys = _keys_on_distinct_lanes(count, count)
     async with bus:
         [detaching] = bus._consumers
-        assert isinstance(detaching, _Detaching)
+        assert isinstance(detaching, KafkaSubscription)
         consumer = detaching.consumer
         await bus.publish_many([(Blob(n=i, pad="x" * size), keys[i]) for i in range(count)])
         part = consumer._parts[(stream, 0)]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from eventbus import ConsumerFailed, Envelope, Event
-from eventbus.adapters.kafka.broker import _Detaching
+from eventbus.adapters.kafka import KafkaSubscription
 from tests.conformance.harness import unique
 from tests.conformance.support import until
 
@@ -39,7 +39,7 @@ async def test_consumer_death_stops_the_bus_loudly(
     try:
         await until(lambda: len(bus._consumers) == 1, what="the subscription to attach")
         [detaching] = bus._consumers
-        assert isinstance(detaching, _Detaching)
+        assert isinstance(detaching, KafkaSubscription)
         consumer = detaching.consumer
 
         def boom(*_args: Any) -> Any:
