@@ -13,16 +13,16 @@ from collections.abc import AsyncIterator, Sequence
 
 from confluent_kafka import KafkaException
 
-from eventbus.broker import (
+from eventbus.toolkit import (
     Capabilities,
     Consumer,
     DeadLetter,
     Deliver,
     Message,
+    Settings,
     SubscriptionSpec,
+    get_logger,
 )
-from eventbus.log import get_logger
-from eventbus.settings import Settings
 
 from .consumer import KafkaConsumer
 from .dlq import DeadLetterReader, dead_letter_of, replay_record

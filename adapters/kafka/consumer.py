@@ -44,10 +44,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from eventbus.broker import Deliver, SubscriptionSpec, supervise
-from eventbus.log import get_logger
-from eventbus.routing import matches_any
-from eventbus.wire import derived_id, from_kafka_headers
+from eventbus.toolkit import (
+    Deliver,
+    SubscriptionSpec,
+    derived_id,
+    finish_task,
+    from_kafka_headers,
+    get_logger,
+    matches_any,
+    supervise,
+)
 
 from .delivery import KafkaDelivery
 from .names import DUE_HEADER, ORIGIN_OFFSET_HEADER, ORIGIN_PARTITION_HEADER
@@ -242,14 +248,7 @@ class KafkaConsumer:
         self._halted = True
         self._closing = True
         self._wake.set()
-        task = self._pump_task
-        if task is not None and not task.done():
-            try:
-                async with asyncio.timeout(0.05):
-                    await asyncio.shield(task)
-            except TimeoutError:  # stuck in a handler past the shutdown timeout
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await finish_task(self._pump_task)
         with self._lock:
             self._stop_thread = True
             self._lock.notify_all()

@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from eventbus.broker import Delivery
-from eventbus.deadletter import DEAD_LETTER_HEADERS
-from eventbus.errors import PublishError
-from eventbus.wire import ATTEMPT_HEADER
+from eventbus.toolkit import (
+    ATTEMPT_HEADER,
+    DEAD_LETTER_HEADERS,
+    Delivery,
+    PublishError,
+)
 
 from .names import (
     DUE_HEADER,

@@ -19,9 +19,14 @@ from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from eventbus.broker import DeadLetter
-from eventbus.deadletter import DEAD_LETTER_HEADERS
-from eventbus.wire import ATTEMPT_HEADER, derived_id, from_kafka_headers, header_text
+from eventbus.toolkit import (
+    ATTEMPT_HEADER,
+    DEAD_LETTER_HEADERS,
+    DeadLetter,
+    derived_id,
+    from_kafka_headers,
+    header_text,
+)
 
 from .names import (
     DUE_HEADER,

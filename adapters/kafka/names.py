@@ -10,6 +10,8 @@ group <group>.dlq-replay       how far the dead letters of <group> were replayed
 
 from __future__ import annotations
 
+from eventbus.toolkit import dead_letter_name, replay_name, retry_name
+
 #: epoch milliseconds before which a retry-topic record must not be handled
 DUE_HEADER = "x-eventbus-due"
 #: where a retried / replayed record first was in its stream (partition, offset)
@@ -17,16 +19,10 @@ ORIGIN_PARTITION_HEADER = "x-eventbus-origin-partition"
 ORIGIN_OFFSET_HEADER = "x-eventbus-origin-offset"
 
 
-def retry_topic(stream: str, group: str, tier: int) -> str:
-    return f"{stream}.{group}.retry.{tier}"
-
-
-def replay_topic(stream: str, group: str) -> str:
-    return f"{stream}.{group}.replay"
-
-
-def dlq_topic(stream: str, group: str) -> str:
-    return f"{stream}.{group}.dlq"
+#: the side topics of a group are named as on every broker (DESIGN §3.5); tiers 0-based
+retry_topic = retry_name
+replay_topic = replay_name
+dlq_topic = dead_letter_name
 
 
 def replay_group(group: str) -> str:

@@ -20,9 +20,12 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from eventbus import broker
-from eventbus.errors import MessageTooLarge, PublishError
-from eventbus.log import get_logger
-from eventbus.wire import to_kafka_headers
+from eventbus.toolkit import (
+    MessageTooLarge,
+    PublishError,
+    get_logger,
+    to_kafka_headers,
+)
 
 from .settings import ClientConfigs, config_error
 

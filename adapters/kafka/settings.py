@@ -19,8 +19,8 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from eventbus.errors import ConfigurationError
-from eventbus.settings import (
+from eventbus.toolkit import (
+    ConfigurationError,
     Settings,
     is_secret_key,
     parse_options,

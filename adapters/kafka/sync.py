@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from eventbus.broker import Message
-from eventbus.settings import Settings
+from eventbus.toolkit import (
+    Message,
+    Settings,
+)
 
 from .producer import SyncProducer, record_of
 from .settings import client_configs

@@ -15,7 +15,9 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka import admin as kafka_admin
 
-from eventbus.errors import ConfigurationError
+from eventbus.toolkit import (
+    ConfigurationError,
+)
 
 from .settings import ClientConfigs, config_error
 

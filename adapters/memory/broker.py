@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from eventbus.broker import (
+from eventbus.toolkit import (
+    DEAD_LETTER_HEADERS,
     Capabilities,
     Consumer,
     DeadLetter,
     Deliver,
     Message,
+    Settings,
     SubscriptionSpec,
+    parse_options,
     supervise,
 )
-from eventbus.deadletter import DEAD_LETTER_HEADERS
-from eventbus.settings import Settings, parse_options
 
 from .consumer import MemoryConsumer, MemoryMember
 from .settings import MemoryOptions, SubscriptionOptions
@@ -113,5 +114,3 @@ class MemoryBroker:
             attributes = {k: v for k, v in dead.attributes.items() if k not in DEAD_LETTER_HEADERS}
             target.put(Entry(next(state.seq), dead.body, attributes, dead.key, 1), self._loop)
         return len(letters)
-
-

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from eventbus.broker import Deliver
+from eventbus.toolkit import (
+    Deliver,
+    finish_task,
+)
 
 from .delivery import MemoryDelivery
 from .state import Entry, Group, Partition
@@ -85,15 +88,8 @@ class MemoryConsumer:
     async def close(self) -> None:
         member = self._member
         member.paused = True
-        task = member.task
-        if task is not None and not task.done():
-            member.event.set()
-            try:
-                async with asyncio.timeout(0.05):
-                    await asyncio.shield(task)
-            except TimeoutError:  # stuck in a handler past the shutdown timeout
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        member.event.set()
+        await finish_task(member.task)
         # whatever was not settled goes back, in order
         for partition, entry in sorted(member.unacked.values(), key=lambda pe: -pe[1].seq):
             partition.inflight -= 1
@@ -110,5 +106,3 @@ class MemoryConsumer:
                     partition.handover = None
         with group.state.lock:
             group.rebalance()
-
-

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from eventbus.broker import DeadLetter, Delivery
-from eventbus.wire import ATTEMPT_HEADER
+from eventbus.toolkit import (
+    ATTEMPT_HEADER,
+    DeadLetter,
+    Delivery,
+)
 
 from .state import Entry, Partition
 
@@ -69,5 +72,3 @@ class MemoryDelivery(Delivery):
             )
         )
         self._member.settled(self._partition, entry)
-
-

@@ -20,5 +20,3 @@ class SubscriptionOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     partitions: int | None = Field(default=None, ge=1, le=1024)
-
-

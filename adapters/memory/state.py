@@ -18,9 +18,12 @@ from collections import deque
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from eventbus.broker import DeadLetter, Message
-from eventbus.routing import matches_any
-from eventbus.wire import derived_id
+from eventbus.toolkit import (
+    DeadLetter,
+    Message,
+    derived_id,
+    matches_any,
+)
 
 if TYPE_CHECKING:
     from .consumer import MemoryMember
@@ -221,5 +224,3 @@ def current_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from eventbus.broker import Message
-from eventbus.settings import Settings
+from eventbus.toolkit import (
+    Message,
+    Settings,
+)
 
 from .state import current_loop, memory_state, name_of
 
@@ -23,5 +25,3 @@ class MemorySyncTransport:
 
     def close(self) -> None:
         pass
-
-

@@ -1,0 +1,124 @@
+"""The adapter toolkit: everything an adapter (ours in `eventbus.adapters`, or a third
+party's) may use of the kernel, declared in one place. The user API is `eventbus`; an
+adapter imports from here only (CI checks it with import-linter).
+
+What is broker-neutral is written here once:
+
+- the adapter protocol an adapter implements (`Broker`, `Consumer`, `Delivery`,
+  `SyncTransport`, `Adapter`) and what flows through it (`Message`, `SubscriptionSpec`,
+  `DeadLetter`, `Capabilities`);
+- the CloudEvents bindings (`to_kafka_headers`, `from_amqp`, ...), ids for id-less
+  events (`derived_id`) and the dead-letter headers;
+- the names of a group's side channels (`dead_letter_name`, `retry_name`, `replay_name`);
+- consumer mechanics: `supervise` (a consumer that dies is reported, never half-alive)
+  and `finish_task` (the stop sequence: let the task finish, then cancel it);
+- options, errors and logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .broker import (
+    Adapter,
+    Broker,
+    Capabilities,
+    Consumer,
+    DeadLetter,
+    Deliver,
+    Delivery,
+    Failed,
+    Message,
+    SubscriptionSpec,
+    SyncTransport,
+    supervise,
+)
+from .deadletter import DEAD_LETTER_HEADERS
+from .errors import ConfigurationError, MessageTooLarge, PublishError, UnroutableError
+from .log import get_logger
+from .routing import matches_any
+from .settings import Settings, is_secret_key, parse_options, redact_mapping, redact_url
+from .wire import (
+    AMQP_PREFIX,
+    ATTEMPT_HEADER,
+    KAFKA_PREFIX,
+    derived_id,
+    from_amqp,
+    from_kafka_headers,
+    header_text,
+    new_id,
+    to_amqp,
+    to_kafka_headers,
+)
+
+
+def dead_letter_name(stream: str, group: str) -> str:
+    """The dead-letter destination of a group: `<stream>.<group>.dlq` (DESIGN §3.5)."""
+    return f"{stream}.{group}.dlq"
+
+
+def retry_name(stream: str, group: str, tier: int) -> str:
+    """Delayed-retry tier `tier` of a group: `<stream>.<group>.retry.<tier>`."""
+    return f"{stream}.{group}.retry.{tier}"
+
+
+def replay_name(stream: str, group: str) -> str:
+    """Where replayed dead letters of a group go (read by that group only)."""
+    return f"{stream}.{group}.replay"
+
+
+async def finish_task(task: asyncio.Task[Any] | None, grace: float = 0.05) -> None:
+    """The consumer stop sequence: give `task` `grace` seconds to finish on its own (it was
+    told to stop), then cancel it and wait until it is gone. The task is shielded while it
+    finishes, so a cancellation of the caller does not cut a settlement short."""
+    if task is None or task.done():
+        return
+    try:
+        async with asyncio.timeout(grace):
+            await asyncio.shield(task)
+    except TimeoutError:  # stuck in a handler past the shutdown timeout
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+__all__ = [
+    "AMQP_PREFIX",
+    "ATTEMPT_HEADER",
+    "DEAD_LETTER_HEADERS",
+    "KAFKA_PREFIX",
+    "Adapter",
+    "Broker",
+    "Capabilities",
+    "ConfigurationError",
+    "Consumer",
+    "DeadLetter",
+    "Deliver",
+    "Delivery",
+    "Failed",
+    "Message",
+    "MessageTooLarge",
+    "PublishError",
+    "Settings",
+    "SubscriptionSpec",
+    "SyncTransport",
+    "UnroutableError",
+    "dead_letter_name",
+    "derived_id",
+    "finish_task",
+    "from_amqp",
+    "from_kafka_headers",
+    "get_logger",
+    "header_text",
+    "is_secret_key",
+    "matches_any",
+    "new_id",
+    "parse_options",
+    "redact_mapping",
+    "redact_url",
+    "replay_name",
+    "retry_name",
+    "supervise",
+    "to_amqp",
+    "to_kafka_headers",
+]
