@@ -26,8 +26,8 @@ def eventbus(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_run_stops_gracefully_on_sigterm_letting_the_handler_finish() -> None:
-    proc = eventbus("run", "tests.unit.cli_app:bus")
+def wait_for_started(proc: subprocess.Popen[str]) -> str:
+    """The first `started ...` line the service prints (or "" if it ends first)."""
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
     line = ""
@@ -35,12 +35,32 @@ def test_run_stops_gracefully_on_sigterm_letting_the_handler_finish() -> None:
         line = proc.stdout.readline()
         if line.startswith("started") or not line:
             break
-    assert line.strip() == "started one", proc.stderr.read() if proc.stderr else ""
+    return line.strip()
+
+
+def test_run_stops_gracefully_on_sigterm_letting_the_handler_finish() -> None:
+    proc = eventbus("run", "tests.unit.cli_app:bus")
+    assert wait_for_started(proc) == "started one", proc.stderr.read() if proc.stderr else ""
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "finished one" in out  # the in-flight handler finished before exit
     assert "bus.stopped" in err
+
+
+def test_run_exits_on_sigterm_although_a_sync_handler_never_returns() -> None:
+    """The stuck handler's thread is a daemon: the graceful stop gives up after the
+    shutdown timeout and the process exits."""
+    proc = eventbus("run", "tests.unit.blocked_app:bus")
+    assert wait_for_started(proc) == "started stuck"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("eventbus run did not exit after SIGTERM") from None
+    assert proc.returncode == 0, err
+    assert "shutdown.timeout" in err
 
 
 def test_run_with_bad_target_is_a_clear_error() -> None:
