@@ -8,9 +8,22 @@ aiormq correlates a `basic.return` with its publish by `message_id` (the event i
 the broker sends the return before the confirm, so an unroutable event fails its own
 publish with `UnroutableError` and nothing else.
 
-Recovery: a publish whose channel or connection died before the confirm arrived is sent
-again on a new channel once the link is back (a duplicate is possible, a loss is not);
-the caller waits up to `publish_timeout` for that.
+Size: a publish that cannot travel (a short string over 255 bytes, properties larger than
+one frame) is refused before it is sent (`limits`): RabbitMQ would close the connection.
+
+Order: each publish takes a ticket when it is called and is written only in its turn,
+after every earlier publish was written (or gave up), whatever it waited for meanwhile
+(the window, a stream declaration, a recovery). So concurrent publishes reach the wire in
+the order they were issued; in the common case the turn is already there and costs a
+comparison.
+
+Recovery keeps the order: every publish written and not yet confirmed is kept, in
+ticket order, in `_pending`. When the channel (or the connection) is lost, one recovery
+(`_recover`) holds every new publish back, waits for the link, opens a new channel and
+writes all pending publishes again, oldest first, before it lets anything else through.
+So a publish issued after another one of the same key never overtakes it, even across a
+broker restart; a publish that reached the broker before the loss may be stored twice
+(a duplicate is possible, a loss is not). The caller waits up to `publish_timeout`.
 """
 
 from __future__ import annotations
@@ -18,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
+from typing import Any
 
 import aiormq
 from aiormq.abc import AbstractChannel
@@ -26,8 +41,46 @@ from pamqp import commands as spec
 from eventbus.errors import PublishError, UnroutableError
 from eventbus.log import get_logger
 
+from .limits import DEFAULT_FRAME_MAX, check_publish
 from .link import LOST, Link
 from .topology import declare_stream
+
+
+class _Pending:
+    """One publish written and not yet confirmed."""
+
+    __slots__ = ("body", "channel", "exchange", "mandatory", "properties", "resend",
+                 "routing_key", "stream")
+
+    def __init__(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: spec.Basic.Properties,
+        mandatory: bool,
+        stream: str | None,
+        channel: AbstractChannel,
+    ) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.body = body
+        self.properties = properties
+        self.mandatory = mandatory
+        self.stream = stream
+        #: the channel of the latest write
+        self.channel = channel
+        #: the latest write, when a recovery wrote it again
+        self.resend: asyncio.Future[Any] | None = None
+
+    def write(self, channel: AbstractChannel) -> Awaitable[Any]:
+        return channel.basic_publish(
+            self.body,
+            exchange=self.exchange,
+            routing_key=self.routing_key,
+            properties=self.properties,
+            mandatory=self.mandatory,
+        )
 
 
 class Publisher:
@@ -37,10 +90,22 @@ class Publisher:
         self._timeout = timeout
         self._window = asyncio.Semaphore(window)
         self._channel: AbstractChannel | None = None
-        self._opening = asyncio.Lock()
         self._declaring = asyncio.Lock()
         #: streams whose exchange was declared on the current channel
         self._declared: set[str] = set()
+        #: tickets: every `send` takes the next one when called, and writes only in its
+        #: turn (`_next_write`); waiting turns in `_turns`, given-up ones in `_skipped`
+        self._tickets = 0
+        self._next_write = 0
+        self._turns: dict[int, asyncio.Future[None]] = {}
+        self._skipped: set[int] = set()
+        #: ticket -> publish written and not yet confirmed, oldest first
+        self._pending: dict[int, _Pending] = {}
+        #: set while a recovery runs: every publish waits for it
+        self._recovery: asyncio.Future[None] | None = None
+        self._recoverer: asyncio.Task[None] | None = None
+        self._closed = False
+        self.frame_max = DEFAULT_FRAME_MAX
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -66,14 +131,36 @@ class Publisher:
         """Publish and wait for the confirm. `stream`: declare that stream's exchange first
         (once per channel). Copies the adapter makes (retries, dead letters, replays) are
         always mandatory: a copy that reaches no queue must not count as stored."""
+        check_publish(
+            f"event {properties.message_id}",
+            exchange,
+            routing_key,
+            properties.headers,
+            (properties.message_id, properties.content_type, properties.correlation_id,
+             properties.reply_to, properties.app_id),
+            self.frame_max,
+            lambda: len(properties.marshal()),
+        )
         deadline = time.monotonic() + self._timeout
+        ticket = self._tickets  # the order of the calls is the order on the wire
+        self._tickets = ticket + 1
         self._inflight += 1
         self._idle.clear()
         try:
-            async with self._window:
+            window = self._window
+            try:
+                if ticket != self._next_write:
+                    await self._turn(ticket, deadline, properties)
+                await window.acquire()
+            except BaseException:
+                self._abandon(ticket)
+                raise
+            try:
                 await self._send(
-                    exchange, routing_key, body, properties, stream, deadline, mandatory
+                    exchange, routing_key, body, properties, stream, deadline, mandatory, ticket
                 )
+            finally:
+                window.release()
         finally:
             self._inflight -= 1
             if not self._inflight:
@@ -88,94 +175,234 @@ class Publisher:
         stream: str | None,
         deadline: float,
         mandatory: bool,
+        ticket: int,
     ) -> None:
-        pause = 0.05
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PublishError(
-                    f"event {properties.message_id} to {_where(exchange, routing_key)} was not "
-                    f"confirmed within {self._timeout}s (EVENTBUS_RABBITMQ_PUBLISH_TIMEOUT): "
-                    f"RabbitMQ at {self._link.target.redacted} is unreachable"
-                )
-            try:
-                async with asyncio.timeout(remaining):
-                    channel = await self._open()
-                    if stream is not None and stream not in self._declared:
-                        await self._declare(channel, stream)
-                    confirm = await channel.basic_publish(
-                        body,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        properties=properties,
-                        mandatory=mandatory,
+        """Holding the turn of `ticket`: write, pass the turn on, await the confirm."""
+        try:
+            channel = await self._ready(stream, deadline, properties)
+        except BaseException:
+            self._abandon(ticket)
+            raise
+        entry = _Pending(exchange, routing_key, body, properties, mandatory, stream, channel)
+        self._pending[ticket] = entry
+        try:
+            # aiormq queues the frames before the coroutine first suspends, and the next
+            # ticket only runs after that: the turn passes on in wire order
+            attempt = entry.write(channel)
+            self._advance()
+            while True:
+                try:
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        confirm = await attempt
+                except aiormq.exceptions.PublishError:
+                    raise UnroutableError(_unroutable(properties, exchange, routing_key,
+                                                      stream)) from None
+                except aiormq.exceptions.DeliveryError:
+                    raise PublishError(
+                        f"RabbitMQ did not store event {properties.message_id} "
+                        f"({_where(exchange, routing_key)}): the broker nacked it"
+                    ) from None
+                except aiormq.exceptions.ChannelAccessRefused as exc:
+                    raise PublishError(
+                        f"RabbitMQ refused the publish to {_where(exchange, routing_key)}: "
+                        f"{exc}"
+                    ) from None
+                except TimeoutError:
+                    raise self._timed_out(properties, exchange, routing_key) from None
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    attempt = await self._written_again(entry, attempt, deadline)
+                    continue
+                except LOST as exc:
+                    self._log.debug(
+                        "publish.resend", error=repr(exc), event_id=properties.message_id
                     )
-            except aiormq.exceptions.PublishError:
-                raise UnroutableError(
-                    f"event {properties.message_id} ({routing_key}) published to "
-                    f"{_where(exchange, routing_key)} reached no queue: no group subscribes "
-                    "to this type yet (publishing is mandatory, so it was not stored)"
-                ) from None
-            except aiormq.exceptions.ChannelAccessRefused as exc:
-                raise PublishError(
-                    f"RabbitMQ refused the publish to {_where(exchange, routing_key)}: {exc}"
-                ) from None
-            except TimeoutError:
-                continue  # the deadline check above raises
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                # the channel was torn down under us: send again
-                await self._lost(pause)
-                pause = min(pause * 2, 1.0)
+                    attempt = await self._written_again(entry, attempt, deadline)
+                    continue
+                if isinstance(confirm, spec.Basic.Nack):
+                    raise PublishError(
+                        f"RabbitMQ did not store event {properties.message_id} "
+                        f"({_where(exchange, routing_key)}): the broker nacked it"
+                    )
+                return
+        finally:
+            del self._pending[ticket]
+            resend = entry.resend
+            if resend is not None and not resend.done():
+                resend.cancel()
+
+    # --- turns: the wire order is the order of the calls ------------------------------------
+
+    async def _turn(self, ticket: int, deadline: float, properties: spec.Basic.Properties) -> None:
+        """Wait until every earlier publish was written (or given up)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._turns[ticket] = waiter
+        try:
+            await asyncio.wait_for(waiter, deadline - time.monotonic())
+        except TimeoutError:
+            raise self._timed_out(properties, "", "") from None
+
+    def _advance(self) -> None:
+        """The publish holding the turn was written (or given up): the next one's turn."""
+        n = self._next_write + 1
+        skipped = self._skipped
+        while n in skipped:
+            skipped.discard(n)
+            n += 1
+        self._next_write = n
+        waiter = self._turns.pop(n, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _abandon(self, ticket: int) -> None:
+        """A publish gives up before it was written (error, timeout, cancellation)."""
+        if ticket == self._next_write:
+            self._advance()
+        elif ticket > self._next_write:
+            self._skipped.add(ticket)
+            waiter = self._turns.pop(ticket, None)
+            if waiter is not None and not waiter.done():
+                waiter.cancel()
+
+    async def _ready(
+        self, stream: str | None, deadline: float, properties: spec.Basic.Properties
+    ) -> AbstractChannel:
+        """The live channel, once no recovery runs and `stream` is declared on it."""
+        while True:
+            recovery = self._recovery
+            if recovery is not None:
+                await self._wait(recovery, deadline, properties)
                 continue
-            except LOST as exc:
-                self._log.debug("publish.resend", error=repr(exc), event_id=properties.message_id)
-                await self._lost(pause)
-                pause = min(pause * 2, 1.0)
+            channel = self._channel
+            if channel is None or channel.is_closed:
+                self._recover(channel)
                 continue
-            if isinstance(confirm, spec.Basic.Nack):
-                raise PublishError(
-                    f"RabbitMQ did not store event {properties.message_id} "
-                    f"({_where(exchange, routing_key)}): the broker nacked it"
-                )
+            if stream is not None and stream not in self._declared:
+                try:
+                    await self._declare(channel, stream)
+                except LOST:
+                    self._recover(channel)
+                continue  # suspended: look again
+            return channel
+
+    async def _written_again(
+        self, entry: _Pending, failed: Awaitable[Any], deadline: float
+    ) -> Awaitable[Any]:
+        """The write `failed` of `entry` was lost with its channel: the recovery writes it
+        again on the next channel, in order; -> that write."""
+        while True:
+            resend = entry.resend
+            if resend is not None and resend is not failed:
+                return resend
+            recovery = self._recovery
+            if recovery is not None:
+                await self._wait(recovery, deadline, entry.properties)
+                continue
+            current = self._channel
+            if current is None or current is entry.channel or current.is_closed:
+                self._recover(entry.channel)
+                continue
+            # a newer channel is live, yet this was not written again: cannot happen
+            # (a recovery writes every pending publish again before the channel is used);
+            # write it now rather than never
+            entry.channel = current
+            entry.resend = asyncio.ensure_future(entry.write(current))
+            entry.resend.add_done_callback(_retrieve)
+
+    def _recover(self, lost: AbstractChannel | None) -> None:
+        """Start the recovery of the lost channel, unless one runs or already happened."""
+        if self._closed:
+            raise PublishError(f"the publisher to {self._link.target.redacted} is closed")
+        if self._recovery is not None:
             return
+        current = self._channel
+        if current is not None and current is not lost and not current.is_closed:
+            return
+        self._channel = None
+        self._recovery = asyncio.get_running_loop().create_future()
+        self._recoverer = asyncio.create_task(
+            self._recovering(lost), name="eventbus-rabbitmq-publisher-recovery"
+        )
+
+    async def _recovering(self, lost: AbstractChannel | None) -> None:
+        pause = 0.05
+        try:
+            if lost is not None and not lost.is_closed:  # failed, yet open: do not leak it
+                with contextlib.suppress(*LOST):
+                    await asyncio.wait_for(lost.close(), 5)
+            while not self._closed:
+                try:
+                    connection = await self._link.connection()
+                    opened = await connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+                    channel: AbstractChannel = await opened.get_underlay_channel()
+                    self._declared = set()
+                    streams = {e.stream for e in self._pending.values() if e.stream is not None}
+                    for stream in sorted(streams):
+                        await declare_stream(channel, stream)
+                        self._declared.add(stream)
+                except Exception as exc:  # LOST, or a declaration refused: try again
+                    self._log.debug("publish.reopen_failed", error=repr(exc), retry_in=pause)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+                    continue
+                self.frame_max = _frame_max(channel)
+                again = 0
+                # no suspension from here on: everything pending goes first, in order
+                for entry in self._pending.values():
+                    if entry.channel is channel:
+                        continue
+                    entry.channel = channel
+                    entry.resend = asyncio.ensure_future(entry.write(channel))
+                    entry.resend.add_done_callback(_retrieve)
+                    again += 1
+                self._channel = channel
+                if again:
+                    self._log.info("publish.resent", count=again)
+                return
+        finally:
+            recovery, self._recovery = self._recovery, None
+            if recovery is not None and not recovery.done():
+                recovery.set_result(None)
+
+    async def _wait(
+        self, recovery: asyncio.Future[None], deadline: float, properties: spec.Basic.Properties
+    ) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._timed_out(properties, "", "")
+        try:
+            await asyncio.wait_for(asyncio.shield(recovery), remaining)
+        except TimeoutError:
+            raise self._timed_out(properties, "", "") from None
+        if self._closed:
+            raise PublishError(f"the publisher to {self._link.target.redacted} is closed")
+
+    def _timed_out(
+        self, properties: spec.Basic.Properties, exchange: str, routing_key: str
+    ) -> PublishError:
+        where = f" to {_where(exchange, routing_key)}" if exchange or routing_key else ""
+        return PublishError(
+            f"event {properties.message_id}{where} was not confirmed within {self._timeout}s "
+            f"(EVENTBUS_RABBITMQ_PUBLISH_TIMEOUT): RabbitMQ at {self._link.target.redacted} "
+            "is unreachable"
+        )
 
     async def prepare(self, streams: set[str]) -> None:
         """Open the channel and declare the streams' exchanges before a batch, so the
         batch's publishes reach the wire in the order they were issued."""
-        channel = await self._open()
-        for stream in streams - self._declared:
-            await self._declare(channel, stream)
+        deadline = time.monotonic() + self._timeout
+        for stream in sorted(streams):
+            await self._ready(stream, deadline, spec.Basic.Properties())
 
     async def _declare(self, channel: AbstractChannel, stream: str) -> None:
         async with self._declaring:  # one declaration; concurrent publishes wait in order
-            if stream not in self._declared:
+            if stream not in self._declared and channel is self._channel:
                 await declare_stream(channel, stream)
                 self._declared.add(stream)
-
-    async def _lost(self, pause: float) -> None:
-        channel = self._channel
-        if channel is not None and channel.is_closed:
-            self._channel = None
-        await asyncio.sleep(pause)
-        await self._link.wait_up()
-
-    async def _open(self) -> AbstractChannel:
-        channel = self._channel
-        if channel is not None and not channel.is_closed:
-            return channel
-        async with self._opening:
-            channel = self._channel
-            if channel is not None and not channel.is_closed:
-                return channel
-            connection = await self._link.connection()
-            opened = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            raw: AbstractChannel = await opened.get_underlay_channel()
-            self._declared = set()
-            self._channel = raw
-            return raw
 
     async def flush(self, timeout: float) -> None:
         """Wait for publishes in flight (graceful close)."""
@@ -186,10 +413,45 @@ class Publisher:
             self._log.warning("publish.flush_timeout", inflight=self._inflight)
 
     async def close(self) -> None:
+        self._closed = True
+        recoverer = self._recoverer
+        if recoverer is not None and not recoverer.done():
+            recoverer.cancel()
+            await asyncio.gather(recoverer, return_exceptions=True)
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(*LOST):
                 await channel.close()
+
+
+def _frame_max(channel: AbstractChannel) -> int:
+    tune = getattr(getattr(channel, "connection", None), "connection_tune", None)
+    value = getattr(tune, "frame_max", None)
+    return int(value) if value else DEFAULT_FRAME_MAX
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """A write made again by a recovery whose publisher stopped waiting: its outcome is
+    nobody's business any more (and must not be logged as never retrieved)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _unroutable(
+    properties: spec.Basic.Properties, exchange: str, routing_key: str, stream: str | None
+) -> str:
+    event = f"event {properties.message_id}"
+    if stream is not None:
+        return (
+            f"{event} ({routing_key}) published to stream {stream!r} reached no queue: no "
+            "group subscribes to this type yet (publishing is mandatory, so it was not stored)"
+        )
+    if not exchange:
+        return (
+            f"{event} sent to queue {routing_key!r} was returned: that queue does not exist "
+            "(deleted?), so the copy was not stored"
+        )
+    return f"{event} sent to exchange {exchange!r} was returned: it routed it to no queue"
 
 
 def _where(exchange: str, routing_key: str) -> str:

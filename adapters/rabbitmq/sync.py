@@ -6,7 +6,9 @@ Thread-safety: pika's blocking connection must not be used by two threads at onc
 busy thread its own `SyncPublisher` for parallelism). pika confirms one message at a
 time here (no pipelining in `BlockingChannel`); use the async bus for throughput.
 A lost connection is re-opened once and the unconfirmed message sent again (a duplicate
-is possible, a loss is not).
+is possible, a loss is not). A message that cannot travel (a routing key over 255 bytes,
+headers larger than a frame) is refused with `PublishError` before it is sent
+(`limits`): RabbitMQ would close the connection over it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from eventbus.errors import ConfigurationError, PublishError, UnroutableError
 from eventbus.settings import Settings
 from eventbus.wire import to_amqp
 
+from .limits import DEFAULT_FRAME_MAX, check_publish
 from .settings import RabbitMQSettings, Target, load_rabbitmq_settings, parse_url, tls_context
 
 _LOST = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError,
@@ -42,6 +45,7 @@ class RabbitMQSyncTransport:
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._declared: set[str] = set()
+        self._frame_max = DEFAULT_FRAME_MAX
 
     def __repr__(self) -> str:
         return f"RabbitMQSyncTransport({self.target.redacted!r})"
@@ -67,6 +71,15 @@ class RabbitMQSyncTransport:
             headers=headers,
             delivery_mode=2,
             message_id=message.attributes.get("id"),
+        )
+        check_publish(
+            f"event {message.id}",
+            message.stream,
+            message.type,
+            headers,
+            (properties.message_id, properties.content_type),
+            self._frame_max,
+            lambda: sum(map(len, properties.encode())),
         )
         for last_try in (False, True):
             try:
@@ -113,6 +126,8 @@ class RabbitMQSyncTransport:
         if self._connection is None or not self._connection.is_open:
             self._connection = self._connect()
             self._declared.clear()
+            params = getattr(getattr(self._connection, "_impl", None), "params", None)
+            self._frame_max = int(getattr(params, "frame_max", 0) or DEFAULT_FRAME_MAX)
         channel = self._connection.channel()
         channel.confirm_delivery()
         self._channel = channel

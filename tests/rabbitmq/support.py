@@ -10,7 +10,17 @@ from collections.abc import Iterable
 import pika
 import pika.exceptions
 
+from eventbus import EventBus
+from eventbus.adapters.rabbitmq import RabbitMQBroker
+
 URL = os.environ.get("EVENTBUS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def broker_of(bus: EventBus) -> RabbitMQBroker:
+    """The RabbitMQ broker behind a bus (its link, publisher, ...)."""
+    broker = bus.broker
+    assert isinstance(broker, RabbitMQBroker), broker
+    return broker
 
 
 def raw_connection() -> pika.BlockingConnection:
