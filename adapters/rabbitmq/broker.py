@@ -29,11 +29,11 @@ from eventbus.deadletter import DEAD_LETTER_HEADERS
 from eventbus.errors import PublishError
 from eventbus.log import get_logger
 from eventbus.settings import Settings
-from eventbus.wire import ATTEMPT_HEADER, from_amqp, header_text
+from eventbus.wire import from_amqp, header_text
 
 from .consumer import GroupConsumer
 from .link import LOST, Link
-from .properties import ROUTING_KEY_HEADER, copy_of, outgoing, routing_key_of
+from .properties import BOOKKEEPING, ROUTING_KEY_HEADER, copy_of, outgoing, routing_key_of
 from .publisher import Publisher
 from .settings import (
     RabbitMQSettings,
@@ -42,17 +42,21 @@ from .settings import (
     parse_url,
     tls_context,
 )
+from .tolerant import install, sanitized_table
 from .topology import GroupTopology, dead_letter_queue, route_exchange
 
 #: headers RabbitMQ adds when it dead-letters (our wait queues); dropped on replay
 _BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
                          "x-first-death-reason", "x-last-death-exchange",
                          "x-last-death-queue", "x-last-death-reason")
-_REPLAY_DROPS = frozenset((*DEAD_LETTER_HEADERS, *_BROKER_DEATH_HEADERS, ATTEMPT_HEADER))
+_REPLAY_DROPS = frozenset(
+    name.lower() for name in (*DEAD_LETTER_HEADERS, *_BROKER_DEATH_HEADERS, *BOOKKEEPING)
+)
 
 
 class RabbitMQBroker:
     def __init__(self, settings: Settings) -> None:
+        install()  # frames a producer can break pamqp with never drop the connection
         self.settings: RabbitMQSettings = load_rabbitmq_settings(dict(settings.options))
         self.capabilities = Capabilities(
             shared_across_processes=True,
@@ -182,7 +186,7 @@ class RabbitMQBroker:
                 props = got.header.properties
                 headers: dict[str, Any] = dict(props.headers or {})
                 original_key = headers.get("x-original-routing-key")
-                clean = {k: v for k, v in headers.items() if k not in _REPLAY_DROPS}
+                clean = {k: v for k, v in headers.items() if k.lower() not in _REPLAY_DROPS}
                 if original_key is not None:
                     clean[ROUTING_KEY_HEADER] = original_key
                 await self.publisher.send(
@@ -219,10 +223,10 @@ async def _message_count(channel: AbstractChannel, queue: str) -> int:
 
 def _dead_letter(stream: str, group: str, got: Any) -> DeadLetter:
     props = got.header.properties
-    raw_headers: dict[str, Any] = props.headers or {}
+    raw_headers, _escaped = sanitized_table(dict(props.headers or {}))
     routing_key = routing_key_of(raw_headers, raw_headers.get("x-original-routing-key"))
-    attributes, _attempt = from_amqp(raw_headers, props.content_type, props.message_id,
-                                     routing_key)
+    attributes, _attempt = from_amqp(raw_headers, _text(props.content_type),
+                                     _text(props.message_id), _text(routing_key))
     headers = header_text(raw_headers)
     return DeadLetter(
         stream=stream,
@@ -233,3 +237,11 @@ def _dead_letter(stream: str, group: str, got: Any) -> DeadLetter:
         key=attributes.get("partitionkey"),
         position=got.delivery.delivery_tag,
     )
+
+
+def _text(value: Any) -> str | None:
+    """A short string of a stored message as valid text (escaped where it was not)."""
+    if value is None:
+        return None
+    clean, _escaped = sanitized_table({"v": value})
+    return str(clean["v"])

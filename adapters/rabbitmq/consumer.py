@@ -18,22 +18,41 @@ Recovery: when a channel dies, the broker takes back every unacknowledged messag
 will deliver it again; deliveries still queued here from the dead channel are dropped.
 A handler may therefore run twice for one event after a connection loss: at-least-once,
 never lost.
+
+Id-less messages (no `ce-id` header, no `message_id`: a plain client's JSON) get one id
+before any handler sees it, and keep it on every redelivery, retry and restart: the
+consumer publishes a copy stamped with a new `message_id` into the group's own entry
+(the group queue, or a partitioned group's route exchange), confirmed, and only then acks
+the original; handlers only ever see the stamped copy. Two id-less messages get two ids.
+Caveats: the copy queues up behind what the group queue holds already, so an id-less
+message loses its place in its key's order; and should the connection drop between the
+confirm of the copy and the ack of the original, the original is stamped again when it
+comes back (the event then exists under two ids: at-least-once, like any redelivery).
+
+Copies (dead letters, delayed retries, id stamps) go to the group's own queues. One whose
+queue was deleted under the running consumer is returned by the broker (mandatory): the
+group's topology is declared again and the copy sent once more (`store_copy`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
+from pamqp import commands as spec
 
-from eventbus.broker import Deliver, Delivery, SubscriptionSpec
+from eventbus.broker import Deliver, Delivery, SubscriptionSpec, supervise
+from eventbus.errors import PublishError, UnroutableError
 from eventbus.log import get_logger
+from eventbus.wire import ATTEMPT_HEADER, new_id
 
 from .assignment import assign
 from .attachment import Attachment
 from .delivery import RabbitMQDelivery
 from .membership import Membership, new_member_id
+from .properties import BOOKKEEPING, ROUTING_KEY_HEADER, copy_of
 from .topology import GroupTopology
 
 if TYPE_CHECKING:
@@ -57,7 +76,9 @@ class GroupConsumer:
         self.member_id = new_member_id()
         self._deliver = deliver
         self._prefetch = prefetch
-        self._inbox: asyncio.Queue[tuple[Attachment, DeliveredMessage]] = asyncio.Queue()
+        #: (attachment, message) from the broker; (None, delivery) a delivery handed back
+        #: by an id stamp that failed; _WAKE
+        self._inbox: asyncio.Queue[tuple[Attachment | None, Any]] = asyncio.Queue()
         self._attachments: dict[str, Attachment] = {}
         self._releasing: dict[str, asyncio.Task[None]] = {}
         self._membership: Membership | None = None
@@ -77,6 +98,12 @@ class GroupConsumer:
         self._runner: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._wait_queues: set[str] = {name for name, _ in topology.tier_queues()}
+        #: exchanges a message comes back through from the group's own channels (wait
+        #: queues, replays, id stamps): the attempt count is trusted only on those
+        self.trusted_exchanges = frozenset(
+            {"", topology.route_exchange} if topology.partitions is not None else {""}
+        )
+        self._stamping: set[asyncio.Task[None]] = set()
         self._log = get_logger(stream=topology.stream, group=topology.group,
                                member=self.member_id)
 
@@ -106,10 +133,17 @@ class GroupConsumer:
         if self._membership is not None:
             await self._membership.start()
         await self._reconcile()
-        self._runner = asyncio.create_task(self._run(), name=f"rabbitmq:{self.topology.base}")
+        base = self.topology.base
+        self._runner = asyncio.create_task(self._run(), name=f"rabbitmq:{base}")
         self._keeper = asyncio.create_task(
-            self._keep_attached(), name=f"rabbitmq-keeper:{self.topology.base}"
+            self._keep_attached(), name=f"rabbitmq-keeper:{base}"
         )
+        ending = self._is_ending
+        supervise(self._runner, self.spec, f"the RabbitMQ consumer of {base}", ending)
+        supervise(self._keeper, self.spec, f"the RabbitMQ re-attacher of {base}", ending)
+
+    def _is_ending(self) -> bool:
+        return self._paused
 
     async def pause(self) -> None:
         """Stop passing deliveries on and leave the group. On single-active-consumer
@@ -140,7 +174,7 @@ class GroupConsumer:
         await self._stop_keeper()
         if self._membership is not None:
             await self._membership.leave()
-        releasing = list(self._releasing.values())
+        releasing = [*self._releasing.values(), *self._stamping]
         for task in releasing:
             task.cancel()
         await asyncio.gather(*releasing, return_exceptions=True)
@@ -232,13 +266,136 @@ class GroupConsumer:
         deliver = self._deliver
         while True:
             attachment, message = await inbox.get()
+            if attachment is None and message is not None:  # a ready delivery
+                if self._paused:
+                    await message.nack()
+                else:
+                    await deliver(message)
+                continue
             if self._paused:
                 if self._closing:
                     return
                 continue  # left unacked: the channel close at `close` returns it
             if attachment is None or attachment.releasing or message.channel.is_closed:
                 continue  # the broker gets it back when that channel closes
-            await deliver(RabbitMQDelivery(self, attachment, message))
+            try:
+                d = RabbitMQDelivery(self, attachment, message)
+            except Exception as exc:  # bad input never stops the consumer
+                d = RabbitMQDelivery.undecodable(self, attachment, message, exc)
+            if not d.attributes.get("id") and d.defect is None:
+                self._stamp(d)
+                continue
+            await deliver(d)
+
+    # --- id-less messages --------------------------------------------------------------
+
+    def _stamp(self, d: RabbitMQDelivery) -> None:
+        task = asyncio.create_task(self._stamped(d), name=f"rabbitmq-stamp:{self.topology.base}")
+        self._stamping.add(task)
+        task.add_done_callback(self._stamping.discard)
+
+    async def _stamped(self, d: RabbitMQDelivery) -> None:
+        """Publish a copy of an id-less message with an id of its own into the group's
+        entry, then ack the original (see the module docstring)."""
+        event_id = new_id()
+        headers: dict[str, Any] = {
+            k: v for k, v in d.headers.items()
+            if k.lower() not in BOOKKEEPING and k.lower() != "ce-id"
+        }
+        if d.attempt > 1:  # trusted already (it came through the group's own channels)
+            headers[ATTEMPT_HEADER] = d.attempt
+        if d.routing_key is not None:
+            headers[ROUTING_KEY_HEADER] = d.routing_key
+        properties = copy_of(d.message_properties, headers, None)
+        properties.message_id = event_id
+        exchange, routing_key = self.topology.entry
+        try:
+            stored = await self._while_open(
+                d, self.broker.publisher.send(exchange, routing_key, d.body, properties)
+            )
+        except Exception as exc:
+            # not a lost connection (the channel would have closed first): the copy cannot
+            # be stored (too large with the id, the entry gone, ...); the kernel
+            # dead-letters the message, with the reason
+            self._log.warning("rabbitmq.id_stamp_failed", error=repr(exc)[:300])
+            d.defect = (
+                "the message has no id, and its copy with one could not be stored: "
+                f"{type(exc).__name__}: {exc}"
+            )[:1000]
+            self._inbox.put_nowait((None, d))
+            return
+        if stored:
+            self._log.debug("rabbitmq.id_stamped", event_id=event_id)
+            await d.ack()
+        else:
+            d.dropped_copy("id stamp")
+
+    # --- copies into the group's own queues ----------------------------------------------
+
+    async def store_copy(
+        self,
+        d: RabbitMQDelivery,
+        queue: str,
+        properties: spec.Basic.Properties,
+        what: str,
+        *,
+        delay: float | None = None,
+    ) -> bool:
+        """Publish a copy of `d` into one of the group's queues, confirmed. -> False if the
+        delivery's channel closed first (the broker redelivers the original, so no copy
+        is needed; the delivery is settled as dropped). A queue found missing (deleted
+        under the running consumer) is declared again, with the group's topology, and
+        the copy sent once more; raises PublishError if it still cannot be stored."""
+        publisher = self.broker.publisher
+        try:
+            stored = await self._while_open(d, publisher.send("", queue, d.body, properties))
+        except UnroutableError:
+            self._log.warning("rabbitmq.queue_missing", queue=queue, what=what,
+                              action="declaring the group's queues again")
+            await self._redeclare(queue, delay)
+            try:
+                stored = await self._while_open(
+                    d, publisher.send("", queue, d.body, properties)
+                )
+            except UnroutableError:
+                raise PublishError(
+                    f"the {what} of event {properties.message_id} was returned by queue "
+                    f"{queue!r} even after the queue was declared again: is something "
+                    "deleting it?"
+                ) from None
+        if not stored:
+            d.dropped_copy(what)
+        return stored
+
+    async def _while_open(self, d: RabbitMQDelivery, publish: Awaitable[None]) -> bool:
+        """Run `publish` unless or until the delivery's channel closes. -> whether it ran
+        to completion (its error is raised)."""
+        channel = d.message_channel
+        if channel.is_closed:
+            if asyncio.iscoroutine(publish):
+                publish.close()
+            return False
+        task = asyncio.ensure_future(publish)
+        closing = channel.closing  # an observer of its own: cancelled after use
+        try:
+            await asyncio.wait([task, closing], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            closing.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+
+    async def _redeclare(self, queue: str, delay: float | None) -> None:
+        async with self.broker.declare_channel() as admin:
+            await self.topology.declare(admin)
+            if delay is not None:
+                await self.topology.declare_wait_queue(admin, queue, delay)
 
     # --- helpers for deliveries --------------------------------------------------------
 

@@ -42,6 +42,9 @@ class Link:
         self._log = get_logger(broker=target.redacted)
         #: bumped on every (re)connection; a channel opened in an older one is dead
         self.generation = 0
+        #: writes waiting for room in the connection's (bounded) frame queue: released
+        #: (TimeoutError) when the connection is lost, whose writer will never drain it
+        self.blocked: set[asyncio.Timeout] = set()
 
     def __repr__(self) -> str:
         return f"Link({self.target.redacted!r}, up={self._up.is_set()})"
@@ -122,6 +125,10 @@ class Link:
             return
         self._up.clear()
         self._log.warning("rabbitmq.connection_lost", error=_describe(exc))
+        now = asyncio.get_running_loop().time()
+        for blocked in list(self.blocked):
+            if blocked.when() is None:
+                blocked.reschedule(now)
         if self._reconnector is None or self._reconnector.done():
             self._reconnector = asyncio.get_running_loop().create_task(
                 self._reconnect(), name="eventbus-rabbitmq-reconnect"

@@ -3,12 +3,18 @@
 Outgoing: `ce-*` headers, `content_type` = datacontenttype, `message_id` = id, persistent.
 Incoming: `eventbus.wire.from_amqp`, with the routing key as the type and `message_id` as
 the id of messages from plain clients. Copies the adapter makes of a received message (a
-delayed retry, a replayed dead letter) travel through the default exchange, so they carry
-the routing key they first had in `x-eventbus-routing-key`.
+delayed retry, a replayed dead letter, an id-less message stamped with an id) travel
+through the default exchange, so they carry the routing key they first had in
+`x-eventbus-routing-key` (read only from messages that came back through the group's own
+channels: see `RabbitMQDelivery`).
+
+Copies are made of whatever a producer sent, so `copy_of` makes every value publishable
+again (`tolerant.sanitized`).
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +23,12 @@ from pamqp import commands as spec
 from eventbus.broker import Message
 from eventbus.wire import ATTEMPT_HEADER, to_amqp
 
+from .limits import SHORTSTR_MAX
+from .tolerant import Escaped, sanitized_table, text
+
 ROUTING_KEY_HEADER = "x-eventbus-routing-key"
+#: transport bookkeeping only the adapter writes (any case of these names is replaced)
+BOOKKEEPING = frozenset((ATTEMPT_HEADER, ROUTING_KEY_HEADER))
 PERSISTENT = 2
 
 
@@ -37,27 +48,48 @@ def copy_of(
     message_id: str | None,
 ) -> spec.Basic.Properties:
     """Properties of a copy of a received message with new headers (user_id and expiration
-    are dropped: the broker checks the one and the other would expire the copy)."""
+    are dropped: the broker checks the one and the other would expire the copy). Text
+    that was not valid UTF-8 is escaped, bytes become byte arrays, a timestamp out of
+    range is dropped: the copy can always be encoded."""
+    clean, _changed = sanitized_table(dict(headers))
+    stamp = received.timestamp
     return spec.Basic.Properties(
-        content_type=received.content_type,
-        content_encoding=received.content_encoding,
-        headers=dict(headers),
+        content_type=_short(received.content_type),
+        content_encoding=_short(received.content_encoding),
+        headers=clean,
         delivery_mode=PERSISTENT,
-        priority=received.priority,
-        correlation_id=received.correlation_id,
-        reply_to=received.reply_to,
-        message_id=received.message_id or message_id,
-        timestamp=received.timestamp,
-        message_type=received.message_type,
-        app_id=received.app_id,
+        priority=received.priority if type(received.priority) is int else None,
+        correlation_id=_short(received.correlation_id),
+        reply_to=_short(received.reply_to),
+        message_id=_short(received.message_id or message_id),
+        timestamp=stamp if isinstance(stamp, datetime.datetime) else None,
+        message_type=_short(received.message_type),
+        app_id=_short(received.app_id),
     )
 
 
+def _short(value: str | None) -> str | None:
+    if value is None or (type(value) is str and value.isascii() and len(value) <= SHORTSTR_MAX):
+        return value
+    return text(value, SHORTSTR_MAX)
+
+
 def routing_key_of(headers: Mapping[str, Any], delivered_routing_key: str | None) -> str | None:
+    """The routing key a message was first published with: the header a copy carries,
+    else the routing key it was delivered with. Only for messages from the group's own
+    channels (anyone can write the header)."""
     value = headers.get(ROUTING_KEY_HEADER)
     if value is None:
         return delivered_routing_key
-    return value.decode() if isinstance(value, bytes) else str(value)
+    if type(value) is str:
+        return value
+    if isinstance(value, bytes | bytearray):
+        raw = bytes(value)
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return Escaped(raw.decode("utf-8", "surrogateescape"))
+    return str(value)
 
 
 def retry_headers(
@@ -66,7 +98,7 @@ def retry_headers(
 ) -> dict[str, Any]:
     """Headers of a delayed-retry copy: the original ones, the attempt, and the type and
     routing key made explicit (the copy is routed by queue name, not by type)."""
-    copy = dict(headers)
+    copy = {k: v for k, v in headers.items() if k.lower() not in BOOKKEEPING}
     copy[ATTEMPT_HEADER] = attempt
     if "ce-type" not in copy and attributes.get("type"):
         copy["ce-type"] = attributes["type"]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from eventbus import EventBus
-from tests.conformance.harness import unique
+from eventbus.testing.conformance import unique
 
 from .support import URL, delete_topology, raw_connection
 

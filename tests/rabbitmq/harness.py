@@ -9,7 +9,7 @@ from typing import Any
 import pika
 
 from eventbus import EventBus
-from tests.conformance.harness import Harness
+from eventbus.testing.conformance import Harness
 
 from .support import URL, delete_topology, raw_connection
 

@@ -21,7 +21,7 @@ import pytest
 
 from adapters.rabbitmq.assignment import assign
 from eventbus import Context, RetryPolicy
-from tests.conformance.support import make_events, until
+from eventbus.testing.conformance import make_events, until
 
 from .conftest import Broker
 from .support import active_members, close_connections_named
@@ -138,7 +138,8 @@ def _queue_depths(stream: str, group: str, partitions: int) -> list[int]:
     try:
         channel = connection.channel()
         return [
-            channel.queue_declare(f"{stream}.{group}.{i}", passive=True).method.message_count
+            int(channel.queue_declare(f"{stream}.{group}.{i}", passive=True).method.message_count
+                or 0)
             for i in range(partitions)
         ]
     finally:

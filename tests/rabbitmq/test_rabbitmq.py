@@ -17,7 +17,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from eventbus import Context, Envelope, Reject, RetryPolicy, SyncPublisher
 from eventbus.errors import ConfigurationError, UnroutableError
-from tests.conformance.support import make_events, until
+from eventbus.testing.conformance import make_events, until
 
 from .conftest import Broker
 
@@ -38,7 +38,7 @@ DL_HEADERS = {
 
 def pika_get_all(channel: Any, queue: str) -> list[tuple[Any, Any, bytes]]:
     """Every message of a queue, read with plain pika and acknowledged."""
-    got = []
+    got: list[tuple[Any, Any, bytes]] = []
     while True:
         method, props, body = channel.basic_get(queue, auto_ack=True)
         if method is None:
