@@ -25,9 +25,9 @@ SHORTSTR_MAX = 255
 
 #: frame_max RabbitMQ offers by default (used until a connection negotiated one)
 DEFAULT_FRAME_MAX = 131072
-#: bytes of a content-header frame around the properties: frame header and end (8),
-#: class id, weight and body size (12), property flags (2)
-CONTENT_HEADER_OVERHEAD = 22
+#: bytes of a content-header frame around the encoded properties (which include their
+#: flags): frame header and end (8), class id, weight and body size (12)
+CONTENT_HEADER_OVERHEAD = 20
 #: a property that is a short string or a fixed-size field, bounded generously
 _PROPERTY_BOUND = 4 * 64
 
