@@ -13,7 +13,7 @@ limit, the exact size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from typing import Any
 
 from eventbus.errors import PublishError
@@ -28,8 +28,12 @@ DEFAULT_FRAME_MAX = 131072
 #: bytes of a content-header frame around the encoded properties (which include their
 #: flags): frame header and end (8), class id, weight and body size (12)
 CONTENT_HEADER_OVERHEAD = 20
-#: a property that is a short string or a fixed-size field, bounded generously
-_PROPERTY_BOUND = 4 * 64
+#: the fixed-size properties, the flags and the length bytes of the short strings, bounded
+_PROPERTIES_BOUND = 64
+#: strings of at most this many characters are short strings whatever they hold (4 UTF-8
+#: bytes a character at most)
+_SAFE_CHARS = SHORTSTR_MAX // 4
+_SAFE_NAME_CHARS = HEADER_NAME_MAX // 4
 
 
 class HeadersTooLarge(PublishError):
@@ -38,64 +42,71 @@ class HeadersTooLarge(PublishError):
 
 
 def check_publish(
-    what: str,
+    event_id: str | None,
     exchange: str,
     routing_key: str,
     headers: Mapping[str, Any] | None,
     short_strings: tuple[str | None, ...],
     frame_max: int,
-    encoded_size: Callable[[], int],
+    encode: Callable[[], Sized],
 ) -> None:
-    """Raise `PublishError` if this publish cannot travel: `what` names the message in the
-    error; `short_strings` are the short-string properties (message_id, content_type,
-    ...); `encoded_size()` gives the exact size of the encoded properties (called only
-    when the cheap bound is over the limit; it may raise for a value it cannot encode)."""
-    if len(routing_key) * 4 > SHORTSTR_MAX:
-        _short(what, "routing key (the event type)", routing_key)
-    if len(exchange) * 4 > SHORTSTR_MAX:
-        _short(what, "exchange name (the stream)", exchange)
-    room = frame_max - CONTENT_HEADER_OVERHEAD
-    bound = 0
+    """Raise `PublishError` if this publish cannot travel. `short_strings` are the
+    short-string properties (message_id, content_type, ...); `encode()` encodes the
+    properties (called only when the cheap bound is over the limit; it may raise for a
+    value it cannot encode). On every publish: keep it cheap."""
+    if len(routing_key) > _SAFE_CHARS:
+        _short(event_id, "routing key (the event type)", routing_key)
+    if len(exchange) > _SAFE_CHARS:
+        _short(event_id, "exchange name (the stream)", exchange)
+    chars = 0
     for value in short_strings:
         if value is not None:
-            if len(value) * 4 > SHORTSTR_MAX:
-                _short(what, "message property", value)
-            bound += 4 * len(value) + 1
-    bound += _PROPERTY_BOUND
+            if len(value) > _SAFE_CHARS:
+                _short(event_id, "message property", value)
+            chars += len(value)
+    room = frame_max - CONTENT_HEADER_OVERHEAD
+    exact = False
     if headers:
         for name, value in headers.items():
-            if len(name) * 4 > HEADER_NAME_MAX and len(name.encode()) > HEADER_NAME_MAX:
+            if len(name) > _SAFE_NAME_CHARS and len(name.encode()) > HEADER_NAME_MAX:
                 raise HeadersTooLarge(
-                    f"{what} cannot be published: header name {name[:60]!r}... is "
-                    f"{len(name.encode())} bytes, over the {HEADER_NAME_MAX} an AMQP table "
-                    "name may have here"
+                    f"{_what(event_id)} cannot be published: header name {name[:60]!r}... "
+                    f"is {len(name.encode())} bytes, over the {HEADER_NAME_MAX} an AMQP "
+                    "table name may have here"
                 )
             kind = type(value)
             if kind is str:
-                bound += 4 * (len(name) + len(value)) + 6
+                chars += len(name) + len(value)
             elif kind is int or kind is bool or value is None:
-                bound += 4 * len(name) + 10
+                chars += len(name) + 2
             else:
-                bound = room + 1  # nested or binary: measure exactly
-    if bound <= room:
+                exact = True  # nested or binary: measured
+        # 4 bytes a character at most, and per entry: name length, type, value length
+        if not exact and 4 * chars + 10 * len(headers) + _PROPERTIES_BOUND <= room:
+            return
+    elif 4 * chars + _PROPERTIES_BOUND <= room:
         return
     try:
-        size = encoded_size()
+        size = len(encode())
     except Exception as exc:  # a value the client library cannot encode (too long, ...)
-        raise HeadersTooLarge(f"{what} cannot be published: {exc}") from None
+        raise HeadersTooLarge(f"{_what(event_id)} cannot be published: {exc}") from None
     if size > room:
         raise HeadersTooLarge(
-            f"{what} cannot be published: its properties and headers (the key and the "
-            f"CloudEvents attributes among them) take {size} bytes, more than the {room} "
-            f"one AMQP frame leaves for them (frame_max {frame_max}, negotiated with "
-            "RabbitMQ); use a shorter key or fewer, smaller headers"
+            f"{_what(event_id)} cannot be published: its properties and headers (the key "
+            f"and the CloudEvents attributes among them) take {size} bytes, more than the "
+            f"{room} one AMQP frame leaves for them (frame_max {frame_max}, negotiated "
+            "with RabbitMQ); use a shorter key or fewer, smaller headers"
         )
 
 
-def _short(what: str, field: str, value: str) -> None:
+def _what(event_id: str | None) -> str:
+    return f"event {event_id}"
+
+
+def _short(event_id: str | None, field: str, value: str) -> None:
     size = len(value.encode("utf-8", "surrogateescape"))
     if size > SHORTSTR_MAX:
         raise HeadersTooLarge(
-            f"{what} cannot be published: its {field} {value[:60]!r}... is {size} bytes; "
-            f"AMQP short strings hold at most {SHORTSTR_MAX}"
+            f"{_what(event_id)} cannot be published: its {field} {value[:60]!r}... is "
+            f"{size} bytes; AMQP short strings hold at most {SHORTSTR_MAX}"
         )

@@ -132,14 +132,15 @@ class Publisher:
         (once per channel). Copies the adapter makes (retries, dead letters, replays) are
         always mandatory: a copy that reaches no queue must not count as stored."""
         check_publish(
-            f"event {properties.message_id}",
+            properties.message_id,
             exchange,
             routing_key,
             properties.headers,
             (properties.message_id, properties.content_type, properties.correlation_id,
-             properties.reply_to, properties.app_id),
+             properties.reply_to, properties.app_id, properties.content_encoding,
+             properties.message_type, properties.expiration, properties.user_id),
             self.frame_max,
-            lambda: len(properties.marshal()),
+            properties.marshal,
         )
         deadline = time.monotonic() + self._timeout
         ticket = self._tickets  # the order of the calls is the order on the wire

@@ -73,13 +73,13 @@ class RabbitMQSyncTransport:
             message_id=message.attributes.get("id"),
         )
         check_publish(
-            f"event {message.id}",
+            message.id,
             message.stream,
             message.type,
             headers,
             (properties.message_id, properties.content_type),
             self._frame_max,
-            lambda: sum(map(len, properties.encode())),
+            lambda: b"".join(properties.encode()),
         )
         for last_try in (False, True):
             try:

@@ -92,17 +92,18 @@ def short_str(value: bytes) -> tuple[int, str]:
 
 def field_table(value: bytes) -> tuple[int, common.FieldTable]:
     """pamqp's `field_table`, with escaped names and the dubious mark."""
+    embedded_value = decode.embedded_value
+    unpack_byte = _BYTE.unpack_from
     try:
         length = _INTEGER.unpack(value[0:4])[0]
         offset = 4
         data: dict[str, Any] = {}
         dubious = False
-        dubious_table = _dubious
         end = offset + length
         if end > len(value):
             raise ValueError("Field table length exceeds available data")
         while offset < end:
-            key_length = _BYTE.unpack_from(value, offset)[0]
+            key_length = unpack_byte(value, offset)[0]
             offset += 1
             if offset + key_length > end:
                 raise ValueError("Field table key length exceeds data")
@@ -113,11 +114,11 @@ def field_table(value: bytes) -> tuple[int, common.FieldTable]:
                 key = Escaped(raw.decode("utf-8", "surrogateescape"))
                 dubious = True
             offset += key_length
-            consumed, result = decode.embedded_value(value[offset:])
+            consumed, result = embedded_value(value[offset:])
             offset += consumed
             kind = type(result)
             if kind is not str and kind is not int and (
-                kind is bytes or kind is bytearray or dubious_table(result)
+                kind is bytes or kind is bytearray or _dubious(result)
             ):
                 dubious = True
             data[key] = result
