@@ -152,11 +152,19 @@ async def test_graceful_leave_and_join_mid_stream_keep_everything_in_order(
     ev = make_events(rabbit.stream())
     seen: dict[str, list[int]] = defaultdict(list)
     handled_by: dict[str, int] = Counter()
+    # a backlog on every partition whatever the machine's speed: handlers start once all
+    # is published, and the members that stay hold theirs while b leaves and d joins
+    published = asyncio.Event()
+    flowing = asyncio.Event()
+    flowing.set()
 
     def member(name: str) -> Any:
         bus = rabbit.bus()
 
         async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+            await published.wait()
+            if name != "b":
+                await flowing.wait()
             await asyncio.sleep(0.01)
             seen[event.order_id].append(event.n)
             handled_by[name] += 1
@@ -170,12 +178,15 @@ async def test_graceful_leave_and_join_mid_stream_keep_everything_in_order(
     await balanced(ev.stream, "g", 4, members=3)
     keys = [f"key-{k}" for k in range(50)]
     await a.publish_many([(ev.Created(order_id=key, n=n), key) for n in range(60) for key in keys])
+    published.set()
     await until(lambda: sum(handled_by.values()) >= 300, timeout=60, what="some progress")
     # with a backlog on every partition: b leaves (its in-flight events finish, the rest is
     # handed over), then d joins (a and c hand partitions over with events in flight)
+    flowing.clear()
     await b.stop()
     d = member("d")
     await d.start()
+    flowing.set()
     await balanced(ev.stream, "g", 4, members=3)
     await until(lambda: sum(handled_by.values()) >= 3000, timeout=120, what="3000 events")
     for key in keys:
