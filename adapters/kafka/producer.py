@@ -19,7 +19,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from eventbus import broker
+from eventbus.toolkit import Message as EventMessage
 from eventbus.toolkit import (
     MessageTooLarge,
     PublishError,
@@ -45,7 +45,7 @@ class Record:
     label: str = ""
 
 
-def record_of(message: broker.Message) -> Record:
+def record_of(message: EventMessage) -> Record:
     key = message.key.encode() if message.key is not None else None
     headers: Headers = to_kafka_headers(message.attributes, message.attempt)  # type: ignore[assignment]
     return Record(message.stream, message.body, key, headers, message.id)

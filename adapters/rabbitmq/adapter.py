@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from eventbus.settings import Settings
+from eventbus.toolkit import (
+    Settings,
+)
 
 from .broker import RabbitMQBroker
 from .sync import RabbitMQSyncTransport

@@ -17,19 +17,20 @@ import aiormq
 from aiormq.abc import AbstractChannel
 from pamqp import commands as spec
 
-from eventbus.broker import (
+from eventbus.toolkit import (
+    DEAD_LETTER_HEADERS,
     Capabilities,
     Consumer,
     DeadLetter,
     Deliver,
     Message,
+    PublishError,
+    Settings,
     SubscriptionSpec,
+    from_amqp,
+    get_logger,
+    header_text,
 )
-from eventbus.deadletter import DEAD_LETTER_HEADERS
-from eventbus.errors import PublishError
-from eventbus.log import get_logger
-from eventbus.settings import Settings
-from eventbus.wire import from_amqp, header_text
 
 from .consumer import GroupConsumer
 from .link import LOST, Link

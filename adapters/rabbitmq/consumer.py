@@ -43,10 +43,18 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from eventbus.broker import Deliver, Delivery, SubscriptionSpec, supervise
-from eventbus.errors import PublishError, UnroutableError
-from eventbus.log import get_logger
-from eventbus.wire import ATTEMPT_HEADER, new_id
+from eventbus.toolkit import (
+    ATTEMPT_HEADER,
+    Deliver,
+    Delivery,
+    PublishError,
+    SubscriptionSpec,
+    UnroutableError,
+    finish_task,
+    get_logger,
+    new_id,
+    supervise,
+)
 
 from .assignment import assign
 from .attachment import Attachment
@@ -104,8 +112,7 @@ class GroupConsumer:
             {"", topology.route_exchange} if topology.partitions is not None else {""}
         )
         self._stamping: set[asyncio.Task[None]] = set()
-        self._log = get_logger(stream=topology.stream, group=topology.group,
-                               member=self.member_id)
+        self._log = get_logger(stream=topology.stream, group=topology.group, member=self.member_id)
 
     @property
     def returns_on_close(self) -> bool:
@@ -135,9 +142,7 @@ class GroupConsumer:
         await self._reconcile()
         base = self.topology.base
         self._runner = asyncio.create_task(self._run(), name=f"rabbitmq:{base}")
-        self._keeper = asyncio.create_task(
-            self._keep_attached(), name=f"rabbitmq-keeper:{base}"
-        )
+        self._keeper = asyncio.create_task(self._keep_attached(), name=f"rabbitmq-keeper:{base}")
         ending = self._is_ending
         supervise(self._runner, self.spec, f"the RabbitMQ consumer of {base}", ending)
         supervise(self._keeper, self.spec, f"the RabbitMQ re-attacher of {base}", ending)
@@ -165,12 +170,7 @@ class GroupConsumer:
         runner = self._runner
         if runner is not None and not runner.done():
             self._inbox.put_nowait(_WAKE)
-            try:
-                async with asyncio.timeout(0.05):
-                    await asyncio.shield(runner)
-            except TimeoutError:  # stuck in a handler past the shutdown timeout
-                runner.cancel()
-                await asyncio.gather(runner, return_exceptions=True)
+        await finish_task(runner)
         await self._stop_keeper()
         if self._membership is not None:
             await self._membership.leave()
@@ -299,7 +299,8 @@ class GroupConsumer:
         entry, then ack the original (see the module docstring)."""
         event_id = new_id()
         headers: dict[str, Any] = {
-            k: v for k, v in d.headers.items()
+            k: v
+            for k, v in d.headers.items()
             if k.lower() not in BOOKKEEPING and k.lower() != "ce-id"
         }
         if d.attempt > 1:  # trusted already (it came through the group's own channels)
@@ -350,13 +351,15 @@ class GroupConsumer:
         try:
             stored = await self._while_open(d, publisher.send("", queue, d.body, properties))
         except UnroutableError:
-            self._log.warning("rabbitmq.queue_missing", queue=queue, what=what,
-                              action="declaring the group's queues again")
+            self._log.warning(
+                "rabbitmq.queue_missing",
+                queue=queue,
+                what=what,
+                action="declaring the group's queues again",
+            )
             await self._redeclare(queue, delay)
             try:
-                stored = await self._while_open(
-                    d, publisher.send("", queue, d.body, properties)
-                )
+                stored = await self._while_open(d, publisher.send("", queue, d.body, properties))
             except UnroutableError:
                 raise PublishError(
                     f"the {what} of event {properties.message_id} was returned by queue "

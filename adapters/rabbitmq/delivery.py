@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
 
-from eventbus.broker import Delivery
-from eventbus.deadletter import DEAD_LETTER_HEADERS
-from eventbus.wire import from_amqp
+from eventbus.toolkit import (
+    DEAD_LETTER_HEADERS,
+    Delivery,
+    from_amqp,
+)
 
 from .limits import HeadersTooLarge
 from .link import LOST

@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sized
 from typing import Any
 
-from eventbus.errors import PublishError
+from eventbus.toolkit import (
+    PublishError,
+)
 
 #: pamqp truncates longer table names (with a warning), so they are refused at publish
 HEADER_NAME_MAX = 128

@@ -19,8 +19,10 @@ import aiormq
 from aio_pika.abc import AbstractConnection
 from yarl import URL
 
-from eventbus.errors import ConfigurationError
-from eventbus.log import get_logger
+from eventbus.toolkit import (
+    ConfigurationError,
+    get_logger,
+)
 
 from .settings import RabbitMQSettings, Target
 

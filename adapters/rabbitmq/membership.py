@@ -27,7 +27,9 @@ from typing import Any
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
-from eventbus.log import get_logger
+from eventbus.toolkit import (
+    get_logger,
+)
 
 from .link import LOST, Link
 from .topology import declare_members

@@ -20,8 +20,11 @@ from typing import Any
 
 from pamqp import commands as spec
 
-from eventbus.broker import Message
-from eventbus.wire import ATTEMPT_HEADER, to_amqp
+from eventbus.toolkit import (
+    ATTEMPT_HEADER,
+    Message,
+    to_amqp,
+)
 
 from .limits import SHORTSTR_MAX
 from .tolerant import Escaped, sanitized_table, text

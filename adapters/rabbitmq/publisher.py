@@ -38,8 +38,11 @@ import aiormq
 from aiormq.abc import AbstractChannel
 from pamqp import commands as spec
 
-from eventbus.errors import PublishError, UnroutableError
-from eventbus.log import get_logger
+from eventbus.toolkit import (
+    PublishError,
+    UnroutableError,
+    get_logger,
+)
 
 from .limits import DEFAULT_FRAME_MAX, check_publish
 from .link import LOST, Link

@@ -18,8 +18,11 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from eventbus.errors import ConfigurationError
-from eventbus.settings import parse_options, redact_url
+from eventbus.toolkit import (
+    ConfigurationError,
+    parse_options,
+    redact_url,
+)
 
 QueueType = Literal["quorum", "classic"]
 

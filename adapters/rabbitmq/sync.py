@@ -24,10 +24,14 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exchange_type import ExchangeType
 
-from eventbus.broker import Message
-from eventbus.errors import ConfigurationError, PublishError, UnroutableError
-from eventbus.settings import Settings
-from eventbus.wire import to_amqp
+from eventbus.toolkit import (
+    ConfigurationError,
+    Message,
+    PublishError,
+    Settings,
+    UnroutableError,
+    to_amqp,
+)
 
 from .limits import DEFAULT_FRAME_MAX, check_publish
 from .settings import RabbitMQSettings, Target, load_rabbitmq_settings, parse_url, tls_context

@@ -31,7 +31,7 @@ from typing import Any
 import aiormq
 from aiormq.abc import AbstractChannel
 
-from eventbus.errors import ConfigurationError
+from eventbus.toolkit import ConfigurationError, dead_letter_name, retry_name
 
 #: header the consistent-hash exchange of a partitioned group hashes on
 HASH_HEADER = "ce-partitionkey"
@@ -92,11 +92,11 @@ class GroupTopology:
         seconds, whether it is one of the declared tiers)."""
         index = attempt - 2
         if 0 <= index < len(self.tiers) and _ms(self.tiers[index]) == _ms(delay):
-            return f"{self.base}.retry.{index + 1}", True
+            return retry_name(self.stream, self.group, index + 1), True
         return f"{self.base}.delay.{_ms(delay)}ms", False
 
     def tier_queues(self) -> list[tuple[str, float]]:
-        return [(f"{self.base}.retry.{n + 1}", d) for n, d in enumerate(self.tiers)]
+        return [(retry_name(self.stream, self.group, n + 1), d) for n, d in enumerate(self.tiers)]
 
     def all_queues(self) -> list[str]:
         """Every queue this topology declares up front (for tools and clean-up)."""
@@ -142,9 +142,7 @@ class GroupTopology:
     async def _declare_partitions(self, channel: AbstractChannel) -> None:
         hashed, spread = self.hash_exchange, self.spread_exchange
         await _exchange(channel, hashed, "x-consistent-hash", {"hash-header": HASH_HEADER})
-        await _exchange(
-            channel, spread, "x-consistent-hash", {"hash-property": SPREAD_PROPERTY}
-        )
+        await _exchange(channel, spread, "x-consistent-hash", {"hash-property": SPREAD_PROPERTY})
         for queue in self.queues:
             await _queue(channel, queue, self.group_arguments())
             await channel.queue_bind(queue, hashed, routing_key="1")
@@ -162,8 +160,8 @@ class GroupTopology:
         await _queue(channel, name, self.wait_arguments(delay))
 
 
-def dead_letter_queue(stream: str, group: str) -> str:
-    return f"{stream}.{group}.dlq"
+#: the dead-letter queue of a group, named as on every broker
+dead_letter_queue = dead_letter_name
 
 
 def route_exchange(stream: str, group: str) -> str:

@@ -6,8 +6,7 @@ import json
 import pytest
 
 from eventbus import Event
-from tests.conformance.harness import unique
-from tests.conformance.support import until
+from eventbus.testing.conformance import unique, until
 
 from .harness import KafkaHarness, raw_produce
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from eventbus import Context, Event
-from tests.conformance.harness import unique
-from tests.conformance.support import until
+from eventbus.testing.conformance import unique, until
 
 from .harness import KafkaHarness
 from .support import committed_offsets

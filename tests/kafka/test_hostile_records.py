@@ -8,9 +8,8 @@ import pytest
 
 from eventbus import Context, Event, Reject, RetryPolicy
 from eventbus.deadletter import DEAD_LETTER_HEADERS
+from eventbus.testing.conformance import unique, until, wait_dead
 from eventbus.wire import derived_id
-from tests.conformance.harness import unique
-from tests.conformance.support import until, wait_dead
 
 from .harness import KafkaHarness, kcat_produce, raw_produce
 

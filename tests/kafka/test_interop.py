@@ -11,8 +11,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from eventbus import Context, Event
-from tests.conformance.harness import unique
-from tests.conformance.support import until
+from eventbus.testing.conformance import unique, until
 
 from .harness import BOOTSTRAP, KafkaHarness, raw_produce
 from .support import read_topic

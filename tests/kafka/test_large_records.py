@@ -11,8 +11,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from eventbus import Event, PublishError, RetryPolicy
-from tests.conformance.harness import unique
-from tests.conformance.support import until, wait_dead
+from eventbus.testing.conformance import unique, until, wait_dead
 
 from .harness import BOOTSTRAP, KafkaHarness, raw_produce
 

@@ -7,8 +7,7 @@ import pytest
 
 from eventbus import Event
 from eventbus.adapters.kafka import KafkaSubscription
-from tests.conformance.harness import unique
-from tests.conformance.support import until
+from eventbus.testing.conformance import unique, until
 
 from .harness import KafkaHarness
 

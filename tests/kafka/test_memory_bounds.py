@@ -13,8 +13,7 @@ from confluent_kafka import Producer
 from eventbus import Context, Event, EventBus
 from eventbus.adapters.kafka import KafkaBroker, KafkaSubscription
 from eventbus.adapters.kafka.dlq import BATCH, DeadLetterReader
-from tests.conformance.harness import unique
-from tests.conformance.support import until
+from eventbus.testing.conformance import unique, until
 
 from .harness import BOOTSTRAP, KafkaHarness
 

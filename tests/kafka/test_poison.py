@@ -6,8 +6,7 @@ import asyncio
 import pytest
 
 from eventbus import Context, Event, RetryPolicy
-from tests.conformance.harness import unique
-from tests.conformance.support import until
+from eventbus.testing.conformance import unique, until
 
 from .harness import KafkaHarness
 from .support import committed_offsets

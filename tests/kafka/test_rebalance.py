@@ -7,8 +7,7 @@ from collections import defaultdict
 import pytest
 
 from eventbus import Event, EventBus
-from tests.conformance.harness import unique
-from tests.conformance.support import until
+from eventbus.testing.conformance import unique, until
 
 from .harness import KafkaHarness
 

@@ -8,8 +8,7 @@ import pytest
 
 from eventbus import ConsumerFailed, Envelope, Event
 from eventbus.adapters.kafka import KafkaSubscription
-from tests.conformance.harness import unique
-from tests.conformance.support import until
+from eventbus.testing.conformance import unique, until
 
 from .harness import KafkaHarness
 

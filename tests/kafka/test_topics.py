@@ -6,7 +6,7 @@ import pytest
 
 from eventbus import ConfigurationError, Envelope, Event, RetryPolicy
 from eventbus.adapters.kafka import KafkaBroker
-from tests.conformance.harness import unique
+from eventbus.testing.conformance import unique
 
 from .harness import KafkaHarness
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from adapters.rabbitmq.assignment import assign
 from eventbus import Context, RetryPolicy
+from eventbus.adapters.rabbitmq.assignment import assign
 from eventbus.testing.conformance import make_events, until
 
 from .conftest import Broker

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventbus import Event, EventBus, SyncPublisher
-from tests.conformance.harness import unique
+from eventbus.testing.conformance import unique
 
 
 class Step(Event, stream="steps", type="step.done"):

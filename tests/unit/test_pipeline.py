@@ -14,8 +14,8 @@ from eventbus import ConsumerFailed, Envelope, Event, EventBus, RetryPolicy
 from eventbus.broker import Delivery
 from eventbus.pipeline import Pipeline
 from eventbus.routing import matches
+from eventbus.testing.conformance import until
 from eventbus.wire import from_amqp, from_kafka_headers
-from tests.conformance.support import until
 
 ROOT = Path(__file__).resolve().parents[2]
 
