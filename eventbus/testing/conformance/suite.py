@@ -489,7 +489,7 @@ class ConformanceTests(UsesHarness):
 
     async def test_message_without_type_is_dead_lettered(self, harness: Harness) -> None:
         if harness.capabilities.type_always_present:
-            pytest.skip("type_always_present: the routing key is the type, so there is one")
+            pytest.skip("type_always_present: every event of this broker has a type")
         ev = make_events(unique())
         got: list[str] = []
         bus = harness.bus()
@@ -507,7 +507,7 @@ class ConformanceTests(UsesHarness):
 
     async def test_delayed_retry_hands_back_to_broker(self, harness: Harness) -> None:
         if not harness.capabilities.delayed_retry:
-            pytest.skip("broker has no delayed retry")
+            pytest.skip("delayed_retry: this broker has no delayed retries")
         ev = make_events(unique())
         attempts: list[int] = []
         bus = harness.bus()
@@ -529,7 +529,7 @@ class ConformanceTests(UsesHarness):
 
     async def test_delayed_retry_exhaustion_dead_letters(self, harness: Harness) -> None:
         if not harness.capabilities.delayed_retry:
-            pytest.skip("broker has no delayed retry")
+            pytest.skip("delayed_retry: this broker has no delayed retries")
         ev = make_events(unique())
         attempts: list[int] = []
         bus = harness.bus()
