@@ -2,21 +2,48 @@
 
 Async path on aio-pika (publisher confirms pipelined, consumers with prefetch, recovery),
 sync face on pika. Options: see `settings.RabbitMQSettings`; topology: see `topology`.
-The client libraries are imported here so a missing `eventbus[rabbitmq]` extra is
-reported when the scheme is first used.
+Importing this package needs nothing beyond eventbus: the adapter and its client
+libraries load on first use of `adapter` (or a class below), so a missing
+`eventbus[rabbitmq]` extra is reported clearly when an `amqp://` bus is made.
 """
 
-import aio_pika  # noqa: F401 - import-time check of the extra
-import pika  # noqa: F401 - import-time check of the extra
+from __future__ import annotations
 
-from .adapter import RabbitMQAdapter
-from .broker import RabbitMQBroker
-from .delivery import RabbitMQDelivery
-from .settings import RabbitMQSettings, SubscriptionOptions
-from .sync import RabbitMQSyncTransport
-from .topology import GroupTopology
+import importlib
+from typing import TYPE_CHECKING, Any
 
-adapter = RabbitMQAdapter()
+if TYPE_CHECKING:
+    from .adapter import RabbitMQAdapter
+    from .broker import RabbitMQBroker
+    from .delivery import RabbitMQDelivery
+    from .settings import RabbitMQSettings, SubscriptionOptions
+    from .sync import RabbitMQSyncTransport
+    from .topology import GroupTopology
+
+    adapter: RabbitMQAdapter
+
+_WHERE = {
+    "GroupTopology": ".topology",
+    "RabbitMQAdapter": ".adapter",
+    "RabbitMQBroker": ".broker",
+    "RabbitMQDelivery": ".delivery",
+    "RabbitMQSettings": ".settings",
+    "RabbitMQSyncTransport": ".sync",
+    "SubscriptionOptions": ".settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "adapter":
+        importlib.import_module("pika")  # the sync face's client: checked up front too
+        value: Any = __getattr__("RabbitMQAdapter")()
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "GroupTopology",
