@@ -10,6 +10,8 @@ What is broker-neutral is written here once:
 - the CloudEvents bindings (`to_kafka_headers`, `from_amqp`, ...), ids for id-less
   events (`derived_id`) and the dead-letter headers;
 - the names of a group's side channels (`dead_letter_name`, `retry_name`, `replay_name`);
+- options (`subscription_options`), connection targets whose repr hides the password
+  (`RedactedTarget`);
 - consumer mechanics: `supervise` (a consumer that dies is reported, never half-alive)
   and `finish_task` (the stop sequence: let the task finish, then cancel it);
 - options, errors and logging.
@@ -18,7 +20,9 @@ What is broker-neutral is written here once:
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from .broker import (
     Adapter,
@@ -68,6 +72,28 @@ def replay_name(stream: str, group: str) -> str:
     return f"{stream}.{group}.replay"
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def subscription_options(model: type[M], spec: SubscriptionSpec, broker: str) -> M:
+    """`bus.subscribe(..., **options)` validated by the adapter's `model`; an unknown
+    option or a bad value is a `ConfigurationError` naming it and the broker."""
+    return parse_options(
+        model, spec.options, label=f"{broker} subscribe() option", prefix="subscribe(): "
+    )
+
+
+class RedactedTarget:
+    """Base of an adapter's connection target (parsed from the URL): its `repr` is the
+    redacted URL only, so a password never reaches a log line. Subclasses are dataclasses
+    with `repr=False` and a `redacted: str` field."""
+
+    redacted: str
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.redacted!r})"
+
+
 async def finish_task(task: asyncio.Task[Any] | None, grace: float = 0.05) -> None:
     """The consumer stop sequence: give `task` `grace` seconds to finish on its own (it was
     told to stop), then cancel it and wait until it is gone. The task is shielded while it
@@ -99,6 +125,7 @@ __all__ = [
     "Message",
     "MessageTooLarge",
     "PublishError",
+    "RedactedTarget",
     "Settings",
     "SubscriptionSpec",
     "SyncTransport",
@@ -118,6 +145,7 @@ __all__ = [
     "redact_url",
     "replay_name",
     "retry_name",
+    "subscription_options",
     "supervise",
     "to_amqp",
     "to_kafka_headers",

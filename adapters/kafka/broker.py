@@ -22,13 +22,14 @@ from eventbus.toolkit import (
     Settings,
     SubscriptionSpec,
     get_logger,
+    subscription_options,
 )
 
 from .consumer import KafkaConsumer
 from .dlq import DeadLetterReader, dead_letter_of, replay_record
 from .names import dlq_topic, replay_topic, retry_topic
 from .producer import AsyncProducer, record_of
-from .settings import client_configs, load_subscription_options
+from .settings import SubscriptionOptions, client_configs
 from .topics import Topics
 
 _log = get_logger()
@@ -141,7 +142,7 @@ class KafkaBroker:
     # --- consuming -----------------------------------------------------------------------
 
     async def subscribe(self, spec: SubscriptionSpec, deliver: Deliver) -> Consumer:
-        options = load_subscription_options(spec.options)
+        options = subscription_options(SubscriptionOptions, spec, "Kafka")
         settings = self.settings
         partitions = options.partitions or settings.partitions
         stream, group = spec.stream, spec.group

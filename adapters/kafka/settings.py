@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventbus.toolkit import (
     ConfigurationError,
+    RedactedTarget,
     Settings,
     is_secret_key,
     parse_options,
@@ -120,23 +121,14 @@ def load_kafka_settings(options: dict[str, Any]) -> KafkaSettings:
     )
 
 
-def load_subscription_options(options: dict[str, Any]) -> SubscriptionOptions:
-    return parse_options(
-        SubscriptionOptions, options, label="Kafka subscribe() option", prefix="subscribe(): "
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
+@dataclass(frozen=True, slots=True, repr=False)
+class Target(RedactedTarget):
     """Where to connect, parsed from the URL. `repr` never shows the password."""
 
     bootstrap: str
     username: str | None
     password: SecretStr | None
     redacted: str
-
-    def __repr__(self) -> str:
-        return f"Target({self.redacted!r})"
 
 
 def parse_url(url: str) -> Target:

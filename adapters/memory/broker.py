@@ -15,6 +15,7 @@ from eventbus.toolkit import (
     Settings,
     SubscriptionSpec,
     parse_options,
+    subscription_options,
     supervise,
 )
 
@@ -58,12 +59,7 @@ class MemoryBroker:
             publish(message, loop)
 
     async def subscribe(self, spec: SubscriptionSpec, deliver: Deliver) -> Consumer:
-        options = parse_options(
-            SubscriptionOptions,
-            spec.options,
-            label="memory:// subscribe() option",
-            prefix="subscribe(): ",
-        )
+        options = subscription_options(SubscriptionOptions, spec, "memory://")
         partitions = options.partitions or self.partitions
         state = self.state
         group = state.group(spec.stream, spec.group, partitions)

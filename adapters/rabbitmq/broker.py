@@ -30,6 +30,7 @@ from eventbus.toolkit import (
     from_amqp,
     get_logger,
     header_text,
+    subscription_options,
 )
 
 from .consumer import GroupConsumer
@@ -38,8 +39,8 @@ from .properties import BOOKKEEPING, ROUTING_KEY_HEADER, copy_of, outgoing, rout
 from .publisher import Publisher
 from .settings import (
     RabbitMQSettings,
+    SubscriptionOptions,
     load_rabbitmq_settings,
-    load_subscription_options,
     parse_url,
     tls_context,
 )
@@ -47,9 +48,15 @@ from .tolerant import install, sanitized_table
 from .topology import GroupTopology, dead_letter_queue, route_exchange
 
 #: headers RabbitMQ adds when it dead-letters (our wait queues); dropped on replay
-_BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
-                         "x-first-death-reason", "x-last-death-exchange",
-                         "x-last-death-queue", "x-last-death-reason")
+_BROKER_DEATH_HEADERS = (
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+)
 _REPLAY_DROPS = frozenset(
     name.lower() for name in (*DEAD_LETTER_HEADERS, *_BROKER_DEATH_HEADERS, *BOOKKEEPING)
 )
@@ -106,9 +113,7 @@ class RabbitMQBroker:
             await self.publish(messages[0])
             return
         await self.publisher.prepare({m.stream for m in messages})
-        results = await asyncio.gather(
-            *(self.publish(m) for m in messages), return_exceptions=True
-        )
+        results = await asyncio.gather(*(self.publish(m) for m in messages), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             first = failed[0]
@@ -119,7 +124,7 @@ class RabbitMQBroker:
     # --- consuming ---------------------------------------------------------------------
 
     async def subscribe(self, spec: SubscriptionSpec, deliver: Deliver) -> Consumer:
-        options = load_subscription_options(dict(spec.options))
+        options = subscription_options(SubscriptionOptions, spec, "RabbitMQ")
         topology = GroupTopology(
             stream=spec.stream,
             group=spec.group,
@@ -226,8 +231,9 @@ def _dead_letter(stream: str, group: str, got: Any) -> DeadLetter:
     props = got.header.properties
     raw_headers, _escaped = sanitized_table(dict(props.headers or {}))
     routing_key = routing_key_of(raw_headers, raw_headers.get("x-original-routing-key"))
-    attributes, _attempt = from_amqp(raw_headers, _text(props.content_type),
-                                     _text(props.message_id), _text(routing_key))
+    attributes, _attempt = from_amqp(
+        raw_headers, _text(props.content_type), _text(props.message_id), _text(routing_key)
+    )
     headers = header_text(raw_headers)
     return DeadLetter(
         stream=stream,

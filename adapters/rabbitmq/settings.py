@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventbus.toolkit import (
     ConfigurationError,
+    RedactedTarget,
     parse_options,
     redact_url,
 )
@@ -97,14 +98,8 @@ def load_rabbitmq_settings(options: dict[str, Any]) -> RabbitMQSettings:
     return settings
 
 
-def load_subscription_options(options: dict[str, Any]) -> SubscriptionOptions:
-    return parse_options(
-        SubscriptionOptions, options, label="RabbitMQ subscribe() option", prefix="subscribe(): "
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
+@dataclass(frozen=True, slots=True, repr=False)
+class Target(RedactedTarget):
     """Where to connect, parsed from the URL. `repr` never shows the password."""
 
     host: str
@@ -114,9 +109,6 @@ class Target:
     password: SecretStr
     tls: bool
     redacted: str
-
-    def __repr__(self) -> str:
-        return f"Target({self.redacted!r})"
 
 
 def parse_url(url: str) -> Target:

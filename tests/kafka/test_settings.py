@@ -8,10 +8,11 @@ from eventbus import ConfigurationError, EventBus
 from eventbus.adapters.kafka.offsets import PartitionTracker
 from eventbus.adapters.kafka.settings import (
     ClientConfigs,
+    SubscriptionOptions,
     load_kafka_settings,
-    load_subscription_options,
     parse_url,
 )
+from eventbus.toolkit import SubscriptionSpec, subscription_options
 
 pytestmark = pytest.mark.kafka
 
@@ -156,6 +157,10 @@ def test_byte_buffer_is_validated_and_bounds_the_client_prefetch() -> None:
 
 
 def test_subscription_byte_buffer_is_validated() -> None:
+    def options(value: int) -> SubscriptionOptions:
+        spec = SubscriptionSpec("s", "g", ("#",), None, options={"partition_buffer_bytes": value})
+        return subscription_options(SubscriptionOptions, spec, "Kafka")
+
     with pytest.raises(ConfigurationError, match="PARTITION_BUFFER_BYTES"):
-        load_subscription_options({"partition_buffer_bytes": -1})
-    assert load_subscription_options({"partition_buffer_bytes": 1 << 20}).partition_buffer_bytes
+        options(-1)
+    assert options(1 << 20).partition_buffer_bytes
