@@ -3,7 +3,6 @@
 The public API is what this module exports; everything else is private.
 """
 
-from .broker import Capabilities, DeadLetter, Delivery, Message, SubscriptionSpec
 from .bus import EventBus, Subscription
 from .context import Context
 
@@ -23,6 +22,7 @@ from .errors import (
 )
 from .event import Envelope, Event
 from .health import Health
+from .protocol import Capabilities, DeadLetter, Delivery, Message, SubscriptionSpec
 from .retry import Reject, Retry, RetryPolicy
 from .settings import Settings
 from .sourcing import (

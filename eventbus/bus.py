@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from .broker import Broker, Consumer, DeadLetter, Message, SubscriptionSpec
 from .context import correlate_attributes
 from .dispatch import Dispatcher
 from .errors import BusClosed, ConfigurationError, ConsumerFailed, SubscriptionError
@@ -20,6 +19,7 @@ from .log import get_logger
 from .messages import build_message, envelope_of
 from .middleware import chain, correlate
 from .pipeline import Pipeline
+from .protocol import Broker, Consumer, DeadLetter, Message, SubscriptionSpec
 from .registry import find_adapter
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .routing import inspect_handler, validate_pattern

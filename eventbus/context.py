@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .event import Envelope, Event
 
 if TYPE_CHECKING:
-    from .broker import Delivery
+    from .protocol import Delivery
     from .publisher import Publisher
 
 #: the context of the handler running in this task/thread (None outside handlers)

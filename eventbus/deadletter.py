@@ -5,7 +5,7 @@ from __future__ import annotations
 import traceback
 from datetime import UTC, datetime
 
-from .broker import Delivery
+from .protocol import Delivery
 
 MAX_STACKTRACE = 8192
 MAX_MESSAGE = 2048

@@ -7,8 +7,8 @@ import itertools
 import zlib
 from collections.abc import Awaitable, Callable
 
-from .broker import Delivery
 from .log import get_logger
+from .protocol import Delivery
 
 _log = get_logger()
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .broker import Message
 from .errors import MessageTooLarge
 from .event import Envelope, Event, validate_extension
+from .protocol import Message
 from .wire import new_id, now_rfc3339
 
 _CLASSES: dict[type[Event], tuple[str, str, Callable[[Event], bytes]]] = {}

@@ -23,7 +23,7 @@ from .context import correlate_attributes
 from .types import Next, PublishNext, T
 
 if TYPE_CHECKING:
-    from .broker import Message
+    from .protocol import Message
 
 
 async def correlate(message: Message, call_next: PublishNext) -> None:

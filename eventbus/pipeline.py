@@ -16,12 +16,12 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from .broker import Delivery
 from .context import Context, current_context
 from .deadletter import dead_letter_info, describe
 from .event import Envelope, Event
 from .log import get_logger
 from .middleware import chain
+from .protocol import Delivery
 from .publisher import BusHandle
 from .retry import Reject, Retry, RetryPolicy
 from .routing import matches_any

@@ -7,8 +7,8 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import cast
 
-from .broker import Adapter
 from .errors import ConfigurationError
+from .protocol import Adapter
 from .settings import Settings, redact_url
 
 #: the extra that installs a client library an adapter imports

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .broker import Message, SyncTransport
 from .context import correlate_attributes
 from .event import Envelope, Event
 from .messages import build_message, envelope_of
+from .protocol import Message, SyncTransport
 from .registry import find_adapter
 from .settings import Settings, load_settings, redact_url
 

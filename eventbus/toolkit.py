@@ -24,7 +24,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from .broker import (
+from .deadletter import DEAD_LETTER_HEADERS
+from .errors import ConfigurationError, MessageTooLarge, PublishError, UnroutableError
+from .log import get_logger
+from .protocol import (
     Adapter,
     Broker,
     Capabilities,
@@ -38,9 +41,6 @@ from .broker import (
     SyncTransport,
     supervise,
 )
-from .deadletter import DEAD_LETTER_HEADERS
-from .errors import ConfigurationError, MessageTooLarge, PublishError, UnroutableError
-from .log import get_logger
 from .routing import matches_any
 from .settings import Settings, is_secret_key, parse_options, redact_mapping, redact_url
 from .wire import (

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from .broker import Message
     from .context import Context
+    from .protocol import Message
 
 T = TypeVar("T")
 

@@ -14,9 +14,9 @@ import pytest
 import structlog
 
 from eventbus import Context, Event, EventBus
-from eventbus.broker import Message
 from eventbus.errors import BusClosed, PublishError, UnroutableError
 from eventbus.log import configure
+from eventbus.protocol import Message
 from eventbus.sourcing import EventCodec, EventStore, NewEvent, OutboxRelay
 
 from .conftest import POSTGRES_DSN

@@ -7,8 +7,8 @@ from collections import defaultdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventbus.broker import Delivery
 from eventbus.dispatch import Dispatcher
+from eventbus.protocol import Delivery
 
 
 class FakeDelivery(Delivery):

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventbus import ConsumerFailed, Envelope, Event, EventBus, RetryPolicy
-from eventbus.broker import Delivery
 from eventbus.pipeline import Pipeline
+from eventbus.protocol import Delivery
 from eventbus.routing import matches
 from eventbus.testing.conformance import until
 from eventbus.wire import from_amqp, from_kafka_headers

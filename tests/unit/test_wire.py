@@ -6,8 +6,8 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from eventbus import Event
-from eventbus.broker import Message
 from eventbus.messages import build_message
+from eventbus.protocol import Message
 from eventbus.wire import from_amqp, from_kafka_headers, to_amqp, to_kafka_headers
 
 

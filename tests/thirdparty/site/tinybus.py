@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from eventbus.broker import (
+from eventbus.protocol import (
     Capabilities,
     Consumer,
     DeadLetter,

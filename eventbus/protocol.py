@@ -1,4 +1,5 @@
-"""The adapter protocol: the small surface the kernel drives and every broker implements.
+"""The adapter protocol: the small surface the kernel drives and every broker implements
+(adapters reach it through `eventbus.toolkit`).
 
 The kernel decides policy (decoding, validation, retries, dead-letter headers); an adapter
 supplies transport: publish durably, deliver messages one at a time per consumer, and
