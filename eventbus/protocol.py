@@ -44,7 +44,9 @@ class Delivery:
     """One received message, as the adapter hands it to the kernel.
 
     Adapters subclass it and implement the four settlement methods. Exactly one of them
-    is called for every delivery, and only after the handler finished.
+    is called for every delivery, and only after the handler finished. On a hot path an
+    adapter passes every field positionally, in the order of `__init__` (no keyword
+    matching per message).
     """
 
     __slots__ = (
@@ -63,7 +65,6 @@ class Delivery:
 
     def __init__(
         self,
-        *,
         stream: str,
         body: bytes,
         attributes: dict[str, str],

@@ -77,18 +77,10 @@ class KafkaDelivery(Delivery):
         offset: int,
         defect: str | None,
     ) -> None:
-        # slots set directly (no keyword pass-through): this runs once per record
-        self.stream = stream
-        self.body = body
-        self.attributes = attributes
-        self.headers = {}  # the raw record headers are kept in `_raw_headers`
-        self.key = key
-        self.attempt = attempt
-        self.partition = partition
-        self.offset = offset
-        self.routing_key = None
-        self.redelivered = False
-        self.defect = defect
+        # positional (this runs once per record); the raw headers stay in `_raw_headers`
+        Delivery.__init__(
+            self, stream, body, attributes, {}, key, attempt, partition, offset, None, False, defect
+        )
         self._consumer = consumer
         self._part = part
         self._offset = record_offset

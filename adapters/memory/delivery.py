@@ -20,18 +20,19 @@ class MemoryDelivery(Delivery):
     __slots__ = ("_entry", "_member", "_partition")
 
     def __init__(self, member: MemoryMember, partition: Partition, entry: Entry) -> None:
-        # slots set directly: this runs once per delivered event
-        self.stream = member.group.stream
-        self.body = entry.body
-        self.attributes = entry.attributes
-        self.headers = {}
-        self.key = entry.key
-        self.attempt = entry.attempt
-        self.partition = partition.index
-        self.offset = None
-        self.routing_key = None
-        self.redelivered = entry.redelivered
-        self.defect = None
+        Delivery.__init__(  # positional: this runs once per delivered event
+            self,
+            member.group.stream,
+            entry.body,
+            entry.attributes,
+            {},
+            entry.key,
+            entry.attempt,
+            partition.index,
+            None,
+            None,
+            entry.redelivered,
+        )
         self._member = member
         self._partition = partition
         self._entry = entry

@@ -82,16 +82,19 @@ class RabbitMQDelivery(Delivery):
                                                    routing_key)
         if not trusted:
             attempt = 1
-        super().__init__(
-            stream=consumer.topology.stream,
-            body=message.body,
-            attributes=attributes,
-            headers=headers,
-            key=attributes.get("partitionkey"),
-            attempt=attempt,
-            routing_key=routing_key,
-            redelivered=bool(delivery.redelivered),
-            defect=defect,
+        Delivery.__init__(  # positional: this runs once per message
+            self,
+            consumer.topology.stream,
+            message.body,
+            attributes,
+            headers,
+            attributes.get("partitionkey"),
+            attempt,
+            None,
+            None,
+            routing_key,
+            bool(delivery.redelivered),
+            defect,
         )
         self._consumer = consumer
         self._attachment = attachment
