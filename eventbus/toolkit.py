@@ -20,6 +20,9 @@ What is broker-neutral is written here once:
 from __future__ import annotations
 
 import asyncio
+import importlib
+import sys
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -94,6 +97,31 @@ class RedactedTarget:
         return f"{type(self).__name__}({self.redacted!r})"
 
 
+def lazy_package(
+    package: str, where: dict[str, str], adapter_class: str, requires: tuple[str, ...] = ()
+) -> Callable[[str], Any]:
+    """A module `__getattr__` (PEP 562) for an adapter package: importing the package
+    needs nothing beyond eventbus; `adapter` (an `adapter_class()`) and the names in
+    `where` (name -> submodule) load on first use, with the client libraries they need
+    (`requires` are imported up front too), so a missing extra surfaces where the
+    registry reports it clearly."""
+    namespace = sys.modules[package].__dict__
+
+    def load(name: str) -> Any:
+        if name == "adapter":
+            for module in requires:
+                importlib.import_module(module)
+            value: Any = load(adapter_class)()
+        elif name in where:
+            value = getattr(importlib.import_module(where[name], package), name)
+        else:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        namespace[name] = value
+        return value
+
+    return load
+
+
 async def finish_task(task: asyncio.Task[Any] | None, grace: float = 0.05) -> None:
     """The consumer stop sequence: give `task` `grace` seconds to finish on its own (it was
     told to stop), then cancel it and wait until it is gone. The task is shielded while it
@@ -138,6 +166,7 @@ __all__ = [
     "get_logger",
     "header_text",
     "is_secret_key",
+    "lazy_package",
     "matches_any",
     "new_id",
     "parse_options",

@@ -7,8 +7,9 @@ reported clearly by the adapter registry when a `kafka://` bus is made.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from eventbus.toolkit import lazy_package
 
 if TYPE_CHECKING:
     from .adapter import KafkaAdapter
@@ -24,16 +25,7 @@ _WHERE = {
     "KafkaSyncTransport": ".sync",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name == "adapter":
-        value: Any = __getattr__("KafkaAdapter")()
-    elif name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
+__getattr__ = lazy_package(__name__, _WHERE, "KafkaAdapter")
 
 
 __all__ = ["KafkaAdapter", "KafkaBroker", "KafkaSubscription", "KafkaSyncTransport", "adapter"]

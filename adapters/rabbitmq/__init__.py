@@ -9,8 +9,9 @@ libraries load on first use of `adapter` (or a class below), so a missing
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from eventbus.toolkit import lazy_package
 
 if TYPE_CHECKING:
     from .adapter import RabbitMQAdapter
@@ -32,17 +33,8 @@ _WHERE = {
     "SubscriptionOptions": ".settings",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name == "adapter":
-        importlib.import_module("pika")  # the sync face's client: checked up front too
-        value: Any = __getattr__("RabbitMQAdapter")()
-    elif name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
+# pika (the sync face's client) is checked up front too
+__getattr__ = lazy_package(__name__, _WHERE, "RabbitMQAdapter", requires=("pika",))
 
 
 __all__ = [
