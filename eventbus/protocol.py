@@ -170,6 +170,47 @@ class Consumer(Protocol):
         """Flush acks/commits and detach; unsettled messages go back to the broker."""
 
 
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """How an adapter's connection to its broker is now (`Broker.state()`), for
+    `bus.health()` and the readiness probe."""
+
+    connected: bool
+    #: why not connected (the last error), or where it is connected (a node); never a secret
+    detail: str = ""
+    #: reconnections since `start` (a flapping link shows here)
+    reconnects: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerState:
+    """Whether a subscription's consumer is attached to the broker now (`Consumer.state()`):
+    consuming its queues (RabbitMQ), a member of its group (Kafka). Not attached while the
+    connection is down or being recovered; `detail` says why."""
+
+    attached: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class ReportsState(Protocol):
+    """Optional, for brokers and consumers: their state now, without I/O (cheap: a
+    readiness probe may ask every second). An adapter without it counts as connected /
+    attached while the bus runs."""
+
+    def state(self) -> LinkState | ConsumerState: ...
+
+
+@runtime_checkable
+class ReportsBacklog(Protocol):
+    """Optional, for consumers: how many events wait for the group, per source (Kafka
+    consumer lag per `topic[partition]`, RabbitMQ ready messages per queue). The bus polls
+    it every `EVENTBUS_BACKLOG_INTERVAL` seconds, never per message; it may do I/O, and
+    returns None when it cannot tell now (the broker is down)."""
+
+    async def backlog(self) -> dict[str, int] | None: ...
+
+
 @dataclass(slots=True)
 class DeadLetter:
     """One dead letter: the raw body and headers as stored, and what was decoded of them."""
@@ -228,6 +269,8 @@ class Capabilities:
     records_routing_keys: bool = False
     #: a redelivered message says so (`ctx.redelivered`); Kafka cannot tell
     marks_redeliveries: bool = True
+    #: the OpenTelemetry `messaging.system` of this broker (`rabbitmq`, `kafka`, ...)
+    system: str = "unknown"
 
 
 @runtime_checkable

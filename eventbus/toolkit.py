@@ -12,6 +12,8 @@ What is broker-neutral is written here once:
 - the names of a group's side channels (`dead_letter_name`, `retry_name`, `replay_name`);
 - options (`subscription_options`), connection targets whose repr hides the password
   (`RedactedTarget`);
+- health: `LinkState` / `ConsumerState` (`state()`, optional) and `backlog()`
+  (optional), what `bus.health()` and the readiness probe read;
 - consumer mechanics: `supervise` (a consumer that dies is reported, never half-alive)
   and `finish_task` (the stop sequence: let the task finish, then cancel it);
 - options, errors and logging.
@@ -35,11 +37,15 @@ from .protocol import (
     Broker,
     Capabilities,
     Consumer,
+    ConsumerState,
     DeadLetter,
     Deliver,
     Delivery,
     Failed,
+    LinkState,
     Message,
+    ReportsBacklog,
+    ReportsState,
     SubscriptionSpec,
     SyncTransport,
     supervise,
@@ -146,14 +152,18 @@ __all__ = [
     "Capabilities",
     "ConfigurationError",
     "Consumer",
+    "ConsumerState",
     "DeadLetter",
     "Deliver",
     "Delivery",
     "Failed",
+    "LinkState",
     "Message",
     "MessageTooLarge",
     "PublishError",
     "RedactedTarget",
+    "ReportsBacklog",
+    "ReportsState",
     "Settings",
     "SubscriptionSpec",
     "SyncTransport",

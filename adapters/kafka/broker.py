@@ -50,6 +50,7 @@ class KafkaBroker:
         unroutable_is_error=False,
         records_offsets=True,  # x-original-partition / x-original-offset
         marks_redeliveries=False,  # a record fetched again looks like the first fetch
+        system="kafka",
     )
 
     def __init__(self, settings: Settings) -> None:

@@ -33,6 +33,7 @@ class MemoryBroker:
         replays_history_to_new_groups=False,
         unroutable_is_error=False,
         binary_headers=False,
+        system="memory",
     )
 
     def __init__(self, settings: Settings) -> None:

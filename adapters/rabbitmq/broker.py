@@ -72,6 +72,7 @@ class RabbitMQBroker:
             replays_history_to_new_groups=False,
             unroutable_is_error=self.settings.mandatory,
             type_always_present=True,
+            system="rabbitmq",
         )
         self.target = parse_url(settings.url)
         self._shutdown_timeout = settings.shutdown_timeout
