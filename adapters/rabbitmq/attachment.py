@@ -88,8 +88,9 @@ class Attachment:
         if self.is_live and self._inflight:
             idle = asyncio.ensure_future(self._idle.wait())
             try:
-                await asyncio.wait([idle, self.channel.closing],
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    [idle, self.channel.closing], return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 idle.cancel()
         await self.close()

@@ -78,8 +78,7 @@ class RabbitMQDelivery(Delivery):
             attributes, attempt = from_amqp(headers, content_type, message_id, routing_key)
             defect = None
         else:
-            attributes, attempt, defect = _inspect(headers, content_type, message_id,
-                                                   routing_key)
+            attributes, attempt, defect = _inspect(headers, content_type, message_id, routing_key)
         if not trusted:
             attempt = 1
         Delivery.__init__(  # positional: this runs once per message
@@ -211,8 +210,7 @@ class RabbitMQDelivery(Delivery):
         consumer = self._consumer
         queue = await consumer.wait_queue(attempt, delay)
         headers = retry_headers(self.headers, self.attributes, self.routing_key, attempt)
-        properties = copy_of(self._message.header.properties, headers,
-                             self.attributes.get("id"))
+        properties = copy_of(self._message.header.properties, headers, self.attributes.get("id"))
         if await consumer.store_copy(self, queue, properties, "delayed retry", delay=delay):
             await self.ack()
 
@@ -236,11 +234,16 @@ class RabbitMQDelivery(Delivery):
             if attempt >= 1:
                 headers["x-exception-stacktrace"] = "(left out: the headers would not fit)"
             if attempt == 2:
-                headers = {k: v for k, v in headers.items()
-                           if k.startswith("ce-") or k.lower() in _NOT_COPIED}
+                headers = {
+                    k: v
+                    for k, v in headers.items()
+                    if k.startswith("ce-") or k.lower() in _NOT_COPIED
+                }
             try:
                 stored = await consumer.store_copy(
-                    self, consumer.topology.dlq, copy_of(received, headers, message_id),
+                    self,
+                    consumer.topology.dlq,
+                    copy_of(received, headers, message_id),
                     "dead letter",
                 )
                 break
@@ -263,8 +266,7 @@ def _inspect(
     headers could not be decoded at all). -> (attributes, attempt, defect)."""
     reasons: list[str] = []
     if escaped(routing_key):
-        reasons.append(f"the routing key (the event type) '{text(routing_key)}' is not "
-                       "valid UTF-8")
+        reasons.append(f"the routing key (the event type) '{text(routing_key)}' is not valid UTF-8")
     if escaped(message_id):
         reasons.append(f"message_id '{text(message_id)}' is not valid UTF-8")
     if escaped(content_type):
@@ -294,8 +296,15 @@ def _inspect(
 
 def _escaped_properties(message: DeliveredMessage) -> bool:
     props = message.header.properties
-    for name in ("content_type", "content_encoding", "correlation_id", "reply_to",
-                 "message_id", "message_type", "app_id"):
+    for name in (
+        "content_type",
+        "content_encoding",
+        "correlation_id",
+        "reply_to",
+        "message_id",
+        "message_type",
+        "app_id",
+    ):
         if escaped(getattr(props, name, None)):
             return True
     return escaped(getattr(message.delivery, "routing_key", None))

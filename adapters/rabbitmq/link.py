@@ -109,8 +109,9 @@ class Link:
             port=t.port,
             path="/" + quote(t.vhost, safe=""),
             encoded=False,
-        ).with_query({"heartbeat": str(self.settings.heartbeat),
-                      "name": self.settings.connection_name})
+        ).with_query(
+            {"heartbeat": str(self.settings.heartbeat), "name": self.settings.connection_name}
+        )
         connection: AbstractConnection = await aio_pika.connect(
             url, ssl_context=self._context, timeout=self.settings.connect_timeout
         )
@@ -146,7 +147,9 @@ class Link:
             except (TimeoutError, *LOST) as exc:
                 if attempts == 1 or attempts % 10 == 0:
                     self._log.warning(
-                        "rabbitmq.reconnect_failed", attempts=attempts, retry_in=delay,
+                        "rabbitmq.reconnect_failed",
+                        attempts=attempts,
+                        retry_in=delay,
                         error=_describe(exc),
                     )
                 await asyncio.sleep(delay)

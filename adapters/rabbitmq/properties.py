@@ -96,7 +96,9 @@ def routing_key_of(headers: Mapping[str, Any], delivered_routing_key: str | None
 
 
 def retry_headers(
-    headers: Mapping[str, Any], attributes: Mapping[str, str], routing_key: str | None,
+    headers: Mapping[str, Any],
+    attributes: Mapping[str, str],
+    routing_key: str | None,
     attempt: int,
 ) -> dict[str, Any]:
     """Headers of a delayed-retry copy: the original ones, the attempt, and the type and

@@ -52,8 +52,16 @@ from .topology import declare_stream
 class _Pending:
     """One publish written and not yet confirmed."""
 
-    __slots__ = ("body", "channel", "exchange", "mandatory", "properties", "resend",
-                 "routing_key", "stream")
+    __slots__ = (
+        "body",
+        "channel",
+        "exchange",
+        "mandatory",
+        "properties",
+        "resend",
+        "routing_key",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -139,9 +147,17 @@ class Publisher:
             exchange,
             routing_key,
             properties.headers,
-            (properties.message_id, properties.content_type, properties.correlation_id,
-             properties.reply_to, properties.app_id, properties.content_encoding,
-             properties.message_type, properties.expiration, properties.user_id),
+            (
+                properties.message_id,
+                properties.content_type,
+                properties.correlation_id,
+                properties.reply_to,
+                properties.app_id,
+                properties.content_encoding,
+                properties.message_type,
+                properties.expiration,
+                properties.user_id,
+            ),
             self.frame_max,
             properties.marshal,
         )
@@ -199,8 +215,9 @@ class Publisher:
                     async with asyncio.timeout(deadline - time.monotonic()):
                         confirm = await attempt
                 except aiormq.exceptions.PublishError:
-                    raise UnroutableError(_unroutable(properties, exchange, routing_key,
-                                                      stream)) from None
+                    raise UnroutableError(
+                        _unroutable(properties, exchange, routing_key, stream)
+                    ) from None
                 except aiormq.exceptions.DeliveryError:
                     raise PublishError(
                         f"RabbitMQ did not store event {properties.message_id} "
@@ -208,8 +225,7 @@ class Publisher:
                     ) from None
                 except aiormq.exceptions.ChannelAccessRefused as exc:
                     raise PublishError(
-                        f"RabbitMQ refused the publish to {_where(exchange, routing_key)}: "
-                        f"{exc}"
+                        f"RabbitMQ refused the publish to {_where(exchange, routing_key)}: {exc}"
                     ) from None
                 except TimeoutError:
                     raise self._timed_out(properties, exchange, routing_key) from None

@@ -36,8 +36,13 @@ from eventbus.toolkit import (
 from .limits import DEFAULT_FRAME_MAX, check_publish
 from .settings import RabbitMQSettings, Target, load_rabbitmq_settings, parse_url, tls_context
 
-_LOST = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError,
-         pika.exceptions.StreamLostError, ConnectionError, OSError)
+_LOST = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+    pika.exceptions.StreamLostError,
+    ConnectionError,
+    OSError,
+)
 
 
 class RabbitMQSyncTransport:
@@ -89,12 +94,13 @@ class RabbitMQSyncTransport:
             try:
                 channel = self._open()
                 if message.stream not in self._declared:
-                    channel.exchange_declare(
-                        message.stream, ExchangeType("topic"), durable=True
-                    )
+                    channel.exchange_declare(message.stream, ExchangeType("topic"), durable=True)
                     self._declared.add(message.stream)
                 channel.basic_publish(
-                    message.stream, message.type, message.body, properties,
+                    message.stream,
+                    message.type,
+                    message.body,
+                    properties,
                     mandatory=self.settings.mandatory,
                 )
                 return

@@ -117,8 +117,10 @@ def field_table(value: bytes) -> tuple[int, common.FieldTable]:
             consumed, result = embedded_value(value[offset:])
             offset += consumed
             kind = type(result)
-            if kind is not str and kind is not int and (
-                kind is bytes or kind is bytearray or _dubious(result)
+            if (
+                kind is not str
+                and kind is not int
+                and (kind is bytes or kind is bytearray or _dubious(result))
             ):
                 dubious = True
             data[key] = result
@@ -172,8 +174,7 @@ def _undecodable(properties: Any, exc: Exception) -> None:
     for name in properties.__slots__:
         setattr(properties, name, None)
     properties.headers = DubiousTable(
-        problem=f"the message properties cannot be decoded: {type(exc).__name__}: "
-        f"{str(exc)[:200]}"
+        problem=f"the message properties cannot be decoded: {type(exc).__name__}: {str(exc)[:200]}"
     )
 
 
