@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from time import time as _now
 from typing import Any, TypeVar
 
 from .context import correlate_attributes
 from .dispatch import Dispatcher
 from .errors import BusClosed, ConfigurationError, ConsumerFailed, SubscriptionError
 from .event import Envelope, Event, validate_name
-from .health import Health
+from .health import Health, SubscriptionHealth
 from .log import configure as configure_logging
 from .log import get_logger
 from .messages import build_message, envelope_of
+from .metrics import Metrics
 from .middleware import chain, correlate
+from .observer import Observer
 from .pipeline import Pipeline
-from .protocol import Broker, Consumer, DeadLetter, Message, SubscriptionSpec
+from .protocol import (
+    Broker,
+    Consumer,
+    ConsumerState,
+    DeadLetter,
+    Delivery,
+    LinkState,
+    Message,
+    ReportsBacklog,
+    ReportsState,
+    SubscriptionSpec,
+)
 from .registry import find_adapter
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .routing import inspect_handler, validate_pattern
@@ -70,8 +85,12 @@ class EventBus:
         settings: Settings | None = None,
         middleware: Sequence[HandleMiddleware] = (),
         publish_middleware: Sequence[PublishMiddleware] = (),
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
         **options: Any,
     ) -> None:
+        """`tracer_provider` / `meter_provider`: OpenTelemetry providers to use instead of
+        the global ones (see `Settings.tracing` and `Settings.metrics`)."""
         if settings is None:
             settings = load_settings(url, **options)
         elif url is not None or options:
@@ -94,6 +113,18 @@ class EventBus:
         self._failure: BaseException | None = None
         self._source = settings.source
         self._max_bytes = settings.max_message_bytes
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self._metrics: Metrics | None = None
+        if settings.metrics or meter_provider is not None:
+            self._metrics = Metrics()
+        self._bridged = False
+        #: tracing and metrics around publish and process (None: both off)
+        self._observer: Observer | None = None
+        self._pipelines: list[Pipeline] = []
+        self._backlogs: dict[int, dict[str, int] | None] = {}
+        self._monitor: asyncio.Task[None] | None = None
+        self._last_published: float | None = None
 
     def __repr__(self) -> str:
         url = redact_url(self.settings.url)
@@ -207,6 +238,21 @@ class EventBus:
     def running(self) -> bool:
         return self._running
 
+    @property
+    def metrics(self) -> Metrics | None:
+        """What the bus counted and timed (None while metrics are off): read by the
+        Prometheus endpoint (`eventbus.prometheus`) and the OpenTelemetry bridge."""
+        return self._metrics
+
+    def enable_metrics(self) -> Metrics:
+        """Turn metrics on (before the bus starts): what `eventbus run --http` does for
+        its `/metrics` endpoint."""
+        if self._metrics is None:
+            if self._running:
+                raise ConfigurationError("turn metrics on before the bus starts")
+            self._metrics = Metrics()
+        return self._metrics
+
     async def start(self) -> None:
         """Connect, declare every subscription's topology and start consuming.
         When it returns, every subscription receives every event published afterwards."""
@@ -218,6 +264,7 @@ class EventBus:
         self._stop_task = None
         self._problems = {}
         self._failure = None
+        observer = self._observer = self._telemetry(broker)
         await broker.start()
         self._running = True
         try:
@@ -235,7 +282,10 @@ class EventBus:
                     max_message_bytes=self._max_bytes,
                     stopping=self._stopping,
                 )
-                dispatcher = Dispatcher(pipeline.process, sub.concurrency)
+                process: Callable[[Delivery], Awaitable[object]] = pipeline.process
+                if observer is not None:
+                    process = observer.process(pipeline, sub.stream)
+                dispatcher = Dispatcher(process, sub.concurrency)
                 spec = SubscriptionSpec(
                     stream=sub.stream,
                     group=sub.group,
@@ -247,10 +297,14 @@ class EventBus:
                     failed=partial(self._consumer_failed, f"{sub.stream}/{sub.group}"),
                 )
                 self._dispatchers.append(dispatcher)
+                self._pipelines.append(pipeline)
                 self._consumers.append(await broker.subscribe(spec, dispatcher.submit))
         except BaseException:
             await self.stop()
             raise
+        interval = self.settings.backlog_interval
+        if interval > 0 and any(isinstance(c, ReportsBacklog) for c in self._consumers):
+            self._monitor = asyncio.ensure_future(self._poll_backlogs(interval))
         _log.info(
             "bus.started",
             url=redact_url(self.settings.url),
@@ -269,8 +323,13 @@ class EventBus:
 
     async def _stop(self) -> None:
         self._stopping.set()
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.cancel()
+            await asyncio.gather(monitor, return_exceptions=True)
         consumers, dispatchers = self._consumers, self._dispatchers
-        self._consumers, self._dispatchers = [], []
+        self._consumers, self._dispatchers, self._pipelines = [], [], []
+        self._backlogs = {}
         for consumer in consumers:
             await _quietly(consumer.pause(), "consumer.pause")
         await asyncio.gather(
@@ -288,14 +347,117 @@ class EventBus:
     # --- health ---------------------------------------------------------------------------
 
     def health(self) -> Health:
-        """Running, and any problem now (a dead letter that cannot be stored, a consumer
-        that died); see `Health`."""
+        """The bus's state now, without I/O (a readiness probe may ask every second):
+        running, connected, each subscription attached (and why not), in-flight
+        handlers, the last backlog poll, last publish and handled times, problems (a dead
+        letter that cannot be stored, a consumer that died); see `Health`."""
         failure = self._failure
+        running = self._running and not self._stopping.is_set()
+        connected, detail, reconnects = running, "", 0
+        broker = self._broker
+        if running and isinstance(broker, ReportsState):
+            link = _state_of(broker)
+            if isinstance(link, LinkState):
+                connected, detail, reconnects = link.connected, link.detail, link.reconnects
+            elif isinstance(link, str):
+                connected, detail = False, link
+        subscriptions = []
+        consumers, pipelines, dispatchers = self._consumers, self._pipelines, self._dispatchers
+        for i, sub in enumerate(self._subscriptions):
+            attached, why = False, "not started"
+            in_flight, last = 0, None
+            if running and i < len(consumers):
+                attached, why = True, ""
+                consumer = consumers[i]
+                if isinstance(consumer, ReportsState):
+                    state = _state_of(consumer)
+                    if isinstance(state, ConsumerState):
+                        attached, why = state.attached, state.detail
+                    elif isinstance(state, str):
+                        attached, why = False, state
+                in_flight = dispatchers[i].in_flight
+                last = pipelines[i].last_handled
+            subscriptions.append(
+                SubscriptionHealth(
+                    stream=sub.stream,
+                    group=sub.group,
+                    attached=attached,
+                    detail=why,
+                    in_flight=in_flight,
+                    last_handled=last,
+                    backlog=self._backlogs.get(i),
+                )
+            )
         return Health(
-            running=self._running and not self._stopping.is_set(),
+            running=running,
             problems=dict(self._problems),
             failure=repr(failure) if failure is not None else None,
+            broker=redact_url(self.settings.url),
+            connected=connected,
+            detail=detail,
+            reconnects=reconnects,
+            last_published=self._last_published,
+            subscriptions=tuple(subscriptions),
         )
+
+    async def _poll_backlogs(self, interval: float) -> None:
+        """Every `interval` seconds, ask each consumer for its backlog (for `health()`
+        and the metrics); a consumer that cannot tell now reports None."""
+        while True:
+            for i, consumer in enumerate(list(self._consumers)):
+                if not isinstance(consumer, ReportsBacklog):
+                    continue
+                try:
+                    backlog = await asyncio.wait_for(consumer.backlog(), max(interval, 1.0))
+                except (Exception, TimeoutError) as exc:
+                    _log.debug("backlog.unknown", consumer=repr(consumer), error=repr(exc))
+                    backlog = None
+                self._backlogs[i] = backlog
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+                return
+
+    def _telemetry(self, broker: Broker) -> Observer | None:
+        """The observer of this run: tracing when a tracer provider is configured (or
+        `Settings.tracing` forces it), metrics when on; None when both are off."""
+        tracing = None
+        wanted = self.settings.tracing
+        if wanted is not False:
+            provider = self._tracer_provider
+            try:
+                from .tracing import Tracing, configured_tracer_provider
+            except ImportError:
+                if wanted or provider is not None:
+                    raise ConfigurationError(
+                        "tracing needs opentelemetry-api: pip install 'eventbus[otel]'"
+                    ) from None
+            else:
+                if provider is None:
+                    provider = configured_tracer_provider()
+                if provider is None and wanted:
+                    from opentelemetry import trace
+
+                    provider = trace.get_tracer_provider()
+                if provider is not None:
+                    tracing = Tracing(provider, broker.capabilities.system)
+        if self.settings.metrics is not False and not self._bridged:
+            meter_provider = self._meter_provider
+            if meter_provider is None:
+                try:
+                    from .otel_metrics import configured_meter_provider
+                except ImportError:
+                    pass
+                else:
+                    meter_provider = configured_meter_provider()
+            if meter_provider is not None:
+                from .otel_metrics import bridge
+
+                self.enable_metrics()
+                bridge(self, meter_provider, broker.capabilities.system)
+                self._bridged = True
+        if tracing is None and self._metrics is None:
+            return None
+        return Observer(tracing, self._metrics)
 
     def report_problem(self, component: str, problem: str | None) -> None:
         """Record a problem of a component (`"orders/billing: dead letter"`) for
@@ -362,7 +524,10 @@ class EventBus:
         broker = self._broker
         if broker is None or not self._running:
             raise BusClosed("the bus is not running: use `async with bus:` before publishing")
-        await broker.publish(message)
+        if self._observer is None:
+            await broker.publish(message)
+        else:
+            await self._observer.publish(message, broker.publish)
 
     async def publish(
         self,
@@ -395,9 +560,13 @@ class EventBus:
             broker = self._broker
             if broker is None or not self._running:
                 raise BusClosed("the bus is not running: use `async with bus:` before publishing")
-            await broker.publish(message)
+            if self._observer is None:
+                await broker.publish(message)
+            else:
+                await self._observer.publish(message, broker.publish)
         else:
             await self._publish_chain(message)
+        self._last_published = _now()
         return envelope_of(message)
 
     async def publish_many(
@@ -430,7 +599,11 @@ class EventBus:
                 await wrapped(message)
         if not self._running or self._broker is None:
             raise BusClosed("the bus is not running: use `async with bus:` before publishing")
-        await self._broker.publish_many(messages)
+        if self._observer is None:
+            await self._broker.publish_many(messages)
+        else:
+            await self._observer.publish_many(messages, self._broker.publish_many)
+        self._last_published = _now()
         return [m.attributes["id"] for m in messages]
 
     # --- dead letters ----------------------------------------------------------------------
@@ -449,6 +622,14 @@ class EventBus:
         count = await self.broker.replay_dead_letters(stream, group)
         _log.info("dead_letters.replayed", stream=stream, group=group, count=count)
         return count
+
+
+def _state_of(part: ReportsState) -> LinkState | ConsumerState | str:
+    """An adapter part's `state()`; a broken one says why instead of failing the probe."""
+    try:
+        return part.state()
+    except Exception as exc:
+        return f"state() failed: {exc!r}"
 
 
 async def _quietly(op: Any, what: str) -> None:

@@ -74,12 +74,53 @@ async def _dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    if args.log_format:
+        os.environ["EVENTBUS_LOG_FORMAT"] = args.log_format
+    if args.log_level:
+        os.environ["EVENTBUS_LOG_LEVEL"] = args.log_level
+    bus = load_bus(args.target)
+    configure_logging(
+        args.log_format or bus.settings.log_format,
+        args.log_level or bus.settings.log_level,
+        force=True,
+    )
+    if args.http is None:
+        asyncio.run(bus.run())
+        return 0
+    try:
+        from .service import run_with_http
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"--http needs the http extra: pip install 'eventbus[http]' ({exc})"
+        ) from None
+    bus.enable_metrics()
+    asyncio.run(run_with_http(bus, args.http))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventbus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a bus's subscribers until SIGTERM/SIGINT")
     run.add_argument("target", help="module:attribute of an EventBus, e.g. myapp.events:bus")
+    run.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve /healthz, /readyz and /metrics (needs eventbus[http]), e.g. 0.0.0.0:8000",
+    )
+    run.add_argument(
+        "--log-format", choices=["console", "json"], default=None, help="default: the bus's"
+    )
+    run.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        default=None,
+        help="default: the bus's",
+    )
 
     dlq = sub.add_parser("dlq", help="list or replay the dead letters of a group")
     dlq.add_argument("action", choices=["list", "replay"])
@@ -95,10 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            bus = load_bus(args.target)
-            configure_logging(bus.settings.log_format, bus.settings.log_level)
-            asyncio.run(bus.run())
-            return 0
+            return _run(args)
         if args.command == "dlq":
             return asyncio.run(_dlq(args))
     except EventBusError as exc:

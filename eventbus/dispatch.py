@@ -24,7 +24,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        process: Callable[[Delivery], Awaitable[None]],
+        process: Callable[[Delivery], Awaitable[object]],
         concurrency: int = 1,
         lane_buffer: int = 16,
     ) -> None:
@@ -45,6 +45,11 @@ class Dispatcher:
                 lane: asyncio.Queue[Delivery | None] = asyncio.Queue(lane_buffer)
                 self._lanes.append(lane)
                 self._workers.append(asyncio.create_task(self._work(lane), name=f"lane-{n}"))
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries being processed now."""
+        return self._inflight
 
     async def submit(self, delivery: Delivery) -> None:
         if self._closing:

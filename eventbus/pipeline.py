@@ -12,6 +12,7 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from functools import partial
+from time import time as _now
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from .context import Context, current_context
 from .deadletter import dead_letter_info, describe
 from .event import Envelope, Event
 from .log import get_logger
+from .metrics import BAD_INPUT, DEAD_LETTERED, HANDLED, NACKED, REJECTED, RETRIED, SKIPPED
 from .middleware import chain
 from .protocol import Delivery
 from .publisher import BusHandle
@@ -29,6 +31,9 @@ from .types import HandleMiddleware, HandleNext
 from .workers import run_sync
 
 _log = get_logger()
+
+#: `on_failure(exc, attempt, outcome)`: a handler attempt failed (telemetry's hook)
+FailureHook = Callable[[BaseException, int, str], None]
 
 
 class _BadInput(NamedTuple):
@@ -66,16 +71,21 @@ class Pipeline:
         self.stopping = stopping
         self._call: HandleNext = chain(middleware, _endpoint(handler, wants_context, is_async))
         self._direct = handler if (is_async and wants_context and not middleware) else None
+        #: unix time of the last delivery a handler finished (for `bus.health()`)
+        self.last_handled: float | None = None
+        #: called for every failed handler attempt when telemetry is on
+        self.on_failure: FailureHook | None = None
 
-    async def process(self, d: Delivery) -> None:
+    async def process(self, d: Delivery) -> str:
+        """Settle `d`; return how it ended (`eventbus.metrics.HANDLED`, `RETRIED`, ...)."""
         try:
             ctx = self._decode(d)
             if type(ctx) is not Context:
                 if type(ctx) is _BadInput:
                     await self._dead_letter(d, ctx.exc_type, ctx.message, d.attempt, ctx.stack)
-                else:
-                    await d.ack()
-                return
+                    return BAD_INPUT
+                await d.ack()
+                return SKIPPED
             token = current_context.set(ctx)
             try:
                 if self._direct is not None:  # no middleware, async handler: fast path
@@ -85,11 +95,12 @@ class Pipeline:
             except BaseException as exc:
                 if _consumer_cancelled(exc):
                     raise
-                await self._failed(ctx, d, exc)
-                return
+                return await self._failed(ctx, d, exc)
             finally:
                 current_context.reset(token)
             await d.ack()
+            self.last_handled = _now()
+            return HANDLED
         except asyncio.CancelledError:
             await self._settle(d.nack(), d, "nack")
             if _consumer_cancelled(None):
@@ -103,6 +114,7 @@ class Pipeline:
                 group=self.group,
                 error="CancelledError outside a stop",
             )
+            return NACKED
         except Exception as exc:  # a bug or a failed settlement: never kill the consumer
             _log.error(
                 "pipeline.error",
@@ -113,6 +125,7 @@ class Pipeline:
                 exc_info=exc,
             )
             await self._settle(d.nack(), d, "nack")
+            return NACKED
 
     def _decode(self, d: Delivery) -> Context | _BadInput | None:
         """The delivery as a handler context; None for another type (ack it, not this
@@ -172,18 +185,21 @@ class Pipeline:
             event = envelope
         return Context(self.bus, self.group, envelope, event, d)
 
-    async def _failed(self, ctx: Context, d: Delivery, exc: BaseException) -> None:
+    async def _failed(self, ctx: Context, d: Delivery, exc: BaseException) -> str:
         """The retry policy: in-process retries (order kept), delayed hand-back, or the
         dead-letter destination. Settles `d`. Any exception a handler raises is a failed
         attempt (`SystemExit`, `KeyboardInterrupt` and its own `CancelledError` too)."""
         policy = self.retry
         envelope = ctx.envelope
+        hook = self.on_failure
         while True:
             if isinstance(exc, Reject):
+                if hook is not None:
+                    hook(exc, envelope.attempt, REJECTED)
                 await self._dead_letter(
                     d, "eventbus.Reject", exc.reason, envelope.attempt, describe(exc)[2]
                 )
-                return
+                return REJECTED
             attempt = envelope.attempt
             retryable = (
                 isinstance(exc, Retry)
@@ -191,6 +207,8 @@ class Pipeline:
                 or (not isinstance(exc, Exception) and policy.retries(_FAILURE))
             )
             if not retryable or attempt >= policy.attempts:
+                if hook is not None:
+                    hook(exc, attempt, DEAD_LETTERED)
                 name, message, stack = describe(exc)
                 _log.warning(
                     "handler.failed",
@@ -200,7 +218,9 @@ class Pipeline:
                     **ctx.log_fields(),
                 )
                 await self._dead_letter(d, name, message, attempt, stack, logged=True)
-                return
+                return DEAD_LETTERED
+            if hook is not None:
+                hook(exc, attempt, RETRIED)
             after = exc.after if isinstance(exc, Retry) else None
             delay = after if after is not None else policy.delay(attempt)
             _log.warning(
@@ -213,13 +233,13 @@ class Pipeline:
             )
             if policy.delayed:
                 await self._store(partial(d.retry_later, attempt + 1, delay), d, "delayed retry")
-                return
+                return RETRIED
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
             if self.stopping.is_set():  # stopping mid-retry: leave it to the broker
                 await d.nack()
-                return
+                return NACKED
             envelope.attempt = attempt + 1
             try:
                 await self._call(ctx)
@@ -229,7 +249,8 @@ class Pipeline:
                 exc = again
                 continue
             await d.ack()
-            return
+            self.last_handled = _now()
+            return HANDLED
 
     async def _dead_letter(
         self,

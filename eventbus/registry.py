@@ -37,8 +37,7 @@ def find_adapter(settings: Settings) -> Adapter:
             "entry points exist"
         )
         raise ConfigurationError(
-            f"EVENTBUS_URL={redact_url(settings.url)!r}: no adapter for scheme {scheme!r}; "
-            f"{hint}"
+            f"EVENTBUS_URL={redact_url(settings.url)!r}: no adapter for scheme {scheme!r}; {hint}"
         )
     target = found[0].value
     try:

@@ -105,6 +105,18 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=1_048_576, gt=0)
     #: seconds that graceful stop waits for in-flight handlers
     shutdown_timeout: float = Field(default=30.0, gt=0)
+    #: OpenTelemetry spans for publish and process: None (default) traces when the
+    #: application configured a tracer provider (`eventbus[otel]`), False never, True
+    #: always (an error at start without opentelemetry-api)
+    tracing: bool | None = None
+    #: count published / handled / failed events and their durations (`bus.metrics`, the
+    #: Prometheus endpoint of `eventbus run --http`, the OpenTelemetry metrics API); also
+    #: on when the application configured an OpenTelemetry meter provider (None, the
+    #: default); False never
+    metrics: bool | None = None
+    #: seconds between polls of each subscription's backlog (Kafka lag, RabbitMQ queue
+    #: depth) for `bus.health()` and the metrics; 0 turns polling off
+    backlog_interval: float = Field(default=10.0, ge=0)
     #: adapter options (`EventBus(url, prefetch=200)`), validated by the adapter
     options: dict[str, Any] = Field(default_factory=dict)
 

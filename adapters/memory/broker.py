@@ -11,6 +11,7 @@ from eventbus.toolkit import (
     Consumer,
     DeadLetter,
     Deliver,
+    LinkState,
     Message,
     Settings,
     SubscriptionSpec,
@@ -40,21 +41,24 @@ class MemoryBroker:
         self.partitions = parse_options(
             MemoryOptions, settings.options, label="memory:// option", prefix="memory:// "
         ).partitions
-        self.state = memory_state(name_of(settings.url))
+        self.world = memory_state(name_of(settings.url))
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def state(self) -> LinkState:
+        return LinkState(True, "in process")
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
         if self._loop is not None:
-            self.state.flush_delayed(self._loop)
+            self.world.flush_delayed(self._loop)
 
     async def publish(self, message: Message) -> None:
-        self.state.publish(message, self._loop)
+        self.world.publish(message, self._loop)
 
     async def publish_many(self, messages: Sequence[Message]) -> None:
-        publish = self.state.publish
+        publish = self.world.publish
         loop = self._loop
         for message in messages:
             publish(message, loop)
@@ -62,7 +66,7 @@ class MemoryBroker:
     async def subscribe(self, spec: SubscriptionSpec, deliver: Deliver) -> Consumer:
         options = subscription_options(SubscriptionOptions, spec, "memory://")
         partitions = options.partitions or self.partitions
-        state = self.state
+        state = self.world
         group = state.group(spec.stream, spec.group, partitions)
         state.bind(group, spec.patterns)
         member = MemoryMember(group, deliver)
@@ -77,7 +81,7 @@ class MemoryBroker:
 
     def busy(self) -> int:
         """Events queued, in flight or waiting for a delayed retry, over every group."""
-        state = self.state
+        state = self.world
         with state.lock:
             groups = [g for per_stream in state.groups.values() for g in per_stream.values()]
         count = len(state.delayed)
@@ -97,11 +101,11 @@ class MemoryBroker:
                 await asyncio.sleep(0 if quiet else 0.001)
 
     async def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
-        for dead in list(self.state.dead.get((stream, group), ())):
+        for dead in list(self.world.dead.get((stream, group), ())):
             yield dead
 
     async def replay_dead_letters(self, stream: str, group: str) -> int:
-        state = self.state
+        state = self.world
         letters = state.dead.pop((stream, group), [])
         target = state.groups.get(stream, {}).get(group)
         if target is None:

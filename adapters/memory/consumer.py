@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 
 from eventbus.toolkit import (
+    ConsumerState,
     Deliver,
     finish_task,
 )
@@ -79,6 +80,18 @@ class MemoryMember:
 class MemoryConsumer:
     def __init__(self, member: MemoryMember) -> None:
         self._member = member
+
+    def state(self) -> ConsumerState:
+        member = self._member
+        if member.paused:
+            return ConsumerState(False, "paused (the bus is stopping)")
+        return ConsumerState(True)
+
+    async def backlog(self) -> dict[str, int]:
+        """Events queued for the group and not yet delivered, per partition."""
+        group = self._member.group
+        with group.state.lock:
+            return {f"{group.stream}[{p.index}]": len(p.queue) for p in group.partitions}
 
     async def pause(self) -> None:
         member = self._member

@@ -16,12 +16,12 @@ class MemorySyncTransport:
     """Sync face of `memory://`: thread-safe publishing into the named broker."""
 
     def __init__(self, settings: Settings) -> None:
-        self.state = memory_state(name_of(settings.url))
+        self.world = memory_state(name_of(settings.url))
 
     def publish(self, messages: Sequence[Message]) -> None:
         loop = current_loop()
         for message in messages:
-            self.state.publish(message, loop)
+            self.world.publish(message, loop)
 
     def close(self) -> None:
         pass

@@ -1,10 +1,10 @@
 """Helpers for users' own tests on the embedded broker.
 
-    bus = EventBus("memory://")            # in tests: the real contract, in-process
-    async with bus:
-        await bus.publish(OrderCreated(...))
-        await drain(bus)                    # every handler (and what it published) ran
-        assert charged == [...]
+bus = EventBus("memory://")            # in tests: the real contract, in-process
+async with bus:
+    await bus.publish(OrderCreated(...))
+    await drain(bus)                    # every handler (and what it published) ran
+    assert charged == [...]
 """
 
 from __future__ import annotations
