@@ -18,11 +18,13 @@ from .harness import Harness, unique
 from .hostile import HostileInputTests
 from .suite import ConformanceTests
 from .support import Events, dead_letters, make_events, settle, until, wait_dead
+from .telemetry import TelemetryTests
 
 
-class AdapterTests(ConformanceTests, HostileInputTests):
-    """Every test of the suite: the guarantees and the hostile-input section. Subclass it
-    as `Test<YourAdapter>` with `harness_class = YourHarness`."""
+class AdapterTests(ConformanceTests, HostileInputTests, TelemetryTests):
+    """Every test of the suite: the guarantees, the hostile-input section and telemetry
+    (traces, metrics, health). Subclass it as `Test<YourAdapter>` with
+    `harness_class = YourHarness`."""
 
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "Events",
     "Harness",
     "HostileInputTests",
+    "TelemetryTests",
     "dead_letters",
     "make_events",
     "settle",
