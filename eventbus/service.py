@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -70,7 +71,7 @@ def app(bus: EventBus) -> Starlette:
 def parse_address(address: str) -> tuple[str, int]:
     """`host:port` (`0.0.0.0:8000`, `[::1]:8000`, `:8000` for all interfaces)."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigurationError(f"--http expects host:port, e.g. 0.0.0.0:8000; got {address!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 
@@ -86,8 +87,9 @@ class _Server(uvicorn.Server):
 
 async def run_with_http(bus: EventBus, address: str) -> None:
     """`bus.run()` with the endpoints served on `address` on the same event loop. The
-    server starts before the bus (so `/healthz` answers and `/readyz` says "not running"
-    while it connects) and stops after the bus stopped gracefully."""
+    socket is bound first (a busy port is a clear error), the server answers before the bus
+    connects (`/readyz` says "not running" meanwhile), and it stops after the bus stopped
+    gracefully."""
     host, port = parse_address(address)
     config = uvicorn.Config(
         app(bus),
@@ -98,17 +100,22 @@ async def run_with_http(bus: EventBus, address: str) -> None:
         lifespan="off",
     )
     server = _Server(config)
-    serving = asyncio.ensure_future(server.serve())
-    while not server.started:
-        if serving.done():  # could not bind (uvicorn logged why and exited the task)
-            with contextlib.suppress(BaseException):
-                serving.result()
-            raise ConfigurationError(
-                f"cannot serve HTTP on {host}:{port}: the address is in use or not available"
-            )
-        await asyncio.sleep(0.01)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot serve HTTP on {host}:{port}: {exc.strerror}") from None
+    bound_host, bound_port = sock.getsockname()[:2]
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     _log.info(
-        "http.serving", address=f"{host}:{port}", endpoints=["/healthz", "/readyz", "/metrics"]
+        "http.serving",
+        address=f"[{bound_host}]:{bound_port}"
+        if family == socket.AF_INET6
+        else f"{bound_host}:{bound_port}",
+        endpoints=["/healthz", "/readyz", "/metrics"],
     )
     try:
         await bus.run()
