@@ -38,7 +38,7 @@ async def _publish(url: str, stream: str, *order_ids: str) -> None:
     order = order_class(stream)
     async with EventBus(url) as bus:
         for order_id in order_ids:
-            await bus.publish(order(order_id=order_id), key=order_id)  # type: ignore[call-arg]
+            await bus.publish(order(order_id=order_id), key=order_id)
 
 
 @pytest.mark.parametrize(
