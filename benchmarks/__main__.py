@@ -25,6 +25,7 @@ SUITES = {
     "rabbitmq": "benchmarks.rabbitmq",
     "kafka": "benchmarks.kafka",
     "store": "benchmarks.store",
+    "telemetry": "benchmarks.telemetry",
 }
 
 

@@ -93,12 +93,16 @@ async def run_scenarios(scenarios: list[Scenario], repetitions: int) -> list[Out
         for rep in range(repetitions):
             for impl, runner in scenario.runners.items():
                 label = f"{scenario.broker}/{scenario.name}/{impl} #{rep + 1}"
+                cpu = time.process_time()
                 try:
                     metrics = await runner()
                 except Exception as exc:  # one failing run must not hide the others
                     outcome.failures.setdefault(impl, []).append(f"{type(exc).__name__}: {exc}")
                     progress.step(label + f" FAILED: {type(exc).__name__}: {exc}"[:200])
                     continue
+                events = metrics.pop("events", 0)
+                if events:  # the whole run, client library threads included (not the broker)
+                    metrics["cpu_us_per_event"] = (time.process_time() - cpu) * 1e6 / events
                 for metric, value in metrics.items():
                     outcome.samples.setdefault(impl, {}).setdefault(metric, []).append(value)
                 progress.step(label)
@@ -118,7 +122,10 @@ def percentiles(latencies_ns: list[int]) -> dict[str, float]:
 
 
 def metrics_of(count: int, seconds: float, latencies_ns: list[int] | None = None) -> dict[str, Any]:
-    result: dict[str, Any] = {"throughput": count / seconds if seconds > 0 else 0.0}
+    result: dict[str, Any] = {
+        "throughput": count / seconds if seconds > 0 else 0.0,
+        "events": float(count),  # becomes cpu_us_per_event in run_scenarios
+    }
     if latencies_ns:
         result.update(percentiles(latencies_ns))
     return result

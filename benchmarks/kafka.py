@@ -81,10 +81,13 @@ def _delete(*topics: str) -> None:
 # --- eventbus ------------------------------------------------------------------------------
 
 
-async def eventbus_run(count: int, rate: float | None, consume: bool) -> dict[str, float]:
+async def eventbus_run(
+    count: int, rate: float | None, consume: bool, **options: Any
+) -> dict[str, float]:
+    """`options`: more EventBus arguments (the telemetry variants)."""
     topic = _topic()
     cls = make_event_class(topic)
-    bus = EventBus(f"kafka://{BOOTSTRAP}")
+    bus = EventBus(f"kafka://{BOOTSTRAP}", **options)
     latencies: list[int] = []
 
     if consume:

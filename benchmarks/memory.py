@@ -8,6 +8,7 @@ import asyncio
 import time
 import uuid
 from functools import partial
+from typing import Any
 
 from eventbus import Context, EventBus, Reject, RetryPolicy
 
@@ -16,9 +17,10 @@ from .pacing import paced, wait_for_count
 from .workload import OrderPayload, make_event_class, payload_fields
 
 
-async def eventbus_e2e(count: int) -> dict[str, float]:
+async def eventbus_e2e(count: int, **options: Any) -> dict[str, float]:
+    """`options`: more EventBus arguments (the telemetry variants)."""
     cls = make_event_class(f"bench{uuid.uuid4().hex[:8]}")
-    bus = EventBus(f"memory://bench-{uuid.uuid4().hex[:8]}")
+    bus = EventBus(f"memory://bench-{uuid.uuid4().hex[:8]}", **options)
     latencies: list[int] = []
     done = asyncio.Event()
 

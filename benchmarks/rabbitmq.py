@@ -45,10 +45,13 @@ async def _delete(stream: str, queue: str) -> None:
 # --- eventbus ------------------------------------------------------------------------------
 
 
-async def eventbus_run(count: int, rate: float | None, consume: bool) -> dict[str, float]:
+async def eventbus_run(
+    count: int, rate: float | None, consume: bool, **options: Any
+) -> dict[str, float]:
+    """`options`: more EventBus arguments (the telemetry variants)."""
     stream, queue = _names()
     cls = make_event_class(stream)
-    bus = EventBus(URL, prefetch=PREFETCH)
+    bus = EventBus(URL, prefetch=PREFETCH, **options)
     latencies: list[int] = []
 
     @bus.subscribe(group="bench")

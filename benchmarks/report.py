@@ -103,8 +103,8 @@ def to_markdown(outcomes: list[Outcome], mode: str, info: dict[str, Any] | None 
         f"Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
         "",
         "| broker | scenario | implementation | median | spread (min-max) | p50 / p99 "
-        "| eventbus vs this |",
-        "|---|---|---|---|---|---|---|",
+        "| CPU µs/event | eventbus vs this |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         metric = o.scenario.metric
@@ -112,7 +112,7 @@ def to_markdown(outcomes: list[Outcome], mode: str, info: dict[str, Any] | None 
             if impl in o.errors:
                 lines.append(
                     f"| {o.scenario.broker} | {o.scenario.name} | {impl} | failed: "
-                    f"{o.errors[impl][:60]} | | | |"
+                    f"{o.errors[impl][:60]} | | | | |"
                 )
                 continue
             failed = len(o.failures.get(impl, []))
@@ -125,6 +125,8 @@ def to_markdown(outcomes: list[Outcome], mode: str, info: dict[str, Any] | None 
                 f"{_fmt(o.median(impl), metric)} | "
                 + (f"{_fmt(spread[0], metric)} - {_fmt(spread[1], metric)}" if spread else "-")
                 + f" | {_fmt(p50, 'ms')} / {_fmt(p99, 'ms')} | "
+                + (f"{cpu:.1f}" if (cpu := o.median(impl, "cpu_us_per_event")) else "-")
+                + " | "
                 + (f"{ratio:.2f}x" if ratio is not None else "")
                 + " |"
             )

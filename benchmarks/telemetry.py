@@ -1,0 +1,75 @@
+"""What telemetry costs: the end-to-end scenario of every broker with eventbus as it is
+(nothing configured), with metrics on, and with an OpenTelemetry SDK tracer provider
+(batch processor, an exporter that drops the spans; always sampling, and a 1% ratio
+sampler as a high-volume service would run) plus metrics.
+
+The OpenTelemetry SDK is a dev/bench dependency (`opentelemetry-sdk`), not eventbus's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from . import kafka, memory, rabbitmq
+from .core import Runner, Scenario
+
+PLAIN = "eventbus"
+METRICS = "eventbus + metrics"
+TRACED = "eventbus + tracing + metrics"
+SAMPLED = "eventbus + tracing 1% sampled + metrics"
+
+
+def _tracer_provider(ratio: float = 1.0) -> Any:
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class Drop(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    sampler = sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
+    provider = TracerProvider(sampler=sampler if ratio < 1 else sampling.ALWAYS_ON)
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    return provider
+
+
+def _variants(run: Any) -> dict[str, Runner]:
+    return {
+        PLAIN: partial(run, tracing=False, metrics=False),
+        METRICS: partial(run, tracing=False, metrics=True),
+        TRACED: partial(run, tracer_provider=_tracer_provider(), metrics=True),
+        SAMPLED: partial(run, tracer_provider=_tracer_provider(0.01), metrics=True),
+    }
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    n = {"memory": 5_000, "rabbitmq": 2_000, "kafka": 5_000}
+    if not quick:
+        n = {"memory": 50_000, "rabbitmq": 20_000, "kafka": 50_000}
+    description = "end-to-end as in the broker's suite, telemetry off / metrics / traces"
+    return [
+        Scenario(
+            "memory",
+            "e2e+telemetry",
+            description,
+            _variants(partial(memory.eventbus_e2e, n["memory"])),
+        ),
+        Scenario(
+            "rabbitmq",
+            "e2e+telemetry",
+            description,
+            _variants(partial(rabbitmq.eventbus_run, n["rabbitmq"], None, True)),
+        ),
+        Scenario(
+            "kafka",
+            "e2e+telemetry",
+            description,
+            _variants(partial(kafka.eventbus_run, n["kafka"], None, True)),
+        ),
+    ]
