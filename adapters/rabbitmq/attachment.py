@@ -21,16 +21,20 @@ from typing import Any
 
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
-from .link import LOST, Link
+from .link import LOST, Link, _describe
 
 Sink = Callable[["Attachment", DeliveredMessage], None]
 
 
 class Attachment:
-    def __init__(self, queue: str, aio_channel: Any, channel: AbstractChannel) -> None:
+    def __init__(
+        self, queue: str, aio_channel: Any, channel: AbstractChannel, generation: int = 0
+    ) -> None:
         self.queue = queue
         self.channel = channel
         self.tag = ""
+        #: the link generation (connection) the channel was opened on
+        self.generation = generation
         #: set once a hand-over started: deliveries of this attachment are not passed on
         self.releasing = False
         self._aio_channel = aio_channel
@@ -46,9 +50,10 @@ class Attachment:
         cls, link: Link, queue: str, prefetch: int, tag: str | None, sink: Sink
     ) -> Attachment:
         connection = await link.connection()
+        generation = link.generation
         aio_channel: Any = await connection.channel(publisher_confirms=False)
         channel: AbstractChannel = await aio_channel.get_underlay_channel()
-        attachment = cls(queue, aio_channel, channel)
+        attachment = cls(queue, aio_channel, channel, generation)
 
         async def on_message(message: DeliveredMessage) -> None:
             sink(attachment, message)
@@ -65,6 +70,27 @@ class Attachment:
     @property
     def is_live(self) -> bool:
         return not self.channel.is_closed
+
+    @property
+    def consuming(self) -> bool:
+        """Its basic.consume is registered (the broker did not cancel it: a deleted queue
+        cancels its consumers and leaves their channels open)."""
+        consumers: Any = getattr(self.channel, "consumers", None)  # aiormq's registry
+        return consumers is None or self.tag in consumers
+
+    def closed_reason(self) -> str:
+        """Why the channel closed (for health; "" while it is open)."""
+        if not self.channel.is_closed:
+            return ""
+        closing = self.channel.closing  # done: the channel's own future, no observer
+        if closing.cancelled():
+            return "closed"
+        exc = closing.exception()
+        if exc is None or isinstance(exc, asyncio.CancelledError):
+            return "closed"
+        if type(exc) is Exception and not exc.args:  # aiormq: closed with its connection
+            return "closed with its connection"
+        return _describe(exc)
 
     def on_closed(self, callback: Callable[[], None]) -> None:
         self.channel.closing.add_done_callback(lambda _: callback())

@@ -23,6 +23,7 @@ from eventbus.toolkit import (
     Consumer,
     DeadLetter,
     Deliver,
+    LinkState,
     Message,
     PublishError,
     Settings,
@@ -91,6 +92,11 @@ class RabbitMQBroker:
 
     async def start(self) -> None:
         await self.link.start()
+
+    def state(self) -> LinkState:
+        """The connection now (no I/O): connected to which node, or the last error; and
+        how many times it reconnected since `start`."""
+        return self.link.state()
 
     async def close(self) -> None:
         await self.publisher.flush(self._shutdown_timeout)

@@ -32,6 +32,13 @@ comes back (the event then exists under two ids: at-least-once, like any redeliv
 Copies (dead letters, delayed retries, id stamps) go to the group's own queues. One whose
 queue was deleted under the running consumer is returned by the broker (mandatory): the
 group's topology is declared again and the copy sent once more (`store_copy`).
+
+Health (`state`, `backlog`): the consumer is attached when the link is connected, no
+recovery is under way, and every queue it should consume has an open channel of the
+current connection with its basic.consume registered (a partitioned group: the queues the
+assignment gives this member, and its membership channel open). `backlog` reads the ready
+messages of every queue the group consumes (not its wait and dead-letter queues) by a
+passive declare on a short-lived channel, bounded by `BACKLOG_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from pamqp import commands as spec
 
 from eventbus.toolkit import (
     ATTEMPT_HEADER,
+    ConsumerState,
     Deliver,
     Delivery,
     PublishError,
@@ -59,12 +67,17 @@ from eventbus.toolkit import (
 from .assignment import assign
 from .attachment import Attachment
 from .delivery import RabbitMQDelivery
+from .link import _describe
 from .membership import Membership, new_member_id
 from .properties import BOOKKEEPING, ROUTING_KEY_HEADER, copy_of
 from .topology import GroupTopology
 
 if TYPE_CHECKING:
     from .broker import RabbitMQBroker
+
+#: seconds `backlog()` may take (a channel, one passive declare per queue) before it
+#: gives up and returns None
+BACKLOG_TIMEOUT = 5.0
 
 
 class GroupConsumer:
@@ -112,6 +125,14 @@ class GroupConsumer:
             {"", topology.route_exchange} if topology.partitions is not None else {""}
         )
         self._stamping: set[asyncio.Task[None]] = set()
+        #: the queues the last `_reconcile` wanted (what `state` checks, without hashing)
+        self._wanted: list[str] = []
+        #: what the re-attacher is doing while it recovers (None: not recovering)
+        self._recovery: str | None = None
+        #: why the last `backlog()` failed (logged once per new reason)
+        self._backlog_problem: str | None = None
+        #: `backlog()` passive declares still running (one given up on closes its channel)
+        self._counting: set[asyncio.Task[dict[str, int]]] = set()
         self._log = get_logger(stream=topology.stream, group=topology.group, member=self.member_id)
 
     @property
@@ -131,6 +152,93 @@ class GroupConsumer:
     def active_queues(self) -> list[str]:
         """The queues this member has a live consumer on (active or standing by)."""
         return sorted(q for q, a in self._attachments.items() if a.is_live and not a.releasing)
+
+    # --- health ------------------------------------------------------------------------
+
+    def state(self) -> ConsumerState:
+        """Attached or not, now, and why not (no I/O; see the module docstring). A consumer
+        standing by on a single-active-consumer queue counts as attached."""
+        if self._paused:
+            return ConsumerState(False, "closed" if self._closing else "stopping")
+        runner, keeper = self._runner, self._keeper
+        if runner is None or keeper is None:
+            return ConsumerState(False, "starting")
+        if runner.done() or keeper.done():
+            return ConsumerState(False, "the consumer's tasks ended")
+        link = self.broker.link
+        if not link.is_connected:
+            return ConsumerState(False, "connection lost, reconnecting")
+        if self._recovery is not None:
+            return ConsumerState(False, self._recovery)
+        membership = self._membership
+        if membership is not None and not membership.joined:
+            return ConsumerState(False, "rejoining the group's members")
+        generation = link.generation
+        for queue in self._wanted:
+            attachment = self._attachments.get(queue)
+            if attachment is None or attachment.releasing:
+                return ConsumerState(False, f"attaching {queue}")
+            if not attachment.is_live:
+                return ConsumerState(
+                    False, f"channel closed: {attachment.closed_reason()} (queue {queue})"
+                )
+            if attachment.generation != generation:
+                return ConsumerState(False, f"the channel of {queue} is of a lost connection")
+            if not attachment.consuming:
+                return ConsumerState(
+                    False, f"the broker cancelled the consumer of {queue} (queue deleted?)"
+                )
+        return ConsumerState(True, self._attached_note())
+
+    def _attached_note(self) -> str:
+        partitions = self.topology.partitions
+        if partitions is None or self._membership is None:
+            return ""
+        if not self._wanted:
+            members = len(self._membership.members)
+            return f"no partitions assigned ({members} members, {partitions} partitions)"
+        owned = sorted(int(q.rsplit(".", 1)[1]) for q in self._wanted)  # `<base>.<i>`
+        listed = ", ".join(map(str, owned[:16])) + (", ..." if len(owned) > 16 else "")
+        return f"partitions {listed} ({len(owned)} of {partitions})"
+
+    async def backlog(self) -> dict[str, int] | None:
+        """Ready messages per queue the group consumes (every partition queue of a
+        partitioned group; the wait and dead-letter queues are not backlog). None when it
+        cannot tell now: the link is down, a queue is missing, or the broker did not answer
+        within `BACKLOG_TIMEOUT`. Never raises (but a cancellation), never waits longer."""
+        if self._closing or not self.broker.link.is_connected:
+            return None
+        counting = asyncio.create_task(self._ready_counts(), name="rabbitmq-backlog")
+        self._counting.add(counting)
+        counting.add_done_callback(self._counting.discard)
+        try:
+            done, _ = await asyncio.wait([counting], timeout=BACKLOG_TIMEOUT)
+        except asyncio.CancelledError:
+            counting.cancel()
+            raise
+        if not done:
+            # given up on: it closes its channel in the background (`close` waits for it)
+            counting.cancel()
+            problem = f"no answer within {BACKLOG_TIMEOUT:g}s"
+        elif counting.cancelled():
+            problem = "cancelled"
+        elif (exc := counting.exception()) is not None:
+            problem = _describe(exc)
+        else:
+            self._backlog_problem = None
+            return counting.result()
+        if problem != self._backlog_problem:
+            self._log.warning("rabbitmq.backlog_unknown", error=problem)
+            self._backlog_problem = problem
+        return None
+
+    async def _ready_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        async with self.broker.declare_channel() as channel:
+            for queue in self.topology.queues:
+                ok = await channel.queue_declare(queue, passive=True)
+                counts[queue] = int(ok.message_count or 0)
+        return counts
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -174,7 +282,11 @@ class GroupConsumer:
         await self._stop_keeper()
         if self._membership is not None:
             await self._membership.leave()
-        releasing = [*self._releasing.values(), *self._stamping]
+        releasing: list[asyncio.Future[Any]] = [
+            *self._releasing.values(),
+            *self._stamping,
+            *self._counting,
+        ]
         for task in releasing:
             task.cancel()
         await asyncio.gather(*releasing, return_exceptions=True)
@@ -198,6 +310,7 @@ class GroupConsumer:
         """One pass: forget dead attachments, release queues no longer wanted, attach
         wanted ones (a queue still being released is attached again once it is)."""
         wanted = self.wanted()
+        self._wanted = wanted
         for queue, attachment in list(self._attachments.items()):
             if not attachment.is_live:
                 del self._attachments[queue]
@@ -235,26 +348,40 @@ class GroupConsumer:
             self._wake.clear()
             if self._paused:
                 return
-            lost = [q for q, a in self._attachments.items() if not a.is_live]
+            lost = {q: a for q, a in self._attachments.items() if not a.is_live}
             if lost:
-                self._log.warning("rabbitmq.consumer_detached", queues=lost)
+                self._log.warning("rabbitmq.consumer_detached", queues=list(lost))
+            link = self.broker.link
             try:
-                if lost or not self.broker.link.is_up:
-                    await self.broker.link.wait_up()
+                if lost or not link.is_up:
+                    cause = self._cause(list(lost.values()))
+                    self._recovery = f"{cause}; waiting for the connection"
+                    await link.wait_up()
+                    self._recovery = f"{cause}; declaring the group's queues again"
                     async with self.broker.declare_channel() as admin:
                         await self.topology.declare(admin)
+                    self._recovery = f"{cause}; consuming again"
                 await self._reconcile()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._recovery = f"re-attaching failed ({_describe(exc)}), retrying in {pause:g}s"
                 self._log.warning("rabbitmq.reattach_failed", error=repr(exc), retry_in=pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self.broker.settings.max_reconnect_backoff)
                 self._wake.set()
                 continue
+            self._recovery = None
             if pause > 0.1 or lost:
                 self._log.info("rabbitmq.consumer_reattached", queues=self.active_queues())
             pause = 0.1
+
+    def _cause(self, lost: list[Attachment]) -> str:
+        """Why the consumer is re-attaching, for `state`."""
+        link = self.broker.link
+        if not lost or not link.is_up or any(a.generation != link.generation for a in lost):
+            return "connection lost"
+        return f"channel closed: {lost[0].closed_reason()}"
 
     # --- delivering --------------------------------------------------------------------
 

@@ -4,6 +4,9 @@ Users of the link ask for `await link.connection()` whenever they need to open a
 it waits while the link is reconnecting. Channels are not restored by the link: the
 publisher and every consumer notice their channel closed and reopen their own, which
 keeps recovery in one obvious place per user (see `publisher.py`, `consumer.py`).
+
+`state()` tells health and readiness how the link is now, without I/O: connected (to
+which node) or not (and the last error), and how many times it reconnected.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from yarl import URL
 
 from eventbus.toolkit import (
     ConfigurationError,
+    LinkState,
     get_logger,
 )
 
@@ -47,6 +51,12 @@ class Link:
         #: writes waiting for room in the connection's (bounded) frame queue: released
         #: (TimeoutError) when the connection is lost, whose writer will never drain it
         self.blocked: set[asyncio.Timeout] = set()
+        #: successful reconnections since `start` (the first connection not counted)
+        self.reconnects = 0
+        #: why the link is not connected: the last connection error (`_describe`d)
+        self._error = "not started"
+        #: where the link is connected (host:port, the server's product and cluster)
+        self._node = ""
 
     def __repr__(self) -> str:
         return f"Link({self.target.redacted!r}, up={self._up.is_set()})"
@@ -55,15 +65,18 @@ class Link:
         """First connection: fail fast with a clear error (no retry loop)."""
         try:
             self._attach(await self._connect())
-        except ConfigurationError:
+        except ConfigurationError as exc:
+            self._error = _describe(exc)
             raise
         except aiormq.exceptions.ProbableAuthenticationError:
+            self._error = "login refused (check the user, password and vhost)"
             raise ConfigurationError(
                 f"RabbitMQ at {self.target.redacted} refused the login of user "
                 f"{self.target.user!r} on vhost {self.target.vhost!r}: check the user, "
                 "password and vhost in EVENTBUS_URL"
             ) from None
         except (TimeoutError, *LOST) as exc:
+            self._error = _describe(exc)
             raise ConnectionError(
                 f"cannot connect to RabbitMQ at {self.target.redacted}: {_describe(exc)} "
                 "(is the broker running? scripts/rabbitmq.sh starts one)"
@@ -82,6 +95,25 @@ class Link:
     @property
     def is_up(self) -> bool:
         return self._up.is_set()
+
+    @property
+    def is_connected(self) -> bool:
+        """Up, and its connection open (not yet known lost)."""
+        connection = self._connection
+        return (
+            self._up.is_set()
+            and not self._closed
+            and connection is not None
+            and not connection.is_closed
+        )
+
+    def state(self) -> LinkState:
+        """How the link is now (no I/O): connected to which node, or the last error."""
+        if self._closed:
+            return LinkState(False, "closed", self.reconnects)
+        if self.is_connected:
+            return LinkState(True, self._node, self.reconnects)
+        return LinkState(False, self._error, self.reconnects)
 
     async def wait_up(self) -> None:
         await self._up.wait()
@@ -119,6 +151,7 @@ class Link:
 
     def _attach(self, connection: AbstractConnection) -> None:
         self._connection = connection
+        self._node = _node(self.target, connection)
         self.generation += 1
         connection.close_callbacks.add(self._on_close)
         self._up.set()
@@ -127,6 +160,7 @@ class Link:
         if self._closed or sender is not self._connection:
             return
         self._up.clear()
+        self._error = f"connection lost ({_describe(exc)}), reconnecting"
         self._log.warning("rabbitmq.connection_lost", error=_describe(exc))
         now = asyncio.get_running_loop().time()
         for blocked in list(self.blocked):
@@ -140,11 +174,13 @@ class Link:
     async def _reconnect(self) -> None:
         delay = 0.1
         attempts = 0
+        lost = self._error
         while not self._closed:
             attempts += 1
             try:
                 connection = await self._connect()
             except (TimeoutError, *LOST) as exc:
+                self._error = f"{lost}; attempt {attempts} failed: {_describe(exc)}"
                 if attempts == 1 or attempts % 10 == 0:
                     self._log.warning(
                         "rabbitmq.reconnect_failed",
@@ -158,9 +194,32 @@ class Link:
             if self._closed:
                 await connection.close()
                 return
+            self.reconnects += 1
             self._attach(connection)
             self._log.info("rabbitmq.reconnected", attempts=attempts)
             return
+
+
+def _node(target: Target, connection: AbstractConnection) -> str:
+    """Where a connection goes: the URL's host and port (never its credentials), and what
+    the server said it is (product, version, cluster name)."""
+    host = f"[{target.host}]" if ":" in target.host else target.host  # IPv6
+    where = f"{host}:{target.port}"
+    transport = getattr(connection, "transport", None)
+    properties = getattr(getattr(transport, "connection", None), "server_properties", None)
+    if not isinstance(properties, dict):
+        return where
+    facts = [
+        " ".join(_text(properties.get(k)) for k in ("product", "version") if properties.get(k)),
+        f"cluster {_text(properties['cluster_name'])}" if properties.get("cluster_name") else "",
+    ]
+    about = ", ".join(fact for fact in facts if fact)
+    return f"{where} ({about})" if about else where
+
+
+def _text(value: Any) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text[:100]
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -69,6 +69,12 @@ class Membership:
         self._log = get_logger(exchange=exchange, member=member_id)
 
     @property
+    def joined(self) -> bool:
+        """Its channel (heartbeats out, the others' in) is open."""
+        channel = self._channel
+        return channel is not None and not channel.is_closed
+
+    @property
     def members(self) -> frozenset[str]:
         """Every live member, this one included."""
         return frozenset((self.member_id, *self._heard))
