@@ -16,8 +16,10 @@ from confluent_kafka import KafkaException
 from eventbus.toolkit import (
     Capabilities,
     Consumer,
+    ConsumerState,
     DeadLetter,
     Deliver,
+    LinkState,
     Message,
     Settings,
     SubscriptionSpec,
@@ -79,6 +81,13 @@ class KafkaBroker:
                 f"{self.settings.connect_timeout}s: {self.configs.scrub(str(exc))}; is the broker "
                 "running, and are EVENTBUS_URL and the SASL/SSL options right?"
             ) from None
+
+    def state(self) -> LinkState:
+        """The producer's link to the cluster, as librdkafka last reported it (no I/O):
+        connected while a cluster node is (statistics every `statistics_interval_ms`);
+        down at once when librdkafka reports every broker down or the last one lost,
+        `detail` being its last connection error (scrubbed)."""
+        return self.producer.link.state()
 
     async def close(self) -> None:
         consumers, self._consumers = self._consumers, []
@@ -224,6 +233,12 @@ class KafkaSubscription:
 
     async def pause(self) -> None:
         await self.consumer.pause()
+
+    def state(self) -> ConsumerState:
+        return self.consumer.state()
+
+    async def backlog(self) -> dict[str, int] | None:
+        return await self.consumer.backlog()
 
     async def close(self) -> None:
         self._broker._forget(self.consumer)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from eventbus.toolkit import (
+    ConsumerState,
     Deliver,
     SubscriptionSpec,
     derived_id,
@@ -56,6 +57,7 @@ from eventbus.toolkit import (
 )
 
 from .delivery import KafkaDelivery
+from .link import GroupLink, parse_statistics
 from .names import DUE_HEADER, ORIGIN_OFFSET_HEADER, ORIGIN_PARTITION_HEADER
 from .offsets import PartitionTracker
 from .producer import Headers
@@ -184,6 +186,17 @@ class KafkaConsumer:
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
         self._error_seen: dict[tuple[int, str], float] = {}
+        # health (`state()`, `backlog()`): plain values written by the poll thread's
+        # callbacks, read on the loop without locks
+        self.link = GroupLink(configs)
+        #: the member holds an assignment (possibly empty) of its group
+        self._member = False
+        #: why it holds none
+        self._unassigned = f"joining group {spec.group!r}"
+        #: consumer lag per `topic[partition]` from the last statistics (None: unknown)
+        self._lags: dict[str, int] | None = None
+        #: the lag counts up to the last stable offset (isolation.level read_committed)
+        self._read_committed = True
 
     def __repr__(self) -> str:
         return f"KafkaConsumer({self.spec.stream!r}, group={self.spec.group!r})"
@@ -194,8 +207,14 @@ class KafkaConsumer:
         """Join the group; return once partitions are assigned (ready means ready)."""
         loop = self._loop = asyncio.get_running_loop()
         self._assigned = loop.create_future()
-        config = self.configs.consumer(self.spec.group, self._config, self._buffer_bytes)
+        config = self.configs.consumer(
+            self.spec.group, self._config, self._buffer_bytes, statistics=True
+        )
         config["error_cb"] = self._client_error
+        self.link.start(config)
+        if self.link.tracking:
+            config["stats_cb"] = self._statistics
+        self._read_committed = config.get("isolation.level") != "read_uncommitted"
         try:
             consumer = Consumer(config)
         except (KafkaException, ValueError, TypeError) as exc:
@@ -247,6 +266,7 @@ class KafkaConsumer:
         """Commit what finished, leave the group; unfinished records stay uncommitted."""
         self._halted = True
         self._closing = True
+        self.link.closed = True
         self._wake.set()
         await finish_task(self._pump_task)
         with self._lock:
@@ -256,6 +276,76 @@ class KafkaConsumer:
         if thread is not None and thread.is_alive():
             await asyncio.to_thread(thread.join)
         self._thread = None
+
+    # --- health ------------------------------------------------------------------------
+
+    def state(self) -> ConsumerState:
+        """Attached while the group coordinator is connected (librdkafka's statistics, or
+        at once down on `_ALL_BROKERS_DOWN` / a coordinator connection error) and the
+        member holds an assignment; not while a rebalance revoked it or it was lost. No
+        I/O: plain values the poll thread's callbacks wrote."""
+        problem = self.link.problem()
+        if problem is not None:
+            return ConsumerState(False, problem)
+        if not self._member:
+            return ConsumerState(False, self._unassigned)
+        if not self._parts:
+            return ConsumerState(True, "no partitions assigned")
+        return ConsumerState(True)
+
+    async def backlog(self) -> dict[str, int] | None:
+        """Consumer lag per assigned `topic[partition]` (records after the group's
+        committed offset, in-flight ones included) from librdkafka's last statistics: no
+        broker round trip. None while the link is down, between assignments, or with
+        statistics off."""
+        if not self.link.tracking or self.link.problem() is not None or not self._member:
+            return None
+        lags = self._lags
+        return dict(lags) if lags is not None else None
+
+    def _statistics(self, text: str) -> None:
+        """`stats_cb` (poll thread): the coordinator's state and the consumer lag."""
+        stats = parse_statistics(text)
+        if stats is None:
+            return
+        self.link.coordinator(stats)
+        self._lags = self._lag(stats)
+
+    def _lag(self, stats: dict[str, Any]) -> dict[str, int] | None:
+        """Lag per assigned partition: librdkafka's `consumer_lag` (end offset minus the
+        committed one); where nothing is committed yet (-1), the end offset minus where
+        this member stands (its lowest unfinished record, or its fetch position). None if
+        partitions are assigned but none is known; {} if none is assigned."""
+        with self._lock:
+            assigned = [
+                (part.topic, part.partition, part.tracker.commit_point())
+                for part in self._parts.values()
+                if not part.revoked
+            ]
+        if not assigned:
+            return {}
+        topics = stats.get("topics")
+        if not isinstance(topics, dict):
+            return None
+        end_field = "ls_offset" if self._read_committed else "hi_offset"
+        lags: dict[str, int] = {}
+        for topic, partition, point in assigned:
+            found = topics.get(topic)
+            partitions = found.get("partitions") if isinstance(found, dict) else None
+            entry = partitions.get(str(partition)) if isinstance(partitions, dict) else None
+            if not isinstance(entry, dict):
+                continue
+            lag = entry.get("consumer_lag")
+            if not isinstance(lag, int) or lag < 0:
+                end = entry.get(end_field)
+                base = point if point is not None else entry.get("next_offset")
+                if not isinstance(end, int) or not isinstance(base, int):
+                    continue
+                if end < 0 or base < 0:
+                    continue
+                lag = max(end - base, 0)
+            lags[f"{topic}[{partition}]"] = lag
+        return lags or None
 
     # --- loop side ---------------------------------------------------------------------
 
@@ -416,6 +506,7 @@ class KafkaConsumer:
             except (KafkaException, RuntimeError) as exc:
                 self._log.warning("kafka.close_failed", error=self.configs.scrub(repr(exc)))
             if failure is not None:  # left the group; now the bus must hear of it
+                self.link.fatal = f"the poll thread failed: {self.configs.scrub(repr(failure))}"
                 self._report(
                     "the Kafka consumer's poll thread",
                     RuntimeError(self.configs.scrub(repr(failure))),
@@ -579,6 +670,8 @@ class KafkaConsumer:
                     )
             self._share = self._buffer_bytes // max(len(self._parts), 1)
             self.assignments += 1
+            self._member = True
+        self.link.joined()
         self._log.info(
             "kafka.assigned",
             partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions),
@@ -602,6 +695,15 @@ class KafkaConsumer:
                 part.revoked = True
                 part.generation += 1
                 part.held.clear()
+            if all(part.revoked for part in self._parts.values()):  # nothing left: detached
+                self._member = False
+                self._unassigned = (
+                    f"the partitions of group {self.spec.group!r} were lost (session timed "
+                    "out or fenced): waiting to rejoin"
+                    if lost
+                    else f"the partitions of group {self.spec.group!r} were revoked by a "
+                    "rebalance: waiting for the new assignment"
+                )
             timeout = 0.0 if (self._closing or lost) else self._revoke_timeout
             deadline = time.monotonic() + timeout
             while any(p.inflight for p in parts):
@@ -624,6 +726,7 @@ class KafkaConsumer:
 
     def _client_error(self, error: KafkaError) -> None:
         self._log.warning("kafka.client_error", error=self.configs.scrub(str(error)))
+        self.link.on_error(error)
 
     def _consume_error(self, message: Message) -> None:
         error = message.error()

@@ -27,6 +27,7 @@ from eventbus.toolkit import (
     to_kafka_headers,
 )
 
+from .link import ProducerLink
 from .settings import ClientConfigs, config_error
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -51,17 +52,27 @@ def record_of(message: EventMessage) -> Record:
     return Record(message.stream, message.body, key, headers, message.id)
 
 
-def create_producer(configs: ClientConfigs) -> Producer:
-    config = configs.producer()
-    config["error_cb"] = partial(_client_error, configs, "producer")
+def create_producer(configs: ClientConfigs, link: ProducerLink | None = None) -> Producer:
+    """A producer; with a `link` (the async producer, which polls all the time), one that
+    reports its statistics and errors there too."""
+    config = configs.producer(statistics=link is not None)
+    config["error_cb"] = partial(_client_error, configs, "producer", link)
+    if link is not None:
+        link.start(config)
+        if link.tracking:
+            config["stats_cb"] = link.on_statistics
     try:
         return Producer(config)
     except (KafkaException, ValueError, TypeError) as exc:
         raise config_error(configs, exc, "producer") from None
 
 
-def _client_error(configs: ClientConfigs, client: str, error: KafkaError) -> None:
+def _client_error(
+    configs: ClientConfigs, client: str, link: ProducerLink | None, error: KafkaError
+) -> None:
     _log.warning("kafka.client_error", client=client, error=configs.scrub(str(error)))
+    if link is not None:
+        link.on_error(error)
 
 
 #: bytes a record batch adds around one record, and a record around each header
@@ -123,10 +134,12 @@ class AsyncProducer:
         self._stop = threading.Event()
         self._done: list[tuple[asyncio.Future[None], PublishError | None]] = []
         self._done_lock = threading.Lock()
+        #: the link to the cluster (`KafkaBroker.state()`), from the poll thread's callbacks
+        self.link = ProducerLink(configs)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._producer = create_producer(self.configs)
+        self._producer = create_producer(self.configs, self.link)
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._poll, name="eventbus-kafka-producer", daemon=True
@@ -223,6 +236,7 @@ class AsyncProducer:
             await asyncio.to_thread(thread.join)
         await asyncio.to_thread(producer.flush, timeout)
         self._hand_over()
+        self.link.closed = True
         self._producer = None
         self._thread = None
 

@@ -73,6 +73,11 @@ class KafkaSettings(BaseSettings):
     assignment_timeout: float = Field(default=60.0, gt=0)
     #: seconds a revoked partition waits for its in-flight records before it is handed over
     revoke_timeout: float = Field(default=30.0, ge=0)
+    #: how often (ms) librdkafka hands the producer and the consumers its statistics:
+    #: broker and group-coordinator states (`state()`: connected, attached) and consumer
+    #: lag (`backlog()`); 0 turns them off (state() then follows the rebalance callbacks
+    #: and fatal errors only, backlog() is None)
+    statistics_interval_ms: int = Field(default=1000, ge=0, le=86_400_000)
     #: seconds `start` waits for the cluster to answer
     connect_timeout: float = Field(default=15.0, gt=0)
     #: seconds admin requests (create/describe topics) may take; also how long listing or
@@ -225,7 +230,9 @@ class ClientConfigs:
             text = text.replace(secret, "***")
         return text
 
-    def producer(self) -> dict[str, Any]:
+    def producer(self, *, statistics: bool = False) -> dict[str, Any]:
+        """The producer's config; with `statistics` (a producer that polls all the time
+        and reads them), librdkafka's statistics every `statistics_interval_ms`."""
         s = self.settings
         config = {
             **self.common,
@@ -237,6 +244,8 @@ class ClientConfigs:
             "allow.auto.create.topics": False,  # topics are made by eventbus, not by accident
             "message.max.bytes": PRODUCER_MAX_BYTES,
         }
+        if statistics:
+            config["statistics.interval.ms"] = s.statistics_interval_ms
         config.update(self.user)
         config.update(self.user_producer)
         return config
@@ -250,10 +259,17 @@ class ClientConfigs:
             return PRODUCER_MAX_BYTES
 
     def consumer(
-        self, group: str, extra: dict[str, Any] | None = None, buffer_bytes: int | None = None
+        self,
+        group: str,
+        extra: dict[str, Any] | None = None,
+        buffer_bytes: int | None = None,
+        *,
+        statistics: bool = False,
     ) -> dict[str, Any]:
         """A consumer's config. librdkafka's own prefetch is bounded by a quarter of the
-        subscription's byte buffer (`buffer_bytes`), between 1 and 16 MiB."""
+        subscription's byte buffer (`buffer_bytes`), between 1 and 16 MiB. With
+        `statistics` (a subscription's consumer), librdkafka's statistics every
+        `statistics_interval_ms`."""
         prefetch = min(
             max((buffer_bytes or self.settings.partition_buffer_bytes) // 4, MiB), 16 * MiB
         )
@@ -269,6 +285,8 @@ class ClientConfigs:
             "queued.max.messages.kbytes": prefetch // 1024,
             "fetch.max.bytes": prefetch,
         }
+        if statistics:
+            config["statistics.interval.ms"] = self.settings.statistics_interval_ms
         chosen = {**self.user, **self.user_consumer, **_plain(extra or {})}
         if "fetch.max.bytes" not in chosen:  # librdkafka: fetch.max.bytes >= message.max.bytes
             with contextlib.suppress(TypeError, ValueError):
