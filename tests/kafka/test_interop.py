@@ -12,6 +12,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from eventbus import Context, Event
 from eventbus.testing.conformance import unique, until
+from eventbus.testing.conformance.telemetry import Spans
 
 from .harness import BOOTSTRAP, KafkaHarness, raw_produce
 from .support import read_topic
@@ -94,11 +95,13 @@ async def test_cloudevents_sdk_parses_what_we_publish(kafka: KafkaHarness) -> No
         order_id: str
         amount: int
 
-    bus = kafka.bus()
+    spans = Spans()  # tracing on: the traceparent extension is part of what the SDK reads
+    bus = kafka.bus(tracer_provider=spans.provider)
     async with bus:
         sent = await bus.publish(
             Paid(order_id="p-1", amount=3), key="p-1", headers={"tenant": "t1"}
         )
+    [span] = spans.named(f"publish {stream}")
     [message] = await asyncio.to_thread(read_topic, stream, 1)
     parsed = from_binary(
         KafkaMessage(
@@ -114,6 +117,8 @@ async def test_cloudevents_sdk_parses_what_we_publish(kafka: KafkaHarness) -> No
     assert parsed.get_data() == {"order_id": "p-1", "amount": 3}
     assert parsed.get_extension("partitionkey") == "p-1"
     assert parsed.get_extension("tenant") == "t1"
+    traceparent = parsed.get_extension("traceparent")
+    assert traceparent.startswith(f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-")
 
 
 async def test_an_event_written_by_the_cloudevents_sdk_is_consumed(kafka: KafkaHarness) -> None:

@@ -18,6 +18,7 @@ from cloudevents.core.v1.event import CloudEvent
 from eventbus import Context, Envelope, Reject, RetryPolicy, SyncPublisher
 from eventbus.errors import ConfigurationError, UnroutableError
 from eventbus.testing.conformance import make_events, until
+from eventbus.testing.conformance.telemetry import Spans
 
 from .conftest import Broker
 
@@ -171,7 +172,8 @@ async def test_cloudevents_sdk_reads_ours_and_we_read_the_sdk(
 ) -> None:
     ev = make_events(rabbit.stream())
     got: list[tuple[Any, Envelope]] = []
-    bus = rabbit.bus()
+    spans = Spans()  # tracing on: the traceparent extension is part of what the SDK reads
+    bus = rabbit.bus(tracer_provider=spans.provider)
 
     @bus.subscribe(group="g")
     async def handle(event: ev.Created, ctx: Context) -> None:  # type: ignore[name-defined]
@@ -198,6 +200,10 @@ async def test_cloudevents_sdk_reads_ours_and_we_read_the_sdk(
         assert parsed.get_id() == sent.id
         assert parsed.get_type() == "order.created"
         assert parsed.get_source() == bus.settings.source
+        [span] = spans.named(f"publish {ev.stream}")
+        assert parsed.get_extension("traceparent").startswith(
+            f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-"
+        )
         assert parsed.get_datacontenttype() == "application/json"
         assert parsed.get_data() == {"order_id": "o-9", "n": 3, "total": 0.0}
         assert parsed.get_extension("partitionkey") == "o-9"
