@@ -8,12 +8,13 @@ The OpenTelemetry SDK is a dev/bench dependency (`opentelemetry-sdk`), not event
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 from . import kafka, memory, rabbitmq
-from .core import Runner, Scenario
+from .core import Runner, Scenario, metrics_of
 
 PLAIN = "eventbus"
 METRICS = "eventbus + metrics"
@@ -48,12 +49,34 @@ def _variants(run: Any) -> dict[str, Runner]:
     }
 
 
+async def span_floor(count: int) -> dict[str, float]:
+    """The SDK's own cost per event, without eventbus: a producer span and a consumer
+    span (its child), no attributes, on the same provider as the traced variant."""
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    tracer = _tracer_provider().get_tracer("floor")
+    start = time.perf_counter()
+    for _ in range(count):
+        publish = tracer.start_span("publish", kind=SpanKind.PRODUCER)
+        publish.end()
+        parent = trace.set_span_in_context(publish)
+        tracer.start_span("process", context=parent, kind=SpanKind.CONSUMER).end()
+    return metrics_of(count, time.perf_counter() - start)
+
+
 def scenarios(quick: bool) -> list[Scenario]:
     n = {"memory": 5_000, "rabbitmq": 2_000, "kafka": 5_000}
     if not quick:
         n = {"memory": 50_000, "rabbitmq": 20_000, "kafka": 50_000}
     description = "end-to-end as in the broker's suite, telemetry off / metrics / traces"
     return [
+        Scenario(
+            "otel",
+            "span floor",
+            "two spans per event (publish + process), nothing else: the SDK's own cost",
+            {"OpenTelemetry SDK alone": partial(span_floor, n["memory"])},
+        ),
         Scenario(
             "memory",
             "e2e+telemetry",

@@ -21,7 +21,7 @@ from .log import get_logger
 from .messages import build_message, envelope_of
 from .metrics import Metrics
 from .middleware import chain, correlate
-from .observer import Observer
+from .observer import Observer, make_tracing
 from .pipeline import Pipeline
 from .protocol import (
     Broker,
@@ -420,26 +420,9 @@ class EventBus:
     def _telemetry(self, broker: Broker) -> Observer | None:
         """The observer of this run: tracing when a tracer provider is configured (or
         `Settings.tracing` forces it), metrics when on; None when both are off."""
-        tracing = None
-        wanted = self.settings.tracing
-        if wanted is not False:
-            provider = self._tracer_provider
-            try:
-                from .tracing import Tracing, configured_tracer_provider
-            except ImportError:
-                if wanted or provider is not None:
-                    raise ConfigurationError(
-                        "tracing needs opentelemetry-api: pip install 'eventbus[otel]'"
-                    ) from None
-            else:
-                if provider is None:
-                    provider = configured_tracer_provider()
-                if provider is None and wanted:
-                    from opentelemetry import trace
-
-                    provider = trace.get_tracer_provider()
-                if provider is not None:
-                    tracing = Tracing(provider, broker.capabilities.system)
+        tracing = make_tracing(
+            self.settings.tracing, self._tracer_provider, broker.capabilities.system
+        )
         if self.settings.metrics is not False and not self._bridged:
             meter_provider = self._meter_provider
             if meter_provider is None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .context import current_context
+from .errors import ConfigurationError
 from .metrics import BAD_INPUT, DEAD_LETTERED, NACKED, REJECTED, RETRIED, Metrics, TypeLabels
 from .protocol import Delivery, Message
 
@@ -19,6 +20,30 @@ if TYPE_CHECKING:
     from .tracing import Tracing
 
 Process = Callable[[Delivery], Awaitable[str]]
+
+
+def make_tracing(wanted: bool | None, provider: Any, system: str) -> Tracing | None:
+    """Tracing for a bus or a sync publisher: with `provider`, or the global tracer
+    provider once the application configured one (`wanted` None), always (`wanted` True:
+    an error without opentelemetry-api), or never (`wanted` False). OpenTelemetry is not
+    even imported when it is not installed or tracing is off."""
+    if wanted is False:
+        return None
+    try:
+        from .tracing import Tracing, configured_tracer_provider
+    except ImportError:
+        if wanted or provider is not None:
+            raise ConfigurationError(
+                "tracing needs opentelemetry-api: pip install 'eventbus[otel]'"
+            ) from None
+        return None
+    if provider is None:
+        provider = configured_tracer_provider()
+    if provider is None and wanted:
+        from opentelemetry import trace
+
+        provider = trace.get_tracer_provider()
+    return Tracing(provider, system) if provider is not None else None
 
 
 class Observer:

@@ -302,7 +302,8 @@ class Broker(Protocol):
 
 
 class SyncTransport(Protocol):
-    """The broker side of the sync face (pika / confluent Producer): blocking, confirmed."""
+    """The broker side of the sync face (pika / confluent Producer): blocking, confirmed.
+    A `system` attribute (`"rabbitmq"`, ...) names the broker in traces, optionally."""
 
     def publish(self, messages: Sequence[Message]) -> None: ...
 

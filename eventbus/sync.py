@@ -9,6 +9,7 @@ from typing import Any
 from .context import correlate_attributes
 from .event import Envelope, Event
 from .messages import build_message, envelope_of
+from .observer import make_tracing
 from .protocol import Message, SyncTransport
 from .registry import find_adapter
 from .settings import Settings, load_settings, redact_url
@@ -22,14 +23,22 @@ class SyncPublisher:
     """
 
     def __init__(
-        self, url: str | None = None, *, settings: Settings | None = None, **options: Any
+        self,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        tracer_provider: Any = None,
+        **options: Any,
     ) -> None:
+        """`tracer_provider`: an OpenTelemetry provider instead of the global one (each
+        publish is then a `publish` span whose context the events carry, as on the bus)."""
         if settings is None:
             settings = load_settings(url, **options)
         self.settings = settings
-        self._transport: SyncTransport | None = find_adapter(settings).create_sync_transport(
-            settings
-        )
+        transport = find_adapter(settings).create_sync_transport(settings)
+        self._transport: SyncTransport | None = transport
+        system = str(getattr(transport, "system", settings.scheme))
+        self._tracing = make_tracing(settings.tracing, tracer_provider, system)
 
     def __repr__(self) -> str:
         return f"SyncPublisher({redact_url(self.settings.url)!r})"
@@ -57,12 +66,36 @@ class SyncPublisher:
         id: str | None = None,
     ) -> Envelope:
         message = self._message(event, key, headers, id)
-        self._require().publish([message])
+        transport = self._require()
+        tracing = self._tracing
+        if tracing is None:
+            transport.publish([message])
+        else:
+            span = tracing.start_publish(message)
+            try:
+                transport.publish([message])
+            except BaseException as exc:
+                tracing.end(span, exc)
+                raise
+            tracing.end(span)
         return envelope_of(message)
 
     def publish_many(self, events: Iterable[Event | tuple[Event, Any]]) -> list[str]:
         messages = [self._message(*_pair(item), None, None) for item in events]
-        self._require().publish(messages)
+        transport = self._require()
+        tracing = self._tracing
+        if tracing is None or not messages:
+            transport.publish(messages)
+        else:
+            streams = {m.stream for m in messages}
+            stream = next(iter(streams)) if len(streams) == 1 else "(several)"
+            span = tracing.start_publish_batch(stream, messages)
+            try:
+                transport.publish(messages)
+            except BaseException as exc:
+                tracing.end(span, exc)
+                raise
+            tracing.end(span)
         return [m.attributes["id"] for m in messages]
 
     def _require(self) -> SyncTransport:

@@ -17,6 +17,8 @@ from .topics import Topics
 class KafkaSyncTransport:
     """Sync face of `kafka://`: the same producer configuration, blocking until stored."""
 
+    system = "kafka"
+
     def __init__(self, settings: Settings) -> None:
         self.configs = client_configs(settings)
         self.topics = Topics(self.configs)

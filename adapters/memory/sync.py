@@ -15,6 +15,8 @@ from .state import current_loop, memory_state, name_of
 class MemorySyncTransport:
     """Sync face of `memory://`: thread-safe publishing into the named broker."""
 
+    system = "memory"
+
     def __init__(self, settings: Settings) -> None:
         self.world = memory_state(name_of(settings.url))
 

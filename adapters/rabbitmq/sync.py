@@ -46,6 +46,8 @@ _LOST = (
 
 
 class RabbitMQSyncTransport:
+    system = "rabbitmq"
+
     def __init__(self, settings: Settings) -> None:
         self.settings: RabbitMQSettings = load_rabbitmq_settings(dict(settings.options))
         self.target: Target = parse_url(settings.url)
