@@ -4,7 +4,7 @@ The public API is what this module exports; everything else is private.
 """
 
 from .bus import EventBus, Subscription
-from .context import Context
+from .context import Context, correlation_scope
 
 # event sourcing and CQRS (import after the core: they build on it)
 from .cqrs import CommandBus, DomainError, InvalidTransition, NotFound, QueryBus
@@ -85,6 +85,7 @@ __all__ = [
     "UnroutableError",
     "Upcasters",
     "applies",
+    "correlation_scope",
     "open_store",
 ]
 

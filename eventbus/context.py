@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .event import Envelope, Event
@@ -16,16 +18,51 @@ current_context: contextvars.ContextVar[Context | None] = contextvars.ContextVar
     "eventbus_context", default=None
 )
 
+#: the correlation id of the work this task/thread does outside handlers: an HTTP request
+#: (`eventbus.fastapi.CorrelationIdMiddleware` sets it from `X-Correlation-ID`), a job
+#: (None: none); set it with `correlation_scope`
+current_correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "eventbus_correlation_id", default=None
+)
+
+
+@contextlib.contextmanager
+def correlation_scope(correlation_id: str | None) -> Iterator[str | None]:
+    """Events published inside the block (`bus.publish`, `SyncPublisher.publish`, saved by
+    a `Repository`) carry `correlation_id`, unless they give their own or are published by a
+    handler (whose event's chain wins). Scopes nest; `None` clears the id for the block.
+    Context variables follow tasks and threads started inside (asyncio, `to_thread`)."""
+    token = current_correlation_id.set(correlation_id)
+    try:
+        yield correlation_id
+    finally:
+        current_correlation_id.reset(token)
+
+
+def ambient_ids() -> tuple[str | None, str | None]:
+    """(correlation id, causation id) an event created now should carry: those of the event
+    being handled in this task or thread (its chain's correlation id, its own id as the
+    cause), else the `correlation_scope`'s id and no cause."""
+    ctx = current_context.get()
+    if ctx is not None:
+        return ctx.envelope.correlation_id or ctx.envelope.id, ctx.envelope.id
+    return current_correlation_id.get(), None
+
 
 def correlate_attributes(attributes: dict[str, str]) -> None:
     """Give an outgoing event the correlation and causation ids of the event being handled
-    in this task or thread, if any (explicit ids win)."""
+    in this task or thread, if any, else the correlation id of the current
+    `correlation_scope` (an HTTP request's); explicit ids win."""
     ctx = current_context.get()
     if ctx is not None:
         if "causationid" not in attributes:
             attributes["causationid"] = ctx.envelope.id
         if "correlationid" not in attributes:
             attributes["correlationid"] = ctx.envelope.correlation_id or ctx.envelope.id
+    elif "correlationid" not in attributes:
+        scoped = current_correlation_id.get()
+        if scoped is not None:
+            attributes["correlationid"] = scoped
 
 
 class Context:

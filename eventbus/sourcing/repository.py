@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Generic, TypeVar
 
+from eventbus.context import ambient_ids
 from eventbus.cqrs import NotFound
 
 from .aggregate import Aggregate
@@ -72,9 +73,17 @@ class Repository(Generic[A]):
         correlation_id: str | None = None,
         causation_id: str | None = None,
     ) -> list[StoredEvent]:
+        """Append the aggregate's pending events (and queue them in the outbox). Their
+        `correlation_id` and `causation_id` default to the ambient ones, as a publish's do:
+        the handled event's chain inside a handler, else the `correlation_scope` (an HTTP
+        request's id under `eventbus.fastapi.CorrelationIdMiddleware`)."""
         pending = aggregate.pending
         if not pending:
             return []
+        if correlation_id is None or causation_id is None:
+            ambient_correlation, ambient_causation = ambient_ids()
+            correlation_id = correlation_id if correlation_id is not None else ambient_correlation
+            causation_id = causation_id if causation_id is not None else ambient_causation
         expected = aggregate.version - len(pending)
         stored = await self.store.append(
             self.aggregate.stream_id(aggregate.id),
