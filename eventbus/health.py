@@ -74,6 +74,20 @@ class Health:
         reasons.extend(f"{component}: {problem}" for component, problem in self.problems.items())
         return reasons
 
+    def liveness(self) -> tuple[int, dict[str, Any]]:
+        """The `/healthz` answer, (HTTP status, JSON body): 200 `{"status": "alive"}`, or
+        503 `{"status": "failed", "failure": ...}` once the bus stopped itself (a consumer
+        died), so the orchestrator restarts the process. A broker outage is not a liveness
+        failure: the adapter reconnects, and readiness reports it meanwhile."""
+        if self.failure is not None:
+            return 503, {"status": "failed", "failure": self.failure}
+        return 200, {"status": "alive"}
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """The `/readyz` answer, (HTTP status, JSON body): 200 when `ok`, else 503; the
+        body is `to_dict()` (`reasons` says what is missing)."""
+        return (200 if self.ok else 503), self.to_dict()
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the fields, plus `ok` and `reasons`."""
         data = asdict(self)

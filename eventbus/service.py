@@ -13,7 +13,9 @@ loop):
   back to 200 by itself once the adapter reconnected.
 - `/metrics`: the Prometheus exposition of the bus's metrics (OpenMetrics on request).
 
-Needs Starlette, uvicorn and prometheus-client (`pip install eventbus[http]`).
+Needs Starlette, uvicorn and prometheus-client (`pip install eventbus[http]`). A FastAPI
+app serves the same two probes with `eventbus.fastapi.health_router()`; both answer
+through `Health.liveness()` and `Health.readiness()`.
 """
 
 from __future__ import annotations
@@ -46,14 +48,12 @@ def app(bus: EventBus) -> Starlette:
     registry = registry_of(bus)
 
     async def healthz(request: Request) -> Response:
-        failure = bus.health().failure
-        if failure is not None:
-            return JSONResponse({"status": "failed", "failure": failure}, status_code=503)
-        return JSONResponse({"status": "alive"})
+        status, body = bus.health().liveness()
+        return JSONResponse(body, status_code=status)
 
     async def readyz(request: Request) -> Response:
-        health = bus.health()
-        return JSONResponse(health.to_dict(), status_code=200 if health.ok else 503)
+        status, body = bus.health().readiness()
+        return JSONResponse(body, status_code=status)
 
     async def metrics(request: Request) -> Response:
         body, content_type = exposition(registry, request.headers.get("accept"))
