@@ -22,22 +22,37 @@ class CreateOrder(BaseModel):
     order_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
-class _OrderCommand(BaseModel):
-    order_id: str
+class _Change(BaseModel):
     #: optimistic concurrency: fail with a conflict unless the order is at this version
     expected_version: int | None = None
 
 
-class PayOrder(_OrderCommand):
+class Payment(_Change):
+    """The body of POST /orders/{id}/pay."""
+
     amount_cents: int
 
 
-class ShipOrder(_OrderCommand):
+class Shipment(_Change):
+    """The body of POST /orders/{id}/ship."""
+
     carrier: str = "DHL"
 
 
-class DeliverOrder(_OrderCommand):
-    pass
+class Delivery(_Change):
+    """The body of POST /orders/{id}/deliver."""
+
+
+class PayOrder(Payment):
+    order_id: str
+
+
+class ShipOrder(Shipment):
+    order_id: str
+
+
+class DeliverOrder(Delivery):
+    order_id: str
 
 
 class OrderResult(BaseModel):

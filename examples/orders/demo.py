@@ -1,4 +1,5 @@
-"""The demo: the whole order system in one process, driven through its HTTP APIs.
+"""The demo: the whole order system in one process, driven through its HTTP APIs (FastAPI
+on uvicorn, called with httpx).
 
 Places orders, drives their lifecycle (with rejected transitions and a concurrent-update
 conflict), waits for the projections, prints the read model and the notifications, then
@@ -14,15 +15,21 @@ import time
 from collections import Counter
 from typing import Any
 
+import httpx
+
 from eventbus.sourcing import Database, EventStore, SqliteDatabase, open_store
 
 from .read_model import PROJECTIONS
 from .services import OrdersSettings, System, load_orders_settings
-from .web import JsonClient
+
+
+def client(port: int, host: str = "127.0.0.1") -> httpx.AsyncClient:
+    """An HTTP client of a service (keep-alive connections, generous timeouts)."""
+    return httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=60)
 
 
 async def drive(
-    command: JsonClient, orders: int, *, seed: int = 7, parallel: int = 16
+    command: httpx.AsyncClient, orders: int, *, seed: int = 7, parallel: int = 16
 ) -> Counter[str]:
     """Place `orders` orders and move them along; returns a tally of the outcomes."""
     rng = random.Random(seed)
@@ -31,10 +38,12 @@ async def drive(
 
     async def call(method: str, path: str, body: Any, expect: int) -> Any:
         async with gate:
-            status, payload = await command.request(method, path, body)
-        if status != expect:
-            raise AssertionError(f"{method} {path}: expected {expect}, got {status} {payload}")
-        return payload
+            response = await command.request(method, path, json=body)
+        if response.status_code != expect:
+            raise AssertionError(
+                f"{method} {path}: expected {expect}, got {response.status_code} {response.text}"
+            )
+        return response.json()
 
     async def lifecycle(n: int) -> None:
         customer = f"c{n % 37:03d}"
@@ -82,18 +91,18 @@ async def drive(
     tally["created"] += 1
     racing = await asyncio.gather(
         *(
-            command.request(
-                "POST",
+            command.post(
                 f"/orders/{order['order_id']}/pay",
-                {"amount_cents": 1234, "expected_version": 1},
+                json={"amount_cents": 1234, "expected_version": 1},
             )
             for _ in range(2)
         )
     )
-    statuses = sorted(status for status, _ in racing)
+    statuses = sorted(r.status_code for r in racing)
     if statuses != [200, 409]:
-        raise AssertionError(f"concurrent pay: expected one 200 and one 409, got {racing}")
-    conflict = next(payload for status, payload in racing if status == 409)
+        answers = [(r.status_code, r.text) for r in racing]
+        raise AssertionError(f"concurrent pay: expected one 200 and one 409, got {answers}")
+    conflict = next(r.json() for r in racing if r.status_code == 409)
     assert conflict["error"] == "concurrency_conflict", conflict
     tally["paid"] += 1
     tally["rejected: concurrent update"] += 1
@@ -149,18 +158,18 @@ def _money(cents: int) -> str:
     return f"{cents / 100:>10,.2f}"
 
 
-async def show(query: JsonClient) -> None:
-    _, customers = await query.request("GET", "/customers")
+async def show(query: httpx.AsyncClient) -> None:
+    customers = (await query.get("/customers")).raise_for_status().json()
     print("\nTop customers (read model, via the query API):")
     print(f"  {'customer':<10} {'orders':>6} {'spent EUR':>10}   recent orders")
     for row in customers[:8]:
-        _, summary = await query.request("GET", f"/customers/{row['customer_id']}")
+        summary = (await query.get(f"/customers/{row['customer_id']}")).raise_for_status().json()
         recent = ", ".join(
             f"{o['order_id'][:6]}:{o['status']}" for o in summary["recent_orders"][:3]
         )
         spent = _money(row["total_spent_cents"])
         print(f"  {row['customer_id']:<10} {row['total_orders']:>6} {spent}   {recent}")
-    _, mails = await query.request("GET", "/notifications")
+    mails = (await query.get("/notifications")).raise_for_status().json()
     print(f"\nNotifications recorded: {len(mails)} e-mails. A few:")
     for mail in mails[:4]:
         print(f"  to {mail['recipient']:<18} {mail['subject']}")
@@ -177,9 +186,7 @@ async def run_demo(
         print(f"Order system on {bus_url} + {settings.store_url.split('?')[0].rsplit('@', 1)[-1]}")
         async with System(settings, bus_url=bus_url, ephemeral_ports=True) as system:
             assert system.command is not None and system.query is not None
-            command = JsonClient("127.0.0.1", system.command.server.port)
-            query = JsonClient("127.0.0.1", system.query.server.port)
-            try:
+            async with client(system.command.port) as command, client(system.query.port) as query:
                 tally = await drive(command, orders)
                 print("\nCommands through the HTTP API:")
                 for name, count in sorted(tally.items()):
@@ -201,9 +208,6 @@ async def run_demo(
                         await rebuild_db.close()
                 finally:
                     await store.close()
-            finally:
-                await command.close()
-                await query.close()
     took = time.monotonic() - started
     if differ:
         print(f"\nFAILED: the replayed read model differs from the live one: {differ}")

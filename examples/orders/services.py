@@ -4,7 +4,9 @@ or together in one process (`System`); only configuration differs:
 - `EVENTBUS_URL`: the bus (`memory://` only works with every service in one process);
 - `EVENTBUS_STORE_URL`: the event store, which also holds the read models, inboxes and
   checkpoints (`sqlite:///path/orders.db` or `postgresql://user:pw@host/db[?schema=x]`);
-- `ORDERS_HOST`, `ORDERS_COMMAND_PORT`, `ORDERS_QUERY_PORT`: where the HTTP APIs listen;
+- `ORDERS_HOST`, `ORDERS_COMMAND_PORT`, `ORDERS_QUERY_PORT`: where the HTTP APIs listen
+  (FastAPI apps on uvicorn, see `api`); `ORDERS_WORKERS`: uvicorn worker processes of the
+  command or query service run alone (`--workers N` says the same);
 - `ORDERS_STREAM`: the bus stream of the order events (default `orders`);
 - `ORDERS_PROJECTION_SOURCE`: `bus` (subscribe, dedupe with the inbox) or `store`
   (catch up from the event store with a checkpoint).
@@ -13,172 +15,79 @@ or together in one process (`System`); only configuration differs:
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from pydantic import AliasChoices, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import TYPE_CHECKING, Any
 
 from eventbus.bus import EventBus
-from eventbus.cqrs import DomainError, NotFound
-from eventbus.errors import ConcurrencyError, ConfigurationError
+from eventbus.errors import ConfigurationError
 from eventbus.log import get_logger
-from eventbus.settings import format_validation_error
 from eventbus.sourcing import Database, EventStore, OutboxRelay, open_store
 
-from .commands import (
-    CreateOrder,
-    DeliverOrder,
-    PayOrder,
-    ShipOrder,
-    build_commands,
-    order_codec,
-    order_repository,
-)
+if TYPE_CHECKING:
+    from .api import HttpServer
+
+from .commands import order_codec
 from .events import use_stream
-from .read_model import (
-    PROJECTIONS,
-    GetCustomerSummary,
-    GetOrder,
-    ListCustomers,
-    ListNotifications,
-    build_queries,
-)
-from .web import HttpError, JsonServer
+from .read_model import PROJECTIONS
+from .settings import OrdersSettings, load_orders_settings, open_database
+
+__all__ = [
+    "SERVICES",
+    "CommandService",
+    "OrdersSettings",
+    "ProjectionService",
+    "QueryService",
+    "RelayService",
+    "System",
+    "load_orders_settings",
+    "open_database",
+]
 
 _log = get_logger()
 
 
-class OrdersSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ORDERS_", extra="ignore", populate_by_name=True)
-
-    store_url: str = Field(
-        default="sqlite:///./orders.db",
-        validation_alias=AliasChoices("EVENTBUS_STORE_URL", "ORDERS_STORE_URL"),
-    )
-    host: str = "127.0.0.1"
-    command_port: int = 8080
-    query_port: int = 8081
-    projection_source: Literal["bus", "store"] = "bus"
-    snapshot_every: int = 0
-    #: the bus stream of the order events
-    stream: str = "orders"
-
-
-def load_orders_settings(**overrides: Any) -> OrdersSettings:
-    try:
-        return OrdersSettings(**overrides)
-    except ValidationError as exc:
-        raise ConfigurationError(format_validation_error(exc, "ORDERS_")) from None
-
-
-async def open_database(store: EventStore) -> Database:
-    db = store.database
-    if db is None:
-        raise ConfigurationError(
-            "EVENTBUS_STORE_URL: the order system keeps its read models next to the events; "
-            "use sqlite:///path or postgresql://..."
-        )
-    return db
-
-
-def _error(exc: Exception) -> HttpError:
-    if isinstance(exc, NotFound):
-        return HttpError(404, exc.code, str(exc))
-    if isinstance(exc, ConcurrencyError):
-        return HttpError(409, "concurrency_conflict", str(exc))
-    if isinstance(exc, DomainError):
-        return HttpError(409 if exc.code == "invalid_transition" else 422, exc.code, str(exc))
-    if isinstance(exc, ValidationError):
-        return HttpError(422, "invalid_command", str(exc))
-    raise exc
-
-
-@dataclass
 class CommandService:
-    """HTTP: POST /orders, POST /orders/{id}/pay|ship|deliver. Writes the store + outbox."""
+    """The command API (`api.command_app`) on uvicorn in this process, on `store`."""
 
-    store: EventStore
-    settings: OrdersSettings
-    server: JsonServer = field(default_factory=JsonServer)
+    def __init__(self, store: EventStore, settings: OrdersSettings) -> None:
+        from .api import HttpServer, command_app  # the web stack only where it serves
+
+        self.settings = settings
+        self.app = command_app(settings, store=store)
+        self.server: HttpServer = HttpServer(self.app, settings.host, settings.command_port)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     async def start(self, port: int | None = None) -> None:
-        commands = build_commands(
-            order_repository(self.store, snapshot_every=self.settings.snapshot_every)
-        )
-        route = self.server.route
-        kinds: dict[str, type[PayOrder | ShipOrder | DeliverOrder]] = {
-            "pay": PayOrder, "ship": ShipOrder, "deliver": DeliverOrder,
-        }  # fmt: skip
-
-        @route("POST", "/orders")
-        async def create(params: dict[str, str], body: Any) -> tuple[int, Any]:
-            try:
-                result = await commands.dispatch(CreateOrder.model_validate(body or {}))
-            except Exception as exc:
-                raise _error(exc) from exc
-            return 201, result.model_dump()
-
-        @route("POST", r"/orders/(?P<order_id>[\w-]+)/(?P<action>pay|ship|deliver)")
-        async def act(params: dict[str, str], body: Any) -> tuple[int, Any]:
-            try:
-                command = kinds[params["action"]].model_validate(
-                    {**(body or {}), "order_id": params["order_id"]}
-                )
-                result = await commands.dispatch(command)
-            except Exception as exc:
-                raise _error(exc) from exc
-            return 200, result.model_dump()
-
-        await self.server.start(
-            self.settings.host, self.settings.command_port if port is None else port
-        )
-        _log.info("orders.command_service.started", port=self.server.port)
+        if port is not None:
+            self.server.port = port
+        await self.server.start()
+        _log.info("orders.command_service.started", port=self.port)
 
     async def stop(self) -> None:
         await self.server.stop()
 
 
-@dataclass
 class QueryService:
-    """HTTP: GET /customers, /customers/{id}, /orders/{id}, /notifications[/{order id}]."""
+    """The query API (`api.query_app`) on uvicorn in this process, on `db`."""
 
-    db: Database
-    settings: OrdersSettings
-    server: JsonServer = field(default_factory=JsonServer)
+    def __init__(self, db: Database, settings: OrdersSettings) -> None:
+        from .api import HttpServer, query_app
+
+        self.settings = settings
+        self.app = query_app(settings, db=db)
+        self.server: HttpServer = HttpServer(self.app, settings.host, settings.query_port)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     async def start(self, port: int | None = None) -> None:
-        queries = build_queries(self.db)
-        route = self.server.route
-
-        async def ask(query: Any) -> tuple[int, Any]:
-            try:
-                return 200, await queries.ask(query)
-            except Exception as exc:
-                raise _error(exc) from exc
-
-        @route("GET", "/customers")
-        async def customers(params: dict[str, str], body: Any) -> tuple[int, Any]:
-            return await ask(ListCustomers(limit=1000))
-
-        @route("GET", r"/customers/(?P<customer_id>[\w-]+)")
-        async def customer(params: dict[str, str], body: Any) -> tuple[int, Any]:
-            return await ask(GetCustomerSummary(customer_id=params["customer_id"]))
-
-        @route("GET", r"/orders/(?P<order_id>[\w-]+)")
-        async def order(params: dict[str, str], body: Any) -> tuple[int, Any]:
-            return await ask(GetOrder(order_id=params["order_id"]))
-
-        @route("GET", r"/notifications(/(?P<order_id>[\w-]+))?")
-        async def mails(params: dict[str, str], body: Any) -> tuple[int, Any]:
-            return await ask(ListNotifications(order_id=params.get("order_id"), limit=100_000))
-
-        for projection in PROJECTIONS:
-            await projection.setup(self.db)
-        await self.server.start(
-            self.settings.host, self.settings.query_port if port is None else port
-        )
-        _log.info("orders.query_service.started", port=self.server.port)
+        if port is not None:
+            self.server.port = port
+        await self.server.start()
+        _log.info("orders.query_service.started", port=self.port)
 
     async def stop(self) -> None:
         await self.server.stop()

@@ -1,5 +1,6 @@
 """Services as separate OS processes; the relay and the projection processes are killed
-with SIGKILL mid-run and restarted. The read model must equal the replayed one.
+with SIGKILL mid-run and restarted. The read model must equal the replayed one. The
+command API runs in two uvicorn worker processes on one port (`--workers 2`).
 
 On memory:// (one process per broker) the projections follow the store with a
 checkpoint; on RabbitMQ/Kafka they consume the bus with the inbox, fed by a relay process.
@@ -14,8 +15,7 @@ import sys
 from pathlib import Path
 
 from eventbus.sourcing import open_store
-from examples.orders.demo import drive, settled
-from examples.orders.web import JsonClient
+from examples.orders.demo import client, drive, settled
 
 from .conftest import free_port
 from .support import assert_read_model_is_exact
@@ -23,9 +23,9 @@ from .support import assert_read_model_is_exact
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def start(service: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+async def start(service: str, env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "examples.orders", service,
+        sys.executable, "-m", "examples.orders", service, *args,
         cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -55,10 +55,11 @@ async def test_killed_relay_and_projection_processes(
         "EVENTBUS_LOG_LEVEL": "WARNING",
     }
     workers = ["projection", "notification"] + (["relay"] if on_bus else [])
-    procs = {"command": await start("command", env)}
+    # the command API in two uvicorn worker processes sharing its port
+    procs = {"command": await start("command", env, "--workers", "2")}
     for name in workers:
         procs[name] = await start(name, env)
-    command = JsonClient("127.0.0.1", port)
+    command = client(port)
     store = open_store(store_url)
     await store.open()
     try:
@@ -74,7 +75,7 @@ async def test_killed_relay_and_projection_processes(
         await settled(store, store.database, timeout=120)
         await assert_read_model_is_exact(store, store.database, str(tmp_path))
     finally:
-        await command.close()
+        await command.aclose()
         await store.close()
         for proc in procs.values():
             if proc.returncode is None:
