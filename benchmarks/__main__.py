@@ -1,4 +1,5 @@
-"""`python -m benchmarks [--quick] [--brokers memory,rabbitmq,kafka,store] [--out DIR]`.
+"""`python -m benchmarks [--quick] [--brokers memory,rabbitmq,kafka,store] [--out DIR]
+[--progress auto|bar|plain|quiet]`.
 
 Runs every scenario on every broker through eventbus and its baselines, interleaved,
 several repetitions; writes results.json, results.md and PNG charts.
@@ -38,6 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--render", type=Path, metavar="RESULTS_JSON", help="only re-render a results.json"
     )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "bar", "plain", "quiet"),
+        default="auto",
+        help="on stderr: a bar with an ETA (auto on a terminal), a line per run (auto "
+        "otherwise) or nothing",
+    )
     args = parser.parse_args(argv)
     if args.render is not None:
         data = json.loads(args.render.read_text())
@@ -56,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown broker {name!r}; known: {', '.join(SUITES)}")
         module = importlib.import_module(SUITES[name])
         scenarios += module.scenarios(args.quick)
-    outcomes = asyncio.run(run_scenarios(scenarios, repetitions))
+    outcomes = asyncio.run(run_scenarios(scenarios, repetitions, args.progress))
     paths = write(outcomes, args.out, "quick" if args.quick else "full")
     print(paths["markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in paths.values()))

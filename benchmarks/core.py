@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 
 #: a run of one implementation: returns its metrics (events/s, latency percentiles, ...)
 Runner = Callable[[], Awaitable[dict[str, float]]]
@@ -57,55 +60,105 @@ class Outcome:
 
 
 class Progress:
-    """A one-line progress bar on stderr (no dependency)."""
+    """Where a run is, on stderr, in one of three modes:
 
-    def __init__(self, total: int) -> None:
+    - `bar`: a rich progress bar (runs done of all, elapsed, ETA, the run under way);
+    - `plain`: one line per finished run with its count, elapsed time and ETA (CI logs);
+    - `quiet`: nothing.
+
+    `auto` is `bar` on a terminal and `plain` otherwise. The bar is redrawn only when a run
+    begins or ends, never by a refresh thread: the CPU time of a run is measured for the
+    whole process (`cpu_us_per_event`), and a 10 Hz redraw would be counted in it.
+    """
+
+    def __init__(self, total: int, mode: str = "auto", console: Console | None = None) -> None:
+        if mode not in {"auto", "bar", "plain", "quiet"}:
+            raise ValueError(f"progress mode {mode!r}: auto, bar, plain or quiet")
         self.total = max(total, 1)
         self.done = 0
         self.started = time.monotonic()
-        self.tty = sys.stderr.isatty()
+        self.console = console or Console(stderr=True)
+        if mode == "auto":
+            mode = "bar" if self.console.is_terminal else "plain"
+        self.mode = mode
+        self._bar: RichProgress | None = None
+        self._task: TaskID | None = None
 
-    def step(self, label: str) -> None:
+    def __enter__(self) -> Progress:
+        if self.mode == "bar":
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.completed}/{task.total}"),
+                BarColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+                console=self.console,
+                auto_refresh=False,
+                transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("", total=self.total)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.refresh()
+            self._bar.stop()
+            self._bar = None
+
+    def begin(self, label: str) -> None:
+        """A run starts."""
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, description=label[:60])
+            self._bar.refresh()
+
+    def finish(self, label: str, error: str | None = None) -> None:
+        """A run ended (`error`: how it failed)."""
         self.done += 1
-        width = 30
-        filled = int(width * self.done / self.total)
-        elapsed = time.monotonic() - self.started
-        line = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-            f"{elapsed:5.0f}s  {label[:60]}"
-        )
-        if self.tty:
-            sys.stderr.write("\r" + line.ljust(110))
-            if self.done == self.total:
-                sys.stderr.write("\n")
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+        if self._bar is not None and self._task is not None:
+            if error is not None:
+                self._bar.console.print(f"{label} FAILED: {error}"[:200], markup=False)
+            self._bar.update(self._task, completed=self.done)
+            self._bar.refresh()
+        elif self.mode == "plain":
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / self.done * (self.total - self.done)
+            line = f"{self.done}/{self.total} {elapsed:5.0f}s eta {eta:5.0f}s  {label}"
+            if error is not None:
+                line = f"{line} FAILED: {error}"[:200]
+            print(line, file=self.console.file, flush=True)
 
 
-async def run_scenarios(scenarios: list[Scenario], repetitions: int) -> list[Outcome]:
+async def run_scenarios(
+    scenarios: list[Scenario], repetitions: int, progress: str = "auto"
+) -> list[Outcome]:
     """Run every scenario `repetitions` times, implementations interleaved within each
-    repetition (eventbus, raw, FastStream, eventbus, raw, ...) so drift hits all alike."""
+    repetition (eventbus, raw, FastStream, eventbus, raw, ...) so drift hits all alike.
+    `progress`: how to show it (`Progress`)."""
     outcomes = [Outcome(s) for s in scenarios]
-    progress = Progress(sum(len(s.runners) for s in scenarios) * repetitions)
-    for outcome in outcomes:
-        scenario = outcome.scenario
-        for rep in range(repetitions):
-            for impl, runner in scenario.runners.items():
-                label = f"{scenario.broker}/{scenario.name}/{impl} #{rep + 1}"
-                cpu = time.process_time()
-                try:
-                    metrics = await runner()
-                except Exception as exc:  # one failing run must not hide the others
-                    outcome.failures.setdefault(impl, []).append(f"{type(exc).__name__}: {exc}")
-                    progress.step(label + f" FAILED: {type(exc).__name__}: {exc}"[:200])
-                    continue
-                events = metrics.pop("events", 0)
-                if events:  # the whole run, client library threads included (not the broker)
-                    metrics["cpu_us_per_event"] = (time.process_time() - cpu) * 1e6 / events
-                for metric, value in metrics.items():
-                    outcome.samples.setdefault(impl, {}).setdefault(metric, []).append(value)
-                progress.step(label)
+    total = sum(len(s.runners) for s in scenarios) * repetitions
+    with Progress(total, progress) as shown:
+        for outcome in outcomes:
+            scenario = outcome.scenario
+            for rep in range(repetitions):
+                for impl, runner in scenario.runners.items():
+                    label = f"{scenario.broker}/{scenario.name}/{impl} #{rep + 1}"
+                    shown.begin(label)
+                    cpu = time.process_time()
+                    try:
+                        metrics = await runner()
+                    except Exception as exc:  # one failing run must not hide the others
+                        error = f"{type(exc).__name__}: {exc}"
+                        outcome.failures.setdefault(impl, []).append(error)
+                        shown.finish(label, error)
+                        continue
+                    events = metrics.pop("events", 0)
+                    if events:  # the whole run, client library threads included (not the broker)
+                        metrics["cpu_us_per_event"] = (time.process_time() - cpu) * 1e6 / events
+                    for metric, value in metrics.items():
+                        outcome.samples.setdefault(impl, {}).setdefault(metric, []).append(value)
+                    shown.finish(label)
     return outcomes
 
 

@@ -94,7 +94,7 @@ class _Server(uvicorn.Server):
 async def served(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """`app` on a uvicorn server in this event loop on 127.0.0.1 (a free port), lifespan
     on; yields a client of it once the server accepts, and shuts the server down after."""
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = _Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))
