@@ -23,6 +23,7 @@ from .errors import (
 from .event import Envelope, Event
 from .health import Health
 from .protocol import Capabilities, DeadLetter, Delivery, Message, SubscriptionSpec
+from .publisher import Publisher
 from .retry import Reject, Retry, RetryPolicy
 from .settings import Settings
 from .sourcing import (
@@ -72,6 +73,7 @@ __all__ = [
     "PublishError",
     "PublishMiddleware",
     "PublishNext",
+    "Publisher",
     "QueryBus",
     "Reject",
     "Repository",
