@@ -164,17 +164,7 @@ stop_server() {
   local pid
   if pid_alive; then
     pid="$(cat "$PIDFILE")"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 30))
-    while kill -0 "$pid" 2>/dev/null; do
-      if [ $SECONDS -ge $deadline ]; then
-        echo "prometheus: server $pid did not stop within 30s, killing" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-        sleep 1
-        break
-      fi
-      sleep 0.5
-    done
+    terminate_pid prometheus "$pid" 30
   fi
   rm -f "$PIDFILE"
   if port_open; then
