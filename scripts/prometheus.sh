@@ -149,8 +149,9 @@ start_server() {
   mapfile -t args <"$ARGS_FILE"
   # setsid: own session, survives the calling shell; pid written by the child itself.
   # shellcheck disable=SC2016
-  (cd "$CACHE" && setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
-    "$BIN" "${args[@]}" </dev/null >>"$OUT" 2>&1 &)
+  # no process may keep the caller's stdout open (a pipe reader would wait for ever)
+  (cd "$CACHE" && exec setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
+    "$BIN" "${args[@]}") </dev/null >>"$OUT" 2>&1 &
   local deadline=$((SECONDS + START_TIMEOUT))
   sleep 0.5
   until ready; do
