@@ -1,15 +1,17 @@
 """Request/reply across processes on Kafka: a responder run by `eventbus run` in a
-process of its own answers this process's requests on its reply topic."""
+process of its own answers this process's requests on its reply topic; and a producer
+cannot turn a responder's replies onto a stream.
 
-from __future__ import annotations
+No `from __future__ import annotations`: handlers are annotated with per-test classes."""
 
 import asyncio
+import json
 
 import pytest
 
-from eventbus import RequestFailed
+from eventbus import Envelope, RequestFailed
 from eventbus.adapters.kafka import KafkaBroker
-from eventbus.testing.conformance import unique, until
+from eventbus.testing.conformance import settle, unique, until
 from tests.responder import OrderView, ResponderProcess, query_class
 
 from .harness import KafkaHarness
@@ -103,3 +105,40 @@ async def test_a_request_waits_on_the_stream_for_a_restarted_responder(
         if second is not None:
             second.kill()
     assert view.order_id == "o-r" and view.pid == second.pid != first.pid
+
+
+async def test_a_producer_cannot_make_a_responder_write_into_a_stream(
+    kafka: KafkaHarness,
+) -> None:
+    """Replies go to reply topics only: a request naming the stream itself as its reply
+    destination is answered into nowhere and the refusal counted; the stream gets
+    nothing but what was published to it."""
+    stream = unique("rr")
+    GetOrder = query_class(stream)
+    bus = kafka.bus(metrics=True)
+    answered: list[str] = []
+    seen: list[str] = []
+
+    @bus.responder(group="orders-api")
+    async def get(query: GetOrder) -> str:  # type: ignore[valid-type]
+        answered.append(query.order_id)  # type: ignore[attr-defined]
+        return "a reply nobody may route"
+
+    @bus.subscribe(stream, "#", group="victim")
+    async def audit(envelope: Envelope) -> None:
+        seen.append(envelope.type)
+
+    async with bus:
+        body = json.dumps({"order_id": "forged"}).encode()
+        await kafka.inject_raw(stream, "order.get", body, headers={"ce_replyto": stream})
+        await until(lambda: answered == ["forged"] and len(seen) == 1, what="the request")
+        metrics = bus.metrics
+        assert metrics is not None
+        await until(
+            lambda: metrics.replies_dropped.get(("undeliverable",)) == 1,
+            what="the reply to the stream refused",
+        )
+        assert (await bus.request(GetOrder(order_id="ours"), timeout=TIMEOUT)).startswith("a ")
+        await settle()
+    assert answered == ["forged", "ours"]
+    assert seen == ["order.get", "order.get"], "the stream got no reply"
