@@ -446,6 +446,9 @@ async def send_reply(
     cannot be sent is dropped and counted as `undeliverable`, never raised: the request
     was handled, and the responder goes on."""
     fields = {"request_id": message.attributes.get(IN_REPLY_TO), "address": address[:200]}
+    if broker is None:
+        dropped(metrics, UNDELIVERABLE, error="the bus stopped", **fields)
+        return
     if not isinstance(broker, RequestReply):
         dropped(metrics, UNDELIVERABLE, error="this broker offers no request/reply", **fields)
         return

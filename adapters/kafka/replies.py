@@ -29,7 +29,7 @@ import re
 import secrets
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -41,6 +41,7 @@ from eventbus.toolkit import (
     from_kafka_headers,
     get_logger,
 )
+from eventbus.toolkit import Message as EventMessage
 
 from .records import headers_of
 from .settings import ClientConfigs, config_error
@@ -154,7 +155,7 @@ class KafkaReplyChannel:
         for reply in replies:
             self._receive(reply)
 
-    async def publish(self, message: Any) -> None:
+    async def publish(self, message: EventMessage) -> None:
         await self._broker.publish(message)
 
     async def close(self) -> None:
