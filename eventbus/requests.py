@@ -31,7 +31,7 @@ import asyncio
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from functools import lru_cache
+from functools import lru_cache, update_wrapper
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -378,9 +378,7 @@ def responder_endpoint(
         await send(address, _error_reply(ctx, source(), failure, dead_lettered=True))
         raise failure
 
-    respond.__qualname__ = getattr(handler, "__qualname__", repr(handler))
-    respond.__name__ = getattr(handler, "__name__", "responder")
-    return respond
+    return update_wrapper(respond, handler)  # its name, and `__wrapped__` for introspection
 
 
 def _stopping() -> bool:
