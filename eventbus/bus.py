@@ -373,7 +373,7 @@ class EventBus:
         )
         reply = await requester.request(message, timeout)
         self._last_published = _now()
-        return decode_reply(reply, message, reply_type)
+        return decode_reply(reply, message, reply_type, self._max_bytes)
 
     async def _send_reply(self, address: str, message: Message) -> None:
         """A responder's reply: sent, or dropped and counted (never raises)."""

@@ -266,10 +266,16 @@ def dropped(metrics: Metrics | None, reason: str, **fields: Any) -> None:
     _log.warning("reply.dropped", reason=reason, **fields)
 
 
-def decode_reply(reply: Reply, request: Message, reply_type: Any) -> Any:
+def decode_reply(reply: Reply, request: Message, reply_type: Any, max_bytes: int) -> Any:
     """The value of `reply` (validated into `reply_type` if given, else the parsed JSON),
-    or `RequestFailed` raised for an error reply."""
+    or `RequestFailed` raised for an error reply; a reply larger than `max_bytes` (the
+    bus's `max_message_bytes`) is not decoded (`DecodeError`)."""
     body = reply.body
+    if len(body) > max_bytes:
+        raise DecodeError(
+            f"the reply to request {request.type} (id {request.id}) is {len(body)} bytes, "
+            f"above max_message_bytes={max_bytes}"
+        )
     if reply.attributes.get("type") == ERROR_TYPE:
         try:
             error = json.loads(body)

@@ -16,6 +16,7 @@ from eventbus import (
     BusClosed,
     ConfigurationError,
     Context,
+    DecodeError,
     Event,
     EventBus,
     Message,
@@ -247,3 +248,18 @@ async def test_the_timeout_error_is_a_request_timeout() -> None:
     assert isinstance(error, TimeoutError)
     assert (error.request_type, error.stream, error.timeout) == ("order.get", stream, 0.2)
     assert json.dumps(str(error))  # a plain message
+
+
+async def test_a_reply_larger_than_max_message_bytes_is_not_decoded() -> None:
+    stream = unique("rr")
+    GetOrder = _query(stream)
+    bus = _bus(stream, max_message_bytes=1024)
+
+    @bus.subscribe(group="fake")
+    async def fake_responder(query: GetOrder, ctx: Context) -> None:  # type: ignore[valid-type]
+        attributes = {"inreplyto": ctx.envelope.id, "type": "eventbus.reply"}
+        _requester(bus).receive(Reply(attributes, b'"' + b"x" * 5000 + b'"'))
+
+    async with bus:
+        with pytest.raises(DecodeError, match="5002 bytes, above max_message_bytes=1024"):
+            await bus.request(GetOrder(order_id="o"), timeout=5)
