@@ -23,6 +23,7 @@ from .errors import (
 from .event import Envelope, Event
 from .health import Health
 from .protocol import Capabilities, DeadLetter, Delivery, Message, SubscriptionSpec
+from .requests import RequestFailed, RequestTimeout
 from .retry import Reject, Retry, RetryPolicy
 from .settings import Settings
 from .sourcing import (
@@ -75,6 +76,8 @@ __all__ = [
     "QueryBus",
     "Reject",
     "Repository",
+    "RequestFailed",
+    "RequestTimeout",
     "Retry",
     "RetryPolicy",
     "Settings",
