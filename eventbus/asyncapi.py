@@ -326,8 +326,8 @@ class _Builder:
         self.side_keys: dict[str, str] = {}
         self.message_names: set[str] = set()
         self.schema_names: set[str] = set()
-        #: components/schemas key -> the raw pydantic schema it was made from
-        self.schema_sources: dict[str, Any] = {}
+        #: the components/schemas keys of nested models (pydantic's $defs)
+        self.definitions: set[str] = set()
         for reserved in ("CloudEventsHeaders", "RetryHeaders", "DeadLetterHeaders"):
             self.schema_names.add(reserved)
 
@@ -529,25 +529,35 @@ class _Builder:
         by_alias = bool(cls.model_config.get("serialize_by_alias", False))
         raw = cls.model_json_schema(by_alias=by_alias, mode="serialization")
         defs: dict[str, Any] = raw.pop("$defs", {})
-        renamed: dict[str, str] = {}
         top = raw
         own = ""
         if set(raw) == {"$ref"} and raw["$ref"].startswith("#/$defs/"):
             own = raw["$ref"][len("#/$defs/") :]  # a recursive model: its schema is a $def
             top = defs.pop(own)
         schema_key = _unique(key, self.schema_names)
+        # a definition is shared with the one of its name already in the document when
+        # they are equal once rewritten, which they are not when one of its references
+        # goes to a definition that is not shared: drop those until none is left
+        shared = {name for name in defs if name in self.definitions}
+        while True:
+            tentative = {name: name if name in shared else f"\0{name}" for name in defs}
+            if own:
+                tentative[own] = schema_key
+            unequal = {
+                name for name in shared if _rewrite(defs[name], tentative) != self.schemas[name]
+            }
+            if not unequal:
+                break
+            shared -= unequal
+        renamed = {
+            name: name if name in shared else _unique(name, self.schema_names) for name in defs
+        }
         if own:
             renamed[own] = schema_key
         for name, definition in defs.items():
-            if self.schema_sources.get(name) == definition:
-                renamed[name] = name
-                continue
-            renamed[name] = _unique(name, self.schema_names)
-        for name, definition in defs.items():
-            target = renamed[name]
-            if target not in self.schemas:
-                self.schema_sources[target] = definition
-                self.schemas[target] = _rewrite(definition, renamed)
+            if name not in shared:
+                self.definitions.add(renamed[name])
+                self.schemas[renamed[name]] = _rewrite(definition, renamed)
         schema = _rewrite(top, renamed)
         self.schemas[schema_key] = {"$id": schema_id(cls.__stream__, cls.__event_type__), **schema}
         return schema_key
