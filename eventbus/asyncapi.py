@@ -421,7 +421,7 @@ class _Builder:
                 server["pathname"] = "/" + quote(self.vhost, safe="")
             server["description"] = (
                 f"RabbitMQ, vhost {self.vhost!r}: one durable topic exchange per stream, one "
-                "quorum queue per group."
+                "queue per group (or per partition of a group)."
             )
         elif self.broker.key == "kafka":
             protocol = str(
@@ -777,7 +777,12 @@ class _Builder:
         ]
         if self.broker.key == "rabbitmq":
             queues = ", ".join(f"`{q}`" for q in self.group_queues(sub))
-            lines.append(f"It consumes the queue(s) {queues}, bound to the exchange.")
+            fed = (
+                "fed through its consistent-hash exchanges"
+                if len(self.group_queues(sub)) > 1 or "partitions" in sub.options
+                else "bound to the exchange with the patterns"
+            )
+            lines.append(f"It consumes the queue(s) {queues}, {fed}.")
         elif self.broker is _KAFKA:
             lines.append(f"It is the consumer group `{sub.group}`.")
         if policy.attempts == 1:
