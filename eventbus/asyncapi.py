@@ -305,7 +305,6 @@ class _Builder:
         title: str | None,
         version: str,
     ) -> None:
-        self.bus = bus
         self.settings = bus.settings
         self.scheme = bus.settings.scheme
         self.broker = _broker_of(self.scheme)
