@@ -341,3 +341,33 @@ async def test_connections_are_named_and_closed_with_the_store() -> None:
     assert store.database.pool.stats == {}
     with pytest.raises(RuntimeError, match="closed"):
         await store.read_all()
+
+
+async def test_the_relay_lease_lives_exactly_as_long_as_its_own_connection(
+    store: PostgresEventStore, admin: Connection, app_name: str
+) -> None:
+    """The lease is a session lock on a connection outside the pool: the pool's
+    connections ending (and being replaced) leave it held; its own connection ending
+    frees it for another relay."""
+    other = PostgresEventStore(POSTGRES_DSN, schema=store.database.schema)
+    await other.open()
+    try:
+        assert await store.try_acquire_relay()
+        cur = await admin.execute(
+            "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s",
+            (app_name,),
+        )
+        lease = [int(row[0]) for row in await cur.fetchall()]
+        assert len(lease) == 1
+        pooled = [pid for pid in await backends(admin, app_name) if pid not in lease]
+        assert pooled
+        await terminate(admin, pooled)
+        await store.append("s-1", [new_event(1)], NO_STREAM)
+        assert not await other.try_acquire_relay()
+
+        await terminate(admin, lease)
+        assert await other.try_acquire_relay()
+        assert await store.last_position() == 1
+    finally:
+        await other.close()
