@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Literal, cast
 
 import psycopg
@@ -81,11 +81,12 @@ async def backends(admin: Connection, app_name: str) -> list[int]:
 
 
 async def terminate(admin: Connection, pids: list[int]) -> None:
-    """End these backends and return once they are gone."""
+    """End these backends and return once they are gone (each call waits up to 10 s for
+    its backend to exit)."""
     for pid in pids:
-        cur = await admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
-        row = await cur.fetchone()
-        assert row is not None and row[0], f"backend {pid} did not end"
+        await admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+    cur = await admin.execute("SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))
+    assert await cur.fetchall() == [], "a backend outlived pg_terminate_backend"
 
 
 async def terminate_all(admin: Connection, app_name: str) -> list[int]:
@@ -107,15 +108,17 @@ async def test_after_every_connection_is_terminated_the_next_calls_succeed(
     store: PostgresEventStore, admin: Connection, app_name: str
 ) -> None:
     """Every kind of call, each the first after all of the store's backends ended."""
-    # concurrent appends grow the pool: several connections are idle when they are killed
     batches = await asyncio.gather(
         *(store.append(f"s-{n}", [new_event(n), new_event(n)], NO_STREAM) for n in range(4))
     )
     appended = sorted((e for batch in batches for e in batch), key=lambda e: e.position)
     assert await store.read_all() == appended
+    async with AsyncExitStack() as held:  # three connections open, idle when killed
+        for _ in range(3):
+            await held.enter_async_context(store.database.pool.connection())
 
     killed = await terminate_all(admin, app_name)
-    assert len(killed) >= 2
+    assert len(killed) >= 3
     appended += await store.append("s-0", [new_event(9)], 2, publish=True)
     await terminate_all(admin, app_name)
     everything = await store.read_all()
