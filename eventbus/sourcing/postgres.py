@@ -22,6 +22,7 @@ connection, or any other error, is raised.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -238,6 +239,21 @@ class PostgresEventStore(EventStore):
         conn, self._relay_conn = self._relay_conn, None
         if conn is not None:
             await conn.close()  # ends the session: the advisory lock goes with it
+
+    async def relay_lease_held(self) -> bool:
+        """The session lock lives exactly as long as its connection: one round trip on it
+        tells. A dead connection means the lease is gone (maybe held by another relay)."""
+        conn = self._relay_conn
+        if conn is None:
+            return False
+        try:
+            await conn.execute("SELECT 1")
+        except psycopg.Error:
+            self._relay_conn = None
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+            return False
+        return True
 
     async def append(
         self,

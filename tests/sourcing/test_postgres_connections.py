@@ -20,8 +20,9 @@ import pytest
 import pytest_asyncio
 import structlog
 
+from eventbus import Envelope, Event, EventBus
 from eventbus.errors import ConcurrencyError
-from eventbus.sourcing import NO_STREAM, NewEvent, StoredEvent
+from eventbus.sourcing import NO_STREAM, EventCodec, NewEvent, OutboxRelay, StoredEvent
 from eventbus.sourcing.postgres import PostgresDatabase, PostgresEventStore
 from eventbus.sourcing.postgres_pool import Connection
 
@@ -374,3 +375,72 @@ async def test_the_relay_lease_lives_exactly_as_long_as_its_own_connection(
         assert await store.last_position() == 1
     finally:
         await other.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
+    """Poll an async condition (a store's lease is asked, not notified)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not await check():  # noqa: ASYNC110 - polling the store is the point
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+async def test_a_relay_that_lost_its_lease_notices_before_publishing_again(
+    store: PostgresEventStore, admin: Connection, app_name: str
+) -> None:
+    """The server ends the lease holder's connection, so its lock is free at once and
+    another relay may take it: the first relay asks before each batch, notices, and goes
+    back to competing for the lease instead of publishing beside the new holder (per-key
+    order assumes one publisher). Whoever holds the lease then publishes, once."""
+    codec = EventCodec([Deposited])
+    other = PostgresEventStore(POSTGRES_DSN, schema=store.database.schema)
+    await other.open()
+    bus = EventBus(f"memory://lease-{uuid.uuid4().hex[:8]}")
+    seen: list[int] = []
+
+    @bus.subscribe("accounts", "account.#", group="audit")
+    async def audit(envelope: Envelope) -> None:
+        seen.append(envelope.data["amount"])
+
+    async def published(expected: list[int]) -> bool:
+        """Handled, and counted by the relays (which count after the publish returned)."""
+        return seen == expected and first.published + second.published == len(expected)
+
+    async def one_holds() -> bool:
+        return await store.relay_lease_held() != await other.relay_lease_held()
+
+    try:
+        async with bus:
+            first = OutboxRelay(store, bus, codec, poll_interval=0.01, standby_interval=0.05)
+            second = OutboxRelay(other, bus, codec, poll_interval=0.01, standby_interval=0.05)
+            stop = asyncio.Event()
+            running = [asyncio.create_task(first.run(stop))]
+            await eventually(store.relay_lease_held, "the first relay holds the lease")
+            running.append(asyncio.create_task(second.run(stop)))
+            await store.append("s-1", [new_event(1)], NO_STREAM, publish=True)
+            await eventually(lambda: published([1]), "the first event")
+            assert (first.published, second.published) == (1, 0)
+
+            cur = await admin.execute(
+                "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s",
+                (app_name,),
+            )
+            with structlog.testing.capture_logs() as logs:
+                await terminate(admin, [int(row[0]) for row in await cur.fetchall()])
+                await store.append("s-1", [new_event(2)], 1, publish=True)
+                await eventually(lambda: published([1, 2]), "the second event, once")
+                await eventually(one_holds, "exactly one relay holding the lease")
+            assert any(line["event"] == "outbox.relay_lease_lost" for line in logs), logs
+            stop.set()
+            await asyncio.gather(*running)
+        assert seen == [1, 2]
+    finally:
+        await other.close()
+
+
+class Deposited(Event, stream="accounts", type="account.deposited"):
+    account_id: str
+    amount: int
