@@ -24,6 +24,7 @@ from .event import Envelope, Event
 from .health import Health
 from .protocol import Capabilities, DeadLetter, Delivery, Message, SubscriptionSpec
 from .publisher import Publisher
+from .requests import RequestFailed, RequestTimeout
 from .retry import Reject, Retry, RetryPolicy
 from .settings import Settings
 from .sourcing import (
@@ -77,6 +78,8 @@ __all__ = [
     "QueryBus",
     "Reject",
     "Repository",
+    "RequestFailed",
+    "RequestTimeout",
     "Retry",
     "RetryPolicy",
     "Settings",

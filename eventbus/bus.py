@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 from functools import partial
 from time import time as _now
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from .context import correlate_attributes
 from .dispatch import Dispatcher
@@ -33,15 +33,25 @@ from .protocol import (
     Message,
     ReportsBacklog,
     ReportsState,
+    RequestReply,
     SubscriptionSpec,
 )
 from .registry import find_adapter
+from .requests import (
+    DEFAULT_TIMEOUT,
+    Requester,
+    decode_reply,
+    domain_errors,
+    responder_endpoint,
+    send_reply,
+)
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .routing import inspect_handler, validate_pattern
 from .settings import Settings, load_settings, redact_url
 from .types import HandleMiddleware, PublishMiddleware
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 _log = get_logger()
 
 
@@ -125,6 +135,8 @@ class EventBus:
         self._backlogs: dict[int, dict[str, int] | None] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._last_published: float | None = None
+        #: the requesting side of this run (`request`), made on the first request
+        self._requester: Requester | None = None
 
     def __repr__(self) -> str:
         url = redact_url(self.settings.url)
@@ -225,6 +237,147 @@ class EventBus:
     @property
     def subscriptions(self) -> list[Subscription]:
         return list(self._subscriptions)
+
+    # --- request/reply ---------------------------------------------------------------------
+
+    def responder(
+        self,
+        stream: str | None = None,
+        *patterns: str,
+        group: str,
+        errors: tuple[type[BaseException], ...] = (),
+        retry: RetryPolicy | None = None,
+        concurrency: int = 1,
+        **options: Any,
+    ) -> Callable[[F], F]:
+        """Decorator: answer requests (`bus.request`) of the handler's event types with
+        what it returns, once per `group` (its members share the requests).
+
+        A responder is a subscription (same arguments as `subscribe`) whose return value
+        is the reply: a pydantic model or any JSON-able value. A `DomainError` it raises
+        (`NotFound`, ...), a `RequestFailed` of a request of its own, or an exception of
+        `errors` is an answer too: the caller gets it as `RequestFailed`, and the request
+        is acked, never retried nor dead-lettered. Any other exception goes through
+        `retry`; when the policy gives up the request is dead-lettered and the caller
+        gets `RequestFailed(dead_lettered=True)`.
+        """
+
+        def decorator(handler: F) -> F:
+            self.add_responder(
+                handler,
+                stream,
+                *patterns,
+                group=group,
+                errors=errors,
+                retry=retry,
+                concurrency=concurrency,
+                **options,
+            )
+            return handler
+
+        return decorator
+
+    def add_responder(
+        self,
+        handler: Callable[..., Any],
+        stream: str | None = None,
+        *patterns: str,
+        group: str,
+        errors: tuple[type[BaseException], ...] = (),
+        retry: RetryPolicy | None = None,
+        concurrency: int = 1,
+        **options: Any,
+    ) -> Subscription:
+        answers = domain_errors(errors)
+        sub = self.add_handler(
+            handler,
+            stream,
+            *patterns,
+            group=group,
+            retry=retry,
+            concurrency=concurrency,
+            **options,
+        )
+        sub.handler = responder_endpoint(
+            handler,
+            wants_context=sub.wants_context,
+            is_async=sub.is_async,
+            errors=answers,
+            retry=sub.retry,
+            send=self._send_reply,
+            source=lambda: self._source,
+            max_bytes=lambda: self._max_bytes,
+        )
+        sub.wants_context = sub.is_async = True
+        return sub
+
+    @overload
+    async def request(
+        self,
+        query: Event,
+        *,
+        timeout: float = ...,
+        reply_type: type[R],
+        key: Any = ...,
+        headers: dict[str, str] | None = ...,
+    ) -> R: ...
+
+    @overload
+    async def request(
+        self,
+        query: Event,
+        *,
+        timeout: float = ...,
+        reply_type: None = ...,
+        key: Any = ...,
+        headers: dict[str, str] | None = ...,
+    ) -> Any: ...
+
+    async def request(
+        self,
+        query: Event,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        reply_type: Any = None,
+        key: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Publish `query` as a request and return the reply of its responder.
+
+        The reply is validated into `reply_type` if given (a pydantic model, or any type
+        pydantic validates), else it is the parsed JSON. Raises `RequestFailed` when the
+        responder answered with an error, `RequestTimeout` (a `TimeoutError` naming the
+        request's type, id and timeout) when no reply came within `timeout` seconds, and
+        `PublishError` / `UnroutableError` when the request could not be published.
+        """
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        broker = self._broker
+        if broker is None or not self._running:
+            raise BusClosed("the bus is not running: use `async with bus:` before requesting")
+        requester = self._requester
+        if requester is None:
+            if not broker.capabilities.request_reply or not isinstance(broker, RequestReply):
+                raise ConfigurationError(
+                    f"{broker.capabilities.system} ({redact_url(self.settings.url)}) offers no "
+                    "request/reply: its adapter does not implement it"
+                )
+            requester = self._requester = Requester(
+                broker,
+                metrics=self._metrics,
+                observer=self._observer,
+                middleware=self._publish_middleware,
+            )
+        message = build_message(
+            query, source=self._source, max_bytes=self._max_bytes, key=key, headers=headers
+        )
+        reply = await requester.request(message, timeout)
+        self._last_published = _now()
+        return decode_reply(reply, message, reply_type, self._max_bytes)
+
+    async def _send_reply(self, address: str, message: Message) -> None:
+        """A responder's reply: sent, or dropped and counted (never raises)."""
+        await send_reply(self._broker, self._metrics, address, message)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -338,6 +491,10 @@ class EventBus:
         )
         for consumer in consumers:
             await _quietly(consumer.close(), "consumer.close")
+        requester = self._requester
+        if requester is not None:  # after the handlers: theirs may wait for replies
+            await _quietly(requester.close(), "requests.close")
+        self._requester = None
         self._running = False
         broker, self._broker = self._broker, None
         if broker is not None:

@@ -1,4 +1,5 @@
-"""The `eventbus` command: run a bus's subscribers, inspect and replay dead letters."""
+"""The `eventbus` command: run a bus's subscribers, inspect and replay dead letters, write
+the AsyncAPI document of a bus."""
 
 from __future__ import annotations
 
@@ -99,6 +100,29 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _asyncapi(args: argparse.Namespace) -> int:
+    from .asyncapi import asyncapi_document, render
+
+    output = args.output
+    fmt = args.format
+    if fmt is None:  # from the file's suffix; JSON otherwise
+        fmt = "yaml" if output and output.lower().endswith((".yaml", ".yml")) else "json"
+    bus = load_bus(args.target)
+    document = asyncapi_document(
+        bus, all_events=args.all_events, title=args.title, version=args.api_version
+    )
+    text = render(document, fmt)
+    if output is None or output == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write {output}: {exc.strerror or exc}") from None
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventbus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +152,28 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("--group", required=True)
     dlq.add_argument("--url", default=None, help="broker URL (default: EVENTBUS_URL)")
     dlq.add_argument("--json", action="store_true", help="one JSON object per dead letter")
+
+    doc = sub.add_parser(
+        "asyncapi",
+        help="write the AsyncAPI 3.0 document of a bus (streams, events, groups, retry and "
+        "dead-letter channels)",
+    )
+    doc.add_argument("target", help="module:attribute of an EventBus, e.g. myapp.events:bus")
+    doc.add_argument("-o", "--output", default=None, help="file to write (default: stdout)")
+    doc.add_argument(
+        "--format",
+        choices=["json", "yaml"],
+        default=None,
+        help="default: yaml for a .yaml/.yml output file, json otherwise (yaml needs PyYAML)",
+    )
+    doc.add_argument("--title", default=None, help="info.title (default: EVENTBUS_SOURCE)")
+    doc.add_argument("--api-version", default="1.0.0", help="info.version (default: 1.0.0)")
+    doc.add_argument(
+        "--all-events",
+        action="store_true",
+        help="document every Event class the imported modules declare, not only those on "
+        "the bus's streams (for a service that only publishes)",
+    )
     return parser
 
 
@@ -139,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "dlq":
             return asyncio.run(_dlq(args))
+        if args.command == "asyncapi":
+            return _asyncapi(args)
     except EventBusError as exc:
         print(f"eventbus: error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -21,11 +22,35 @@ KNOWN_ATTRIBUTES = frozenset(
         "type",
         "time",
         "datacontenttype",
+        "dataschema",
         "correlationid",
         "causationid",
         "partitionkey",
     }
 )
+
+
+#: prefix of the CloudEvents `dataschema` of every event eventbus publishes
+SCHEMA_URN = "urn:eventbus:schema:"
+
+
+def schema_id(stream: str, event_type: str) -> str:
+    """The CloudEvents `dataschema` of the events of `event_type` on `stream`:
+    `urn:eventbus:schema:<stream>:<type>`. It names the payload's JSON Schema: the AsyncAPI
+    document of a bus (`eventbus asyncapi`) gives that schema this `$id`. A name, not an
+    address: nothing is fetched from it."""
+    return f"{SCHEMA_URN}{stream}:{event_type}"
+
+
+#: every class declared with `stream=` or `type=`, in declaration order; weak, so a class
+#: that is gone (defined in a function that returned) is forgotten
+_DECLARED: weakref.WeakKeyDictionary[type[Event], None] = weakref.WeakKeyDictionary()
+
+
+def declared_events() -> list[type[Event]]:
+    """The Event classes alive in this process that declare both a stream and a type, in
+    declaration order (what `eventbus asyncapi` documents for the streams a bus uses)."""
+    return [cls for cls in list(_DECLARED) if cls.__stream__ and cls.__event_type__]
 
 
 def validate_name(kind: str, value: str) -> str:
@@ -70,6 +95,8 @@ class Event(BaseModel):
             if "*" in type or "#" in type:
                 raise ValueError(f"event type {type!r} must not contain '*' or '#'")
             cls.__event_type__ = validate_name("event type", type)
+        if stream is not None or type is not None:
+            _DECLARED[cls] = None
 
 
 class Envelope:
@@ -167,6 +194,12 @@ class Envelope:
     @property
     def content_type(self) -> str:
         return self._attrs.get("datacontenttype", "application/json")
+
+    @property
+    def dataschema(self) -> str | None:
+        """The CloudEvents `dataschema`: the id of the payload's schema (eventbus writes
+        `urn:eventbus:schema:<stream>:<type>`; None when the producer sent none)."""
+        return self._attrs.get("dataschema")
 
     @property
     def correlation_id(self) -> str | None:

@@ -7,20 +7,23 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import MessageTooLarge
-from .event import Envelope, Event, validate_extension
+from .event import Envelope, Event, schema_id, validate_extension
 from .protocol import Message
 from .wire import new_id, now_rfc3339
 
-_CLASSES: dict[type[Event], tuple[str, str, Callable[[Event], bytes]]] = {}
+#: per class: (stream, type, serializer, dataschema), computed once
+_ClassInfo = tuple[str, str, Callable[[Event], bytes], str]
+_CLASSES: dict[type[Event], _ClassInfo] = {}
 
 
-def _class_info(cls: type[Event]) -> tuple[str, str, Callable[[Event], bytes]]:
+def _class_info(cls: type[Event]) -> _ClassInfo:
     if not cls.__event_type__ or not cls.__stream__:
         raise TypeError(
             f"{cls.__name__} has no stream/type: declare "
             f"class {cls.__name__}(Event, stream='...', type='...')"
         )
-    info = (cls.__stream__, cls.__event_type__, cls.__pydantic_serializer__.to_json)
+    stream, etype = cls.__stream__, cls.__event_type__
+    info = (stream, etype, cls.__pydantic_serializer__.to_json, schema_id(stream, etype))
     _CLASSES[cls] = info
     return info
 
@@ -41,7 +44,7 @@ def build_message(
     info = _CLASSES.get(cls)
     if info is None or info[0] is not cls.__stream__:  # a stream set after definition
         info = _class_info(cls)
-    stream, etype, to_json = info
+    stream, etype, to_json, dataschema = info
     body = to_json(event)
     if len(body) > max_bytes:
         raise MessageTooLarge(
@@ -54,6 +57,7 @@ def build_message(
         "type": etype,
         "time": time or now_rfc3339(),
         "datacontenttype": "application/json",
+        "dataschema": dataschema,
     }
     if key is not None:
         if type(key) is not str:

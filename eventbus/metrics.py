@@ -155,9 +155,39 @@ ATTACHED = Family(
     "1 while the subscription's consumer is attached to the broker.",
 )
 
+REQUESTS = Family(
+    "eventbus_requests",
+    "counter",
+    "",
+    ("stream", "type", "outcome"),
+    "Requests (bus.request) by outcome: replied (a value came back), failed (the responder "
+    "answered with an error), timed_out (no reply in time).",
+)
+REQUEST_DURATION = Family(
+    "eventbus_request_duration_seconds",
+    "histogram",
+    "s",
+    ("stream", "type"),
+    "Time from a request to its reply (replied and failed requests).",
+)
+REPLIES_DROPPED = Family(
+    "eventbus_replies_dropped",
+    "counter",
+    "",
+    ("reason",),
+    "Replies dropped: late (its request had timed out), unmatched (no request of this bus "
+    "waits for it), undeliverable (a responder could not send it).",
+)
+
+#: request outcomes (the `outcome` label of `eventbus_requests_total`)
+REPLIED = "replied"
+REQUEST_FAILED = "failed"
+TIMED_OUT = "timed_out"
+
 FAMILIES = (
     PUBLISHED, PUBLISH_ERRORS, PUBLISH_DURATION, HANDLED_TOTAL, FAILED_TOTAL,
     HANDLER_DURATION, IN_FLIGHT, BACKLOG, CONNECTED, RECONNECTS, ATTACHED,
+    REQUESTS, REQUEST_DURATION, REPLIES_DROPPED,
 )  # fmt: skip
 
 
@@ -178,6 +208,10 @@ class Metrics:
         self.handled: Counts = {}
         self.failed: Counts = {}
         self.handler_duration: Histograms = {}
+        #: request/reply: requests by outcome, their durations, replies dropped by reason
+        self.requests: Counts = {}
+        self.request_duration: Histograms = {}
+        self.replies_dropped: Counts = {}
         self._hooks: list[HistogramHook] = []
 
     def add_histogram_hook(self, hook: HistogramHook) -> None:
@@ -213,6 +247,19 @@ class Metrics:
     def record_failure(self, stream: str, etype: str, group: str, outcome: str) -> None:
         key = (stream, etype, group, outcome)
         self.failed[key] = self.failed.get(key, 0) + 1
+
+    def record_request(
+        self, stream: str, etype: str, outcome: str, seconds: float | None = None
+    ) -> None:
+        """A request ended with `outcome`; `seconds` until its reply, if one came."""
+        key = (stream, etype, outcome)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if seconds is not None:
+            self._observe(self.request_duration, REQUEST_DURATION, (stream, etype), seconds)
+
+    def record_dropped_reply(self, reason: str) -> None:
+        key = (reason,)
+        self.replies_dropped[key] = self.replies_dropped.get(key, 0) + 1
 
     def _observe(
         self, table: Histograms, family: Family, labels: tuple[str, ...], seconds: float

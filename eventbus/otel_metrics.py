@@ -41,6 +41,9 @@ from .metrics import (
     PUBLISH_ERRORS,
     PUBLISHED,
     RECONNECTS,
+    REPLIES_DROPPED,
+    REQUEST_DURATION,
+    REQUESTS,
     Counts,
     Family,
 )
@@ -55,6 +58,7 @@ ATTRIBUTE = {
     "type": "cloudevents.event_type",
     "outcome": "eventbus.outcome",
     "source": "eventbus.source",
+    "reason": "eventbus.reason",
 }
 
 
@@ -100,6 +104,10 @@ def bridge(bus: EventBus, provider: MeterProvider, system: str) -> None:
         meter.create_observable_counter(
             otel_name(family), [counts(family, table)], unit="{event}", description=family.help
         )
+    for family, table in ((REQUESTS, metrics.requests), (REPLIES_DROPPED, metrics.replies_dropped)):
+        meter.create_observable_counter(
+            otel_name(family), [counts(family, table)], unit="{message}", description=family.help
+        )
 
     def gauges(family: Family) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def read(options: CallbackOptions) -> Iterable[Observation]:
@@ -138,7 +146,7 @@ def bridge(bus: EventBus, provider: MeterProvider, system: str) -> None:
             description=family.help,
             explicit_bucket_boundaries_advisory=list(BUCKETS),
         )
-        for family in (PUBLISH_DURATION, HANDLER_DURATION)
+        for family in (PUBLISH_DURATION, HANDLER_DURATION, REQUEST_DURATION)
     }
 
     def record(family: Family, labels: tuple[str, ...], seconds: float) -> None:

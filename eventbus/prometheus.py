@@ -34,6 +34,9 @@ from .metrics import (
     PUBLISH_ERRORS,
     PUBLISHED,
     RECONNECTS,
+    REPLIES_DROPPED,
+    REQUEST_DURATION,
+    REQUESTS,
     Counts,
     Family,
     Histograms,
@@ -62,6 +65,9 @@ class BusCollector(Collector):
         yield _counter(HANDLED_TOTAL, m.handled)
         yield _counter(FAILED_TOTAL, m.failed)
         yield _histogram(HANDLER_DURATION, m.handler_duration)
+        yield _counter(REQUESTS, m.requests)
+        yield _histogram(REQUEST_DURATION, m.request_duration)
+        yield _counter(REPLIES_DROPPED, m.replies_dropped)
         health = self.bus.health()
         connected = GaugeMetricFamily(CONNECTED.name, CONNECTED.help)
         connected.add_metric([], int(health.connected and health.running))

@@ -253,6 +253,8 @@ class Capabilities:
     shared_across_processes: bool = True
     #: delayed retries by the broker (wait queues / retry topics / timers)
     delayed_retry: bool = True
+    #: request/reply (`bus.request`): the broker implements `RequestReply`
+    request_reply: bool = False
     #: a group created after events were published still receives them (Kafka earliest)
     replays_history_to_new_groups: bool = False
     #: an event with no group bound is an error (RabbitMQ mandatory)
@@ -316,3 +318,57 @@ class Adapter(Protocol):
     def create_broker(self, settings: Settings) -> Broker: ...
 
     def create_sync_transport(self, settings: Settings) -> SyncTransport: ...
+
+
+# --- request/reply (optional) ------------------------------------------------------------
+
+#: the CloudEvents extension of a request naming where its reply goes
+REPLY_TO = "replyto"
+#: the CloudEvents extension of a reply naming the request (its id) it answers
+IN_REPLY_TO = "inreplyto"
+
+
+@dataclass(slots=True)
+class Reply:
+    """One reply as a requester's transport received it: the CloudEvents attributes
+    (`inreplyto` names the request it answers) and the body."""
+
+    attributes: dict[str, str]
+    body: bytes
+
+
+#: `receive(reply)`: the kernel's side of a reply channel, called on the bus's event loop
+ReceiveReply = Callable[[Reply], None]
+
+
+class ReplyChannel(Protocol):
+    """Where the replies to this bus's requests arrive (`RequestReply.reply_channel`)."""
+
+    #: what a request carries as its `replyto` attribute (RabbitMQ: the direct reply-to
+    #: pseudo-queue, which the broker rewrites per channel; Kafka: this process's reply
+    #: topic; memory: an in-process inbox)
+    address: str
+
+    async def publish(self, message: Message) -> None:
+        """Publish a request (an ordinary event whose `replyto` is `address`), durably as
+        `Broker.publish`, such that its replies reach this channel."""
+
+    async def close(self) -> None:
+        """Stop receiving replies; remove what was created for them (Kafka's topic)."""
+
+
+@runtime_checkable
+class RequestReply(Protocol):
+    """Optional, for brokers whose `capabilities.request_reply` is true: the transport of
+    request/reply. The kernel matches replies to requests (by `inreplyto`), keeps the
+    timeouts and counts what is dropped; an adapter only carries the messages."""
+
+    async def reply_channel(self, receive: ReceiveReply) -> ReplyChannel:
+        """Open the bus's reply channel: when this returns it receives every reply sent to
+        its `address` from then on, each handed to `receive` on the event loop."""
+
+    async def send_reply(self, address: str, message: Message) -> None:
+        """Send one reply to the `address` a request carried, at most once (not stored
+        for a requester that is gone). Raise if it cannot be sent or the address is not a
+        reply address of this broker (a producer must not make a responder write into a
+        stream)."""

@@ -14,6 +14,9 @@ What is broker-neutral is written here once:
   (`RedactedTarget`);
 - health: `LinkState` / `ConsumerState` (`state()`, optional) and `backlog()`
   (optional), what `bus.health()` and the readiness probe read;
+- request/reply (optional, `Capabilities.request_reply`): `RequestReply` (a broker's
+  `reply_channel` and `send_reply`), `ReplyChannel`, `Reply` and the `replyto` /
+  `inreplyto` attribute names;
 - consumer mechanics: `supervise` (a consumer that dies is reported, never half-alive)
   and `finish_task` (the stop sequence: let the task finish, then cancel it);
 - options, errors and logging.
@@ -33,6 +36,8 @@ from .deadletter import DEAD_LETTER_HEADERS
 from .errors import ConfigurationError, MessageTooLarge, PublishError, UnroutableError
 from .log import get_logger
 from .protocol import (
+    IN_REPLY_TO,
+    REPLY_TO,
     Adapter,
     Broker,
     Capabilities,
@@ -44,8 +49,12 @@ from .protocol import (
     Failed,
     LinkState,
     Message,
+    ReceiveReply,
+    Reply,
+    ReplyChannel,
     ReportsBacklog,
     ReportsState,
+    RequestReply,
     SubscriptionSpec,
     SyncTransport,
     supervise,
@@ -146,7 +155,9 @@ __all__ = [
     "AMQP_PREFIX",
     "ATTEMPT_HEADER",
     "DEAD_LETTER_HEADERS",
+    "IN_REPLY_TO",
     "KAFKA_PREFIX",
+    "REPLY_TO",
     "Adapter",
     "Broker",
     "Capabilities",
@@ -161,9 +172,13 @@ __all__ = [
     "Message",
     "MessageTooLarge",
     "PublishError",
+    "ReceiveReply",
     "RedactedTarget",
+    "Reply",
+    "ReplyChannel",
     "ReportsBacklog",
     "ReportsState",
+    "RequestReply",
     "Settings",
     "SubscriptionSpec",
     "SyncTransport",

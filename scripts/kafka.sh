@@ -160,17 +160,7 @@ stop_broker() {
   local pid
   if pid_alive; then
     pid="$(cat "$PIDFILE")"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 60))
-    while kill -0 "$pid" 2>/dev/null; do
-      if [ $SECONDS -ge $deadline ]; then
-        echo "kafka: broker $pid did not stop within 60s, killing" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-        sleep 1
-        break
-      fi
-      sleep 0.5
-    done
+    terminate_pid kafka "$pid" 60
   fi
   rm -f "$PIDFILE"
   if port_open "$PORT"; then

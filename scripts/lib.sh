@@ -23,3 +23,20 @@ ensure_pkgs() {
     >/tmp/eventbus-apt-install.log 2>&1 ||
     { tail -n 40 /tmp/eventbus-apt-install.log >&2; die "apt-get install ${missing[*]} failed"; }
 }
+
+# Stop a server process: SIGTERM, then SIGKILL if it is still there after TIMEOUT seconds.
+#   terminate_pid NAME PID TIMEOUT     (NAME prefixes the message when it has to kill)
+terminate_pid() {
+  local name="$1" pid="$2" timeout="$3"
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + timeout))
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ $SECONDS -ge "$deadline" ]; then
+      echo "$name: process $pid did not stop within ${timeout}s, killing" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 1
+      return 0
+    fi
+    sleep 0.5
+  done
+}

@@ -149,8 +149,9 @@ start_server() {
   mapfile -t args <"$ARGS_FILE"
   # setsid: own session, survives the calling shell; pid written by the child itself.
   # shellcheck disable=SC2016
-  (cd "$CACHE" && setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
-    "$BIN" "${args[@]}" </dev/null >>"$OUT" 2>&1 &)
+  # no process may keep the caller's stdout open (a pipe reader would wait for ever)
+  (cd "$CACHE" && exec setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
+    "$BIN" "${args[@]}") </dev/null >>"$OUT" 2>&1 &
   local deadline=$((SECONDS + START_TIMEOUT))
   sleep 0.5
   until ready; do
@@ -164,17 +165,7 @@ stop_server() {
   local pid
   if pid_alive; then
     pid="$(cat "$PIDFILE")"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 30))
-    while kill -0 "$pid" 2>/dev/null; do
-      if [ $SECONDS -ge $deadline ]; then
-        echo "prometheus: server $pid did not stop within 30s, killing" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-        sleep 1
-        break
-      fi
-      sleep 0.5
-    done
+    terminate_pid prometheus "$pid" 30
   fi
   rm -f "$PIDFILE"
   if port_open; then

@@ -21,16 +21,19 @@ from eventbus.toolkit import (
     Deliver,
     LinkState,
     Message,
+    ReceiveReply,
     Settings,
     SubscriptionSpec,
     get_logger,
     subscription_options,
+    to_kafka_headers,
 )
 
 from .consumer import KafkaConsumer
 from .dlq import DeadLetterReader, dead_letter_of, replay_record
 from .names import dlq_topic, replay_topic, retry_topic
-from .producer import AsyncProducer, record_of
+from .producer import AsyncProducer, Record, record_of
+from .replies import REPLY_PRODUCER, KafkaReplyChannel, is_reply_topic, refuse
 from .settings import SubscriptionOptions, client_configs
 from .topics import Topics
 
@@ -48,6 +51,7 @@ class KafkaBroker:
     capabilities = Capabilities(
         shared_across_processes=True,
         delayed_retry=True,
+        request_reply=True,
         replays_history_to_new_groups=True,  # a new group starts at the earliest offset
         unroutable_is_error=False,
         records_offsets=True,  # x-original-partition / x-original-offset
@@ -62,6 +66,8 @@ class KafkaBroker:
         self.producer = AsyncProducer(self.configs)
         self._consumers: list[KafkaConsumer] = []
         self._topic_locks: dict[str, asyncio.Lock] = {}
+        #: the responder's reply producer (`send_reply`), started on the first reply
+        self._reply_producer: AsyncProducer | None = None
 
     def __repr__(self) -> str:
         return f"KafkaBroker({self.configs.target.redacted!r})"
@@ -93,6 +99,9 @@ class KafkaBroker:
         consumers, self._consumers = self._consumers, []
         for consumer in consumers:
             await consumer.close()
+        replies, self._reply_producer = self._reply_producer, None
+        if replies is not None:
+            await replies.close(timeout=5.0)
         await self.producer.close()
 
     # --- publishing ----------------------------------------------------------------------
@@ -148,6 +157,24 @@ class KafkaBroker:
         if streams:
             await self._ensure({s: self.settings.partitions for s in streams})
         await self.producer.send_many([record_of(m) for m in messages])
+
+    # --- request/reply: a reply topic per requesting bus (`replies`) ----------------------
+
+    async def reply_channel(self, receive: ReceiveReply) -> KafkaReplyChannel:
+        channel = KafkaReplyChannel(self, receive)
+        await channel.start()
+        return channel
+
+    async def send_reply(self, address: str, message: Message) -> None:
+        prefix = self.settings.reply_topic_prefix
+        if not is_reply_topic(prefix, address):
+            raise refuse(prefix, address)
+        producer = self._reply_producer
+        if producer is None:
+            producer = self._reply_producer = AsyncProducer(self.configs, REPLY_PRODUCER)
+            producer.start()
+        headers = to_kafka_headers(message.attributes)
+        await producer.send(Record(address, message.body, None, headers, message.id))  # type: ignore[arg-type]
 
     # --- consuming -----------------------------------------------------------------------
 

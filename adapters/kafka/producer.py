@@ -52,10 +52,16 @@ def record_of(message: EventMessage) -> Record:
     return Record(message.stream, message.body, key, headers, message.id)
 
 
-def create_producer(configs: ClientConfigs, link: ProducerLink | None = None) -> Producer:
+def create_producer(
+    configs: ClientConfigs,
+    link: ProducerLink | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Producer:
     """A producer; with a `link` (the async producer, which polls all the time), one that
-    reports its statistics and errors there too."""
+    reports its statistics and errors there too. `overrides` replace properties of the
+    producer config (the reply producer's)."""
     config = configs.producer(statistics=link is not None)
+    config.update(overrides or {})
     config["error_cb"] = partial(_client_error, configs, "producer", link)
     if link is not None:
         link.start(config)
@@ -126,8 +132,9 @@ class _Batch:
 class AsyncProducer:
     """One producer per broker, shared by publishing, retries and dead-lettering."""
 
-    def __init__(self, configs: ClientConfigs) -> None:
+    def __init__(self, configs: ClientConfigs, overrides: dict[str, Any] | None = None) -> None:
         self.configs = configs
+        self._overrides = overrides
         self._producer: Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -139,7 +146,7 @@ class AsyncProducer:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._producer = create_producer(self.configs, self.link)
+        self._producer = create_producer(self.configs, self.link, self._overrides)
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._poll, name="eventbus-kafka-producer", daemon=True

@@ -78,6 +78,14 @@ class KafkaSettings(BaseSettings):
     #: lag (`backlog()`); 0 turns them off (state() then follows the rebalance callbacks
     #: and fatal errors only, backlog() is None)
     statistics_interval_ms: int = Field(default=1000, ge=0, le=86_400_000)
+    #: request/reply: the reply topic of a requesting bus is
+    #: `<reply_topic_prefix>.replies.<host>-<pid>-<random>`; a responder replies only to
+    #: topics under its own prefix (requesters and responders must agree on it)
+    reply_topic_prefix: str = Field(
+        default="eventbus", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$"
+    )
+    #: how long a reply topic keeps its records (ms): replies are read at once or never
+    reply_retention_ms: int = Field(default=60_000, ge=1000, le=86_400_000)
     #: seconds `start` waits for the cluster to answer
     connect_timeout: float = Field(default=15.0, gt=0)
     #: seconds admin requests (create/describe topics) may take; also how long listing or

@@ -13,6 +13,7 @@ from eventbus.toolkit import (
     Deliver,
     LinkState,
     Message,
+    ReceiveReply,
     Settings,
     SubscriptionSpec,
     parse_options,
@@ -21,6 +22,7 @@ from eventbus.toolkit import (
 )
 
 from .consumer import MemoryConsumer, MemoryMember
+from .replies import MemoryReplyChannel, send_reply
 from .settings import MemoryOptions, SubscriptionOptions
 from .state import Entry, memory_state, name_of
 
@@ -31,6 +33,7 @@ class MemoryBroker:
     capabilities = Capabilities(
         shared_across_processes=False,
         delayed_retry=True,
+        request_reply=True,
         replays_history_to_new_groups=False,
         unroutable_is_error=False,
         binary_headers=False,
@@ -62,6 +65,14 @@ class MemoryBroker:
         loop = self._loop
         for message in messages:
             publish(message, loop)
+
+    # --- request/reply: an in-process inbox per requesting bus (`replies`) ----------------
+
+    async def reply_channel(self, receive: ReceiveReply) -> MemoryReplyChannel:
+        return MemoryReplyChannel(self.world, receive)
+
+    async def send_reply(self, address: str, message: Message) -> None:
+        send_reply(self.world, address, message)
 
     async def subscribe(self, spec: SubscriptionSpec, deliver: Deliver) -> Consumer:
         options = subscription_options(SubscriptionOptions, spec, "memory://")

@@ -26,6 +26,7 @@ from eventbus.toolkit import (
     LinkState,
     Message,
     PublishError,
+    ReceiveReply,
     Settings,
     SubscriptionSpec,
     from_amqp,
@@ -38,6 +39,7 @@ from .consumer import GroupConsumer
 from .link import LOST, Link
 from .properties import BOOKKEEPING, ROUTING_KEY_HEADER, copy_of, outgoing, routing_key_of
 from .publisher import Publisher
+from .replies import RabbitMQReplyChannel, send_reply
 from .settings import (
     RabbitMQSettings,
     SubscriptionOptions,
@@ -70,6 +72,7 @@ class RabbitMQBroker:
         self.capabilities = Capabilities(
             shared_across_processes=True,
             delayed_retry=True,
+            request_reply=True,
             replays_history_to_new_groups=False,
             unroutable_is_error=self.settings.mandatory,
             type_always_present=True,
@@ -127,6 +130,14 @@ class RabbitMQBroker:
             if len(failed) == 1 or not isinstance(first, PublishError):
                 raise first
             raise type(first)(f"{len(failed)} of {len(messages)} events failed; first: {first}")
+
+    # --- request/reply: direct reply-to (`replies`) ----------------------------------------
+
+    async def reply_channel(self, receive: ReceiveReply) -> RabbitMQReplyChannel:
+        return RabbitMQReplyChannel(self.link, self.settings, self._shutdown_timeout, receive)
+
+    async def send_reply(self, address: str, message: Message) -> None:
+        await send_reply(self.publisher, address, message)
 
     # --- consuming ---------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from aiormq.abc import DeliveredMessage
 
 from eventbus.toolkit import (
     DEAD_LETTER_HEADERS,
+    REPLY_TO,
     Delivery,
     from_amqp,
 )
@@ -38,6 +39,7 @@ from eventbus.toolkit import (
 from .limits import HeadersTooLarge
 from .link import LOST
 from .properties import BOOKKEEPING, copy_of, retry_headers, routing_key_of
+from .replies import is_reply_address
 from .tolerant import dubious, escaped, sanitized_table, text
 
 if TYPE_CHECKING:
@@ -81,6 +83,9 @@ class RabbitMQDelivery(Delivery):
             attributes, attempt, defect = _inspect(headers, content_type, message_id, routing_key)
         if not trusted:
             attempt = 1
+        reply_to = props.reply_to
+        if reply_to is not None and is_reply_address(reply_to):  # a request: reply there
+            attributes[REPLY_TO] = reply_to
         Delivery.__init__(  # positional: this runs once per message
             self,
             consumer.topology.stream,

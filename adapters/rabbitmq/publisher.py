@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiormq
@@ -95,9 +95,20 @@ class _Pending:
 
 
 class Publisher:
-    def __init__(self, link: Link, window: int, timeout: float, *, mandatory: bool = True) -> None:
+    def __init__(
+        self,
+        link: Link,
+        window: int,
+        timeout: float,
+        *,
+        mandatory: bool = True,
+        on_channel: Callable[[AbstractChannel], Awaitable[None]] | None = None,
+    ) -> None:
+        """`on_channel(channel)`: run on every channel the publisher opens, before anything
+        is written on it (the request publisher consumes its direct replies there)."""
         self._link = link
         self._mandatory = mandatory
+        self._on_channel = on_channel
         self._timeout = timeout
         self._window = asyncio.Semaphore(window)
         self._channel: AbstractChannel | None = None
@@ -359,6 +370,8 @@ class Publisher:
                         publisher_confirms=True, on_return_raises=True
                     )
                     channel: AbstractChannel = await opened.get_underlay_channel()
+                    if self._on_channel is not None:
+                        await self._on_channel(channel)
                     self._declared = set()
                     streams = {e.stream for e in self._pending.values() if e.stream is not None}
                     for stream in sorted(streams):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
@@ -12,7 +13,8 @@ from .store import EventStore
 
 def open_store(url: str) -> EventStore:
     """An unopened store for `url`: `memory://`, `sqlite:///path/to/file.db`
-    (`sqlite://` alone = a private in-memory database), `postgresql://user:pw@host/db`."""
+    (`sqlite://` alone = a private in-memory database), `postgresql://user:pw@host/db`
+    (options: `postgres_options`)."""
     scheme = urlsplit(url).scheme.lower()
     if scheme == "memory":
         from .memory import MemoryEventStore
@@ -25,21 +27,46 @@ def open_store(url: str) -> EventStore:
     if scheme in ("postgresql", "postgres"):
         from .postgres import PostgresEventStore
 
-        dsn, schema = postgres_schema(url)
-        return PostgresEventStore(dsn, schema=schema)
+        dsn, options = postgres_options(url)
+        return PostgresEventStore(dsn, **options)
     raise ConfigurationError(
         f"EVENTBUS_STORE_URL {redact_url(url)!r}: unknown scheme {scheme!r}; use memory://, "
         "sqlite:///path or postgresql://user:password@host/database"
     )
 
 
-def postgres_schema(url: str) -> tuple[str, str | None]:
-    """Split the `schema=` query parameter (ours, not libpq's) off a PostgreSQL URL."""
+#: the query parameters of a PostgreSQL store URL that are ours, not libpq's, and their types
+POSTGRES_OPTIONS: dict[str, type[int] | type[float]] = {
+    "pool_size": int,
+    "pool_min_size": int,
+    "pool_timeout": float,
+}
+
+
+def postgres_options(url: str) -> tuple[str, dict[str, Any]]:
+    """Split the query parameters that configure the store (ours, not libpq's) off a
+    PostgreSQL URL: `schema=` (the store's PostgreSQL schema), `pool_size=` (most
+    connections open at once, default 4), `pool_min_size=` (kept open while idle,
+    default 1), `pool_timeout=` (seconds to wait for a free connection, default 30).
+    Returns the URL for libpq and the keyword arguments of `PostgresEventStore`."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in query if k == "schema"), None)
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    return urlunsplit(parts._replace(query=rest)), schema
+    options: dict[str, Any] = {}
+    rest: list[tuple[str, str]] = []
+    for key, value in query:
+        if key == "schema":
+            options["schema"] = value
+        elif key in POSTGRES_OPTIONS:
+            try:
+                options[key] = POSTGRES_OPTIONS[key](value)
+            except ValueError:
+                raise ConfigurationError(
+                    f"EVENTBUS_STORE_URL {redact_url(url)!r}: {key}={value!r} is not a "
+                    f"{POSTGRES_OPTIONS[key].__name__}"
+                ) from None
+        else:
+            rest.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(rest))), options
 
 
 def sqlite_path(url: str) -> str:

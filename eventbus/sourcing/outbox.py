@@ -256,22 +256,34 @@ class OutboxRelay:
         Only the holder of the store's relay lease publishes: a second relay on the same
         store stands by and takes over when the first stops or dies."""
         stop = stop or asyncio.Event()
-        standby_logged = False
-        while not await self.store.try_acquire_relay():
-            if not standby_logged:
-                _log.info("outbox.relay_standby", reason="another relay holds the lease")
-                standby_logged = True
-            await _wait(stop, self.standby_interval)
-            if stop.is_set():
-                return
-        try:
-            await self._publish_until(stop)
-        finally:
-            await self.store.release_relay()
+        while not stop.is_set():
+            standby_logged = False
+            while not await self.store.try_acquire_relay():
+                if not standby_logged:
+                    _log.info("outbox.relay_standby", reason="another relay holds the lease")
+                    standby_logged = True
+                await _wait(stop, self.standby_interval)
+                if stop.is_set():
+                    return
+            try:
+                await self._publish_until(stop)
+            finally:
+                await self.store.release_relay()
 
     async def _publish_until(self, stop: asyncio.Event) -> None:
+        """Publish batches while the lease holds; return when `stop` is set or the lease
+        was lost (the caller stands by again: another relay may publish now)."""
         backoff = self.poll_interval
         while not stop.is_set():
+            try:
+                if not await self.store.relay_lease_held():
+                    _log.warning("outbox.relay_lease_lost", action="standing by")
+                    return
+            except Exception as exc:  # cannot tell: do not publish on a maybe-lost lease
+                _log.warning("outbox.relay_failed", error=repr(exc), retry_in=backoff)
+                await _wait(stop, backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
             try:
                 handled, full = await self._cycle()
                 backoff = self.poll_interval

@@ -6,17 +6,28 @@ takes a transaction-scoped advisory lock first, then assigns `max(position) + 1`
 appends commit one after another in position order; the lock is released at commit.
 Within one call all events go in one transaction. `schema=` isolates a store in its own
 PostgreSQL schema (tests use one per test).
+
+Connections come from a checked pool (`postgres_pool`). When a connection is lost under
+a call (the server restarted, failed over or terminated the backend), the call runs
+once more on another connection: reads, `save_snapshot` (an upsert) and
+`outbox_mark_sent` (a delete by key) simply again. An append may have committed just
+before its connection died, so the second attempt first looks up, under the append
+lock, the event ids the first one wrote: stored at exactly the positions, streams and
+versions it assigned means it committed, and the append returns those events (no
+duplicate, no false `ConcurrencyError`). Otherwise it did not commit (one transaction:
+all or nothing) and the append runs afresh: the version check applies, and an id that
+another writer stored meanwhile is a `ConcurrencyError` as always. A second lost
+connection, or any other error, is raised.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
-from typing import Any, Literal
-from urllib.parse import unquote
+from typing import Literal
 
 try:
     import psycopg
@@ -27,9 +38,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from eventbus.errors import ConcurrencyError, ConfigurationError
-from eventbus.settings import redact_text, redact_url
+from eventbus.log import get_logger
+from eventbus.settings import redact_url
 
 from .database import Params, Row
+from .postgres_pool import Connection, PostgresPool
 from .records import NewEvent, Snapshot, StoredEvent
 from .store import EventStore, check_events, check_version
 from .table import (
@@ -50,6 +63,8 @@ from .table import (
     snapshot_row,
 )
 
+_log = get_logger()
+
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 SCHEMA = event_store_schema("BIGINT", "BYTEA")
@@ -64,137 +79,57 @@ def to_pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-#: characters libpq cannot take unencoded in a URL password: it ends the authority at the
-#: first '/' and the user info at the first '@', refuses spaces and bad '%' escapes
-_UNENCODABLE = re.compile(r"[/@\s]|%(?![0-9A-Fa-f]{2})")
-_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@\[\]]*:(?P<password>.*)@", re.S)
-
-
-def connection_failure(url: str, exc: BaseException) -> str:
-    """Why connecting to `url` failed, without the password.
-
-    libpq's message is not shown when the password holds a character a URL must
-    percent-encode: libpq then mis-parses the URL and quotes pieces of the password back
-    (as a host, a port or a bad token); the message says how to write it instead. Any
-    other message is shown with URLs redacted and the password itself masked."""
-    where = f"cannot connect to PostgreSQL at {redact_url(url)}"
-    found = _PASSWORD.match(url)
-    password = found["password"] if found else ""
-    if password and _UNENCODABLE.search(password):
-        return (
-            f"{where}: the URL does not parse; percent-encode the password's '/', '@', '%' "
-            "and spaces (%2F, %40, %25, %20)"
-        )
-    text = str(exc).strip()
-    reason = redact_text(text.splitlines()[0]) if text else type(exc).__name__
-    for secret in {password, unquote(password)} - {""}:
-        reason = reason.replace(secret, "***")
-    return f"{where}: {reason}"
-
-
-class _Pool:
-    """A few connections, handed out one task at a time; broken ones are replaced."""
-
-    def __init__(self, url: str, size: int, schema: str | None) -> None:
-        self._url = url
-        self._size = size
-        self._schema = schema
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
-        self._count = 0
-        self._available = asyncio.Condition()
-        self._closed = False
-
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        kwargs: dict[str, Any] = {"autocommit": True}
-        if self._schema:
-            kwargs["options"] = f"-c search_path={self._schema}"
-        try:
-            return await psycopg.AsyncConnection.connect(self._url, **kwargs)
-        except psycopg.Error as exc:  # OperationalError, or ProgrammingError: URL unparsable
-            raise ConnectionError(connection_failure(self._url, exc)) from None
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        conn = await self._acquire()
-        try:
-            yield conn
-        finally:
-            await self._release(conn)
-
-    async def dedicated(self) -> psycopg.AsyncConnection[Any]:
-        """A new autocommit connection outside the pool (the caller closes it)."""
-        return await self._connect()
-
-    async def _acquire(self) -> psycopg.AsyncConnection[Any]:
-        async with self._available:
-            while True:
-                if self._closed:
-                    raise RuntimeError("the PostgreSQL store is closed")
-                if self._idle:
-                    return self._idle.pop()
-                if self._count < self._size:
-                    self._count += 1
-                    break
-                await self._available.wait()
-        try:
-            return await self._connect()
-        except BaseException:
-            async with self._available:
-                self._count -= 1
-                self._available.notify()
-            raise
-
-    async def _release(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        healthy = (
-            not conn.closed
-            and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            and not self._closed
-        )
-        if not healthy:
-            await conn.close()
-        async with self._available:
-            if healthy:
-                self._idle.append(conn)
-            else:
-                self._count -= 1
-            self._available.notify()
-
-    async def close(self) -> None:
-        async with self._available:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            self._count -= len(idle)
-            self._available.notify_all()
-        for conn in idle:
-            await conn.close()
-
-
 class PostgresDatabase:
-    """Transactions on pooled psycopg connections; SQL with `?` placeholders."""
+    """Transactions on pooled psycopg connections; SQL with `?` placeholders.
+
+    `transaction()` runs on a checked connection but is not retried: its block may do
+    more than SQL. Pool options: `postgres_pool.PostgresPool`."""
 
     dialect: Literal["sqlite", "postgresql"] = "postgresql"
 
-    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        pool_size: int = 4,
+        pool_min_size: int = 1,
+        pool_timeout: float = 30.0,
+    ) -> None:
         if schema is not None and not _SCHEMA_NAME.match(schema):
             raise ConfigurationError(
                 f"PostgreSQL schema {schema!r}: use lower-case letters, digits and '_'"
             )
         self.url = url
         self.schema = schema
-        self.pool = _Pool(url, pool_size, schema)
+        self.pool = PostgresPool(
+            url,
+            schema=schema,
+            pool_size=pool_size,
+            pool_min_size=pool_min_size,
+            pool_timeout=pool_timeout,
+        )
         self._opened = False
 
     async def open(self) -> None:
+        """Connect once (`ConnectionError` at once, password hidden, if the server cannot
+        be reached), create the schema if missing, and start the pool. Optional: the pool
+        also starts on first use."""
         if self._opened:
             return
-        if self.schema:
-            async with self.pool.connection() as conn, conn.transaction():
-                await conn.execute(_DDL_LOCK)
-                await conn.execute(
-                    pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                        pgsql.Identifier(self.schema)
+        conn = await self.pool.connect()
+        try:
+            if self.schema:
+                async with conn.transaction():
+                    await conn.execute(_DDL_LOCK)
+                    await conn.execute(
+                        pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                            pgsql.Identifier(self.schema)
+                        )
                     )
-                )
+        finally:
+            await conn.close()
+        await self.pool.open()
         self._opened = True
 
     async def close(self) -> None:
@@ -202,12 +137,16 @@ class PostgresDatabase:
 
     async def drop_schema(self) -> None:
         """Drop this database's schema with everything in it (test clean-up)."""
-        if not self.schema:
+        schema = self.schema
+        if not schema:
             raise ConfigurationError("drop_schema() needs a store opened with schema=")
-        async with self.pool.connection() as conn:
+
+        async def drop(conn: Connection) -> None:
             await conn.execute(
-                pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pgsql.Identifier(self.schema))
+                pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pgsql.Identifier(schema))
             )
+
+        await self.pool.run(drop, "drop_schema")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
@@ -218,7 +157,7 @@ class PostgresDatabase:
 class PostgresTransaction:
     __slots__ = ("_conn",)
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def execute(self, sql: str, params: Params = ()) -> int:
@@ -241,12 +180,29 @@ class PostgresTransaction:
 
 
 class PostgresEventStore(EventStore):
+    """The event store on PostgreSQL; `schema=` and the pool options as for
+    `PostgresDatabase` (from a URL: `open_store`)."""
+
     backend = "postgresql"
 
-    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        pool_size: int = 4,
+        pool_min_size: int = 1,
+        pool_timeout: float = 30.0,
+    ) -> None:
         self.url = url
-        self._relay_conn: psycopg.AsyncConnection[Any] | None = None
-        self._db = PostgresDatabase(url, schema=schema, pool_size=pool_size)
+        self._relay_conn: Connection | None = None
+        self._db = PostgresDatabase(
+            url,
+            schema=schema,
+            pool_size=pool_size,
+            pool_min_size=pool_min_size,
+            pool_timeout=pool_timeout,
+        )
 
     def __repr__(self) -> str:
         return f"PostgresEventStore({redact_url(self.url)!r}, schema={self._db.schema!r})"
@@ -257,21 +213,18 @@ class PostgresEventStore(EventStore):
 
     async def open(self) -> None:
         await self._db.open()
-        async with self._db.pool.connection() as conn, conn.transaction():
-            await conn.execute(_DDL_LOCK)
-            for statement in SCHEMA:
-                await conn.execute(statement)
+        await self._db.pool.run(_create_tables, "open")
 
     async def close(self) -> None:
         await self.release_relay()
         await self._db.close()
 
     async def try_acquire_relay(self) -> bool:
-        """A session advisory lock on a connection of its own: the server releases it when
-        that connection ends, so a killed relay frees the lease."""
+        """A session advisory lock on a connection of its own, outside the pool: the
+        server releases it when that connection ends, so a killed relay frees the lease."""
         if self._relay_conn is not None:
             return False
-        conn = await self._db.pool.dedicated()
+        conn = await self._db.pool.connect()
         key = f"eventbus.outbox_relay.{self._db.schema or 'public'}"
         row = await (
             await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
@@ -287,6 +240,21 @@ class PostgresEventStore(EventStore):
         if conn is not None:
             await conn.close()  # ends the session: the advisory lock goes with it
 
+    async def relay_lease_held(self) -> bool:
+        """The session lock lives exactly as long as its connection: one round trip on it
+        tells. A dead connection means the lease is gone (maybe held by another relay)."""
+        conn = self._relay_conn
+        if conn is None:
+            return False
+        try:
+            await conn.execute("SELECT 1")
+        except psycopg.Error:
+            self._relay_conn = None
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+            return False
+        return True
+
     async def append(
         self,
         stream_id: str,
@@ -295,11 +263,21 @@ class PostgresEventStore(EventStore):
         *,
         publish: bool = False,
     ) -> list[StoredEvent]:
+        """See `EventStore.append`; on a lost connection, see the module docstring."""
         check_events(events)
-        async with self._db.pool.connection() as conn:
+        #: the events as the last attempt wrote them, before it knew whether they committed
+        written: list[StoredEvent] = []
+
+        async def attempt(conn: Connection) -> list[StoredEvent]:
             try:
                 async with conn.transaction():
                     await conn.execute(_APPEND_LOCK)
+                    if written and await _committed(conn, written):
+                        _log.info(
+                            "postgres.append_recovered", stream_id=stream_id,
+                            positions=[written[0].position, written[-1].position],
+                        )  # fmt: skip
+                        return list(written)
                     cur = await conn.execute(
                         "SELECT coalesce(max(version), 0), "
                         "(SELECT coalesce(max(position), 0) FROM events) "
@@ -314,6 +292,7 @@ class PostgresEventStore(EventStore):
                         StoredEvent.of(new, stream_id, current + i, last + i)
                         for i, new in enumerate(events, start=1)
                     ]
+                    written[:] = stored
                     async with conn.cursor() as c:
                         await c.executemany(_INSERT_EVENT, [event_row(e) for e in stored])
                         if publish:
@@ -323,52 +302,81 @@ class PostgresEventStore(EventStore):
                     f"stream {stream_id!r}: version or event id already taken "
                     f"({exc.diag.constraint_name}); reload and retry the command"
                 ) from None
-        return stored
+            return stored
 
-    async def _fetch(self, query: str, params: Params) -> list[StoredEvent]:
-        async with self._db.pool.connection() as conn:
+        return await self._db.pool.run(attempt, "append")
+
+    async def _fetch(self, query: str, params: Params, operation: str) -> list[StoredEvent]:
+        async def fetch(conn: Connection) -> list[Row]:
             cur = await conn.execute(query, params)
-            rows = await cur.fetchall()
-        return rows_to_events(rows)
+            return await cur.fetchall()
+
+        return rows_to_events(await self._db.pool.run(fetch, operation))
 
     async def read(
         self, stream_id: str, from_version: int = 1, to_version: int | None = None
     ) -> list[StoredEvent]:
         upper = to_version if to_version is not None else MAX_VERSION
-        return await self._fetch(_READ_STREAM, (stream_id, from_version, upper))
+        return await self._fetch(_READ_STREAM, (stream_id, from_version, upper), "read")
 
     async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[StoredEvent]:
-        return await self._fetch(_READ_ALL, (from_position, limit))
+        return await self._fetch(_READ_ALL, (from_position, limit), "read_all")
 
-    async def _scalar(self, query: str, params: Params = ()) -> int:
-        async with self._db.pool.connection() as conn:
-            cur = await conn.execute(query, params)
-            row = await cur.fetchone()
-        return int(row[0]) if row is not None else 0
+    async def _scalar(self, query: str, params: Params, operation: str) -> int:
+        async def scalar(conn: Connection) -> int:
+            row = await (await conn.execute(query, params)).fetchone()
+            return int(row[0]) if row is not None else 0
+
+        return await self._db.pool.run(scalar, operation)
 
     async def stream_version(self, stream_id: str) -> int:
-        return await self._scalar(_STREAM_VERSION, (stream_id,))
+        return await self._scalar(_STREAM_VERSION, (stream_id,), "stream_version")
 
     async def last_position(self) -> int:
-        return await self._scalar(_LAST_POSITION)
+        return await self._scalar(_LAST_POSITION, (), "last_position")
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
-        async with self._db.pool.connection() as conn:
+        async def save(conn: Connection) -> None:  # an upsert: safe to run twice
             await conn.execute(_SAVE_SNAPSHOT, snapshot_row(snapshot))
 
+        await self._db.pool.run(save, "save_snapshot")
+
     async def load_snapshot(self, stream_id: str) -> Snapshot | None:
-        async with self._db.pool.connection() as conn:
+        async def load(conn: Connection) -> Snapshot | None:
             cur = await conn.execute(_LOAD_SNAPSHOT, (stream_id,))
             return row_to_snapshot(stream_id, await cur.fetchone())
 
+        return await self._db.pool.run(load, "load_snapshot")
+
     async def outbox_pending(self, limit: int = 500) -> list[StoredEvent]:
-        return await self._fetch(_OUTBOX_PENDING, (limit,))
+        return await self._fetch(_OUTBOX_PENDING, (limit,), "outbox_pending")
 
     async def outbox_mark_sent(self, positions: Sequence[int]) -> None:
         if not positions:
             return
-        async with self._db.pool.connection() as conn:
+
+        async def mark(conn: Connection) -> None:  # a delete by key: safe to run twice
             await conn.execute("DELETE FROM outbox WHERE position = ANY(%s)", (list(positions),))
+
+        await self._db.pool.run(mark, "outbox_mark_sent")
+
+
+async def _create_tables(conn: Connection) -> None:
+    async with conn.transaction():
+        await conn.execute(_DDL_LOCK)
+        for statement in SCHEMA:
+            await conn.execute(statement)
+
+
+async def _committed(conn: Connection, written: list[StoredEvent]) -> bool:
+    """Whether the events an attempt wrote are stored with its ids, streams, versions
+    and positions. They went in one transaction: all of them committed, or none did."""
+    cur = await conn.execute(
+        "SELECT position, stream_id, version, event_id FROM events "
+        "WHERE event_id = ANY(%s) ORDER BY position",
+        ([e.id for e in written],),
+    )
+    return await cur.fetchall() == [(e.position, e.stream_id, e.version, e.id) for e in written]
 
 
 #: the shared statements (`table.py`) with PostgreSQL's placeholders

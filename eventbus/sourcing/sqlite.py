@@ -196,6 +196,12 @@ class SqliteEventStore(EventStore):
         if handle is not None:
             handle.close()  # closing the file ends its flock
 
+    async def relay_lease_held(self) -> bool:
+        """A `flock` lasts as long as its open file: held until we release it."""
+        if not _HAS_FLOCK:
+            return await super().relay_lease_held()
+        return self._relay_file is not None
+
     async def append(
         self,
         stream_id: str,

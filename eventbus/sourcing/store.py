@@ -119,6 +119,13 @@ class EventStore(ABC):
     async def release_relay(self) -> None:
         self._relay_held = False
 
+    async def relay_lease_held(self) -> bool:
+        """Whether this store still holds the relay lease it took. A lease can end without
+        `release_relay` (PostgreSQL ends the session lock when the server drops that
+        connection: a restart, a failover, `pg_terminate_backend`), and another relay may
+        hold it by now: the relay asks before each batch it publishes."""
+        return bool(getattr(self, "_relay_held", False))
+
     @property
     def database(self) -> Database | None:
         """The SQL database the store lives in, for read models, inboxes and checkpoints

@@ -6,7 +6,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from eventbus.errors import ConfigurationError
 from eventbus.sourcing import MemoryEventStore, SqliteEventStore, open_store
+from eventbus.sourcing.postgres import PostgresDatabase, PostgresEventStore
 
 
 def test_open_store_by_url(tmp_path: Path) -> None:
@@ -38,3 +42,33 @@ def test_eventbus_works_without_fcntl(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1].split() == ["True", "False"]
     assert "relay lease covers one process" in done.stdout + done.stderr
+
+
+def test_postgres_url_options_reach_the_store() -> None:
+    """`schema=` and the pool options are ours: taken off the URL libpq gets, and given
+    to the store; libpq's own parameters stay."""
+    store = open_store(
+        "postgresql://app:pw@db/orders?schema=shop&pool_size=8&pool_min_size=2"
+        "&pool_timeout=2.5&sslmode=disable&application_name=orders"
+    )
+    assert isinstance(store, PostgresEventStore)
+    pool = store.database.pool
+    assert (pool.schema, pool.pool_size, pool.pool_min_size, pool.pool_timeout) == (
+        "shop", 8, 2, 2.5,
+    )  # fmt: skip
+    assert pool.url == "postgresql://app:pw@db/orders?sslmode=disable&application_name=orders"
+    defaults = open_store("postgresql://app:pw@db/orders").database
+    assert isinstance(defaults, PostgresDatabase)
+    assert (defaults.pool.pool_size, defaults.pool.pool_min_size) == (4, 1)
+    assert defaults.pool.pool_timeout == 30.0
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["pool_size=many", "pool_timeout=soon", "pool_size=0", "pool_min_size=5", "pool_timeout=0"],
+)
+def test_bad_postgres_pool_options_are_refused_without_the_password(query: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        open_store(f"postgresql://app:s3cret@db/orders?{query}")
+    assert "s3cret" not in str(info.value)
+    assert query.split("=")[0] in str(info.value)

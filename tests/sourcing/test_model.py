@@ -168,12 +168,15 @@ async def test_second_relay_stands_by_and_takes_over(tmp_path: Path) -> None:
         second = OutboxRelay(second_store, bus, codec, poll_interval=0.01, standby_interval=0.05)
         stop_first, stop_second = asyncio.Event(), asyncio.Event()
         running_first = asyncio.create_task(first.run(stop_first))
-        await asyncio.sleep(0.05)
+        for _ in range(3000):  # the first relay holds the lease before the second starts
+            if await first_store.relay_lease_held():
+                break
+            await asyncio.sleep(0.01)
         running_second = asyncio.create_task(second.run(stop_second))
         for n in range(5):
             await place(n)
-        for _ in range(500):
-            if len(seen) == 5:
+        for _ in range(3000):  # handled, and counted by the relay after publish returned
+            if len(seen) == 5 and first.published == 5:
                 break
             await asyncio.sleep(0.01)
         assert first.published == 5 and second.published == 0  # the standby stayed idle
@@ -181,8 +184,8 @@ async def test_second_relay_stands_by_and_takes_over(tmp_path: Path) -> None:
         await running_first  # the lease is released: the standby takes over
         for n in range(5, 8):
             await place(n)
-        for _ in range(500):
-            if len(seen) == 8:
+        for _ in range(3000):
+            if len(seen) == 8 and second.published == 3:
                 break
             await asyncio.sleep(0.01)
         stop_second.set()

@@ -1,7 +1,7 @@
 import pytest
 
 from eventbus import Envelope, Event, EventBus, SubscriptionError
-from eventbus.event import validate_extension
+from eventbus.event import declared_events, validate_extension
 from eventbus.messages import build_message
 
 
@@ -47,6 +47,27 @@ def test_message_attributes() -> None:
     assert m.attributes["specversion"] == "1.0"
     env = Envelope.from_attributes(m.attributes, m.body, m.stream)
     assert env.key == "17" and env.extensions == {"tenant": "a"} and env.data == {"order_id": "1"}
+    assert m.attributes["dataschema"] == env.dataschema == "urn:eventbus:schema:shop:order.created"
+
+
+def test_dataschema_is_a_core_attribute_not_a_custom_header() -> None:
+    with pytest.raises(ValueError):
+        validate_extension("dataschema")
+
+
+def test_declared_events_are_recorded_weakly_in_declaration_order() -> None:
+    class First(Event, stream="declared-test", type="first.happened"):
+        pass
+
+    class Second(Event, stream="declared-test", type="second.happened"):
+        pass
+
+    class Undeclared(Event):
+        pass
+
+    mine = [c for c in declared_events() if c.__stream__ == "declared-test"]
+    assert mine == [First, Second]
+    assert Created in declared_events() and Undeclared not in declared_events()
 
 
 def test_event_without_declaration_cannot_be_published() -> None:

@@ -40,6 +40,7 @@ def test_sdk_reads_our_kafka_record() -> None:
     assert event.get_extension("partitionkey") == "o-1"
     assert event.get_extension("correlationid") == "c-1"
     assert event.get_extension("tenant") == "acme"
+    assert event.get_dataschema() == "urn:eventbus:schema:orders:order.paid"
 
 
 def test_we_read_the_sdks_kafka_record() -> None:
@@ -72,6 +73,8 @@ def test_sdk_reads_our_amqp_message() -> None:
     assert event.get_id() == m.attributes["id"]
     assert event.get_type() == "order.paid"
     assert event.get_extension("tenant") == "acme"
+    assert event.get_dataschema() == "urn:eventbus:schema:orders:order.paid"
+    assert headers["ce-dataschema"] == "urn:eventbus:schema:orders:order.paid"
     assert event.get_data() == {"order_id": "o-1", "amount": 9.5}
 
 

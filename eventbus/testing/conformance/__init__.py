@@ -16,15 +16,16 @@ Needs pytest and pytest-asyncio (`pip install 'eventbus[testing]'`).
 
 from .harness import Harness, unique
 from .hostile import HostileInputTests
+from .requests import RequestReplyTests
 from .suite import ConformanceTests
 from .support import Events, dead_letters, make_events, settle, until, wait_dead
 from .telemetry import TelemetryTests
 
 
-class AdapterTests(ConformanceTests, HostileInputTests, TelemetryTests):
-    """Every test of the suite: the guarantees, the hostile-input section and telemetry
-    (traces, metrics, health). Subclass it as `Test<YourAdapter>` with
-    `harness_class = YourHarness`."""
+class AdapterTests(ConformanceTests, HostileInputTests, TelemetryTests, RequestReplyTests):
+    """Every test of the suite: the guarantees, the hostile-input section, telemetry
+    (traces, metrics, health) and request/reply (skipped by `Capabilities.request_reply`).
+    Subclass it as `Test<YourAdapter>` with `harness_class = YourHarness`."""
 
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Events",
     "Harness",
     "HostileInputTests",
+    "RequestReplyTests",
     "TelemetryTests",
     "dead_letters",
     "make_events",
