@@ -12,6 +12,7 @@ What is broker-neutral is written here once:
 - the names of a group's side channels (`dead_letter_name`, `retry_name`, `replay_name`);
 - options (`subscription_options`), connection targets whose repr hides the password
   (`RedactedTarget`);
+- dead-letter tools: `Select` / `SelectsDeadLetters` (replay and purge a selection);
 - health: `LinkState` / `ConsumerState` (`state()`, optional) and `backlog()`
   (optional), what `bus.health()` and the readiness probe read;
 - consumer mechanics: `supervise` (a consumer that dies is reported, never half-alive)
@@ -46,6 +47,8 @@ from .protocol import (
     Message,
     ReportsBacklog,
     ReportsState,
+    Select,
+    SelectsDeadLetters,
     SubscriptionSpec,
     SyncTransport,
     supervise,
@@ -164,6 +167,8 @@ __all__ = [
     "RedactedTarget",
     "ReportsBacklog",
     "ReportsState",
+    "Select",
+    "SelectsDeadLetters",
     "Settings",
     "SubscriptionSpec",
     "SyncTransport",
