@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from time import time as _now
@@ -599,7 +599,7 @@ class EventBus:
 
     # --- dead letters ----------------------------------------------------------------------
 
-    async def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
+    async def dead_letters(self, stream: str, group: str) -> AsyncGenerator[DeadLetter, None]:
         """Each dead letter of a group (oldest first): raw body, headers, envelope, reason.
         Streamed (the adapter holds a bounded number at a time); to stop early, close the
         iterator (`async with contextlib.aclosing(bus.dead_letters(...)) as letters`)."""

@@ -204,8 +204,9 @@ class DeadLetterReader:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    if reading.pop(partition, None) is not None:
-                        self._reached[partition] = cast(int, message.offset())
+                    end = reading.pop(partition, None)
+                    if end is not None:  # (past `end` if letters were added meanwhile)
+                        self._reached[partition] = min(cast(int, message.offset()), end)
                         progress = True
                     continue
                 raise self._failed("read", KafkaException(error))
@@ -218,9 +219,9 @@ class DeadLetterReader:
                 self._buffered[partition].append(message)
                 self._bytes[partition] += len(message)
                 progress = True
-            if offset >= end - 1:
-                if reading.pop(partition, None) is not None:
-                    self._reached[partition] = offset + 1
+            if offset >= end - 1:  # the last one, or one added since `open`: done
+                reading.pop(partition, None)
+                self._reached[partition] = end
                 progress = True
         self._flow()
         return progress

@@ -159,10 +159,10 @@ class RabbitMQBroker:
         return consumer
 
     @asynccontextmanager
-    async def declare_channel(self) -> AsyncIterator[AbstractChannel]:
-        """A short-lived channel for declarations and tools."""
+    async def declare_channel(self, confirms: bool = False) -> AsyncIterator[AbstractChannel]:
+        """A short-lived channel for declarations and tools (in confirm mode if asked)."""
         connection = await self.link.connection()
-        aio_channel: Any = await connection.channel(publisher_confirms=False)
+        aio_channel: Any = await connection.channel(publisher_confirms=confirms)
         channel: AbstractChannel = await aio_channel.get_underlay_channel()
         try:
             yield channel
@@ -177,9 +177,9 @@ class RabbitMQBroker:
     async def _sweep(self, stream: str, group: str) -> AsyncIterator[Sweep]:
         """A pass over the group's dead-letter queue (`deadletters`); settled on exit."""
         queue = dead_letter_queue(stream, group)
-        async with self.declare_channel() as channel:
+        async with self.declare_channel() as channel, self.declare_channel(True) as confirms:
             count = await _message_count(channel, queue)
-            sweep = Sweep(self.publisher, channel, queue, count, self.settings.prefetch)
+            sweep = Sweep(channel, confirms, queue, count, self.settings.prefetch)
             self.last_sweep = sweep
             try:
                 yield sweep
@@ -291,5 +291,7 @@ def _text(value: Any) -> str | None:
     """A short string of a stored message as valid text (escaped where it was not)."""
     if value is None:
         return None
+    if type(value) is str:  # decoded as valid UTF-8 (what was not is an `Escaped`)
+        return value
     clean, _escaped = sanitized_table({"v": value})
     return str(clean["v"])

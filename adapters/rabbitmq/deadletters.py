@@ -42,10 +42,13 @@ from collections import deque
 from functools import partial
 from typing import Any
 
+import aiormq
 from aiormq.abc import AbstractChannel
+from pamqp import commands as spec
+
+from eventbus.toolkit import PublishError
 
 from .properties import copy_of
-from .publisher import Publisher
 
 #: headers the broker keeps on a message of a quorum queue (its redeliveries): a moved or
 #: replayed copy starts afresh
@@ -61,32 +64,39 @@ class Sweep:
 
     def __init__(
         self,
-        publisher: Publisher,
         channel: AbstractChannel,
+        confirms: AbstractChannel,
         queue: str,
         count: int,
         window: int,
     ) -> None:
-        self.publisher = publisher
+        #: the channel the pass consumes on, and one in confirm mode it publishes on
         self.channel = channel
+        self.confirms = confirms
         self.queue = queue
         #: messages of the pass not read yet
         self.remaining = count
         self.window = window
         self._ready: asyncio.Queue[Any] = asyncio.Queue()
         self._arrived = asyncio.Event()
-        #: messages delivered to the pass (read or not)
+        #: messages delivered to the pass, and those of them `next` handed out
         self.received = 0
+        self.read = 0
         self._consumer: str | None = None
         #: acks that may go out before the pass read every message (see the docstring)
         self._early_acks = max(count - window, 0)
         #: [delivery tag, settled] of every message read and not acked, in delivery order
         self._order: deque[list[Any]] = deque()
+        #: settled messages not acked yet; acks go out `_ack_batch` at a time (or when
+        #: the pass waits for deliveries)
+        self._settled = 0
+        self._ack_batch = max(window // 4, 1)
         self._ack_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._error: BaseException | None = None
-        #: messages received and not acked now, and the most there were at once (tests)
+        #: messages read and not acked now
         self.unacked = 0
+        #: the most messages delivered to the pass and not acked at once (tests)
         self.peak = 0
 
     async def next(self) -> Any | None:
@@ -101,6 +111,7 @@ class Sweep:
                 ok = await self.channel.basic_consume(self.queue, self._received)
                 self._consumer = ok.consumer_tag
             if self._ready.empty():
+                self._send_acks()  # the broker delivers as acks free its prefetch
                 try:
                     async with asyncio.timeout(IDLE):
                         got = await self._ready.get()
@@ -112,14 +123,20 @@ class Sweep:
             if got is None:  # a settlement failed: raise it
                 continue
             self.remaining -= 1
+            self.read += 1
             self.unacked += 1
-            self.peak = max(self.peak, self.unacked)
             return got
 
     async def _received(self, message: Any) -> None:
         self._ready.put_nowait(message)  # aiormq starts one task per delivery, in order
         self.received += 1
+        self.peak = max(self.peak, self.outstanding())
         self._arrived.set()
+
+    def outstanding(self) -> int:
+        """Messages delivered to the pass and not acked now (what the broker counts as
+        unacknowledged): read and unsettled, or not read yet."""
+        return self.unacked + self.received - self.read
 
     async def _check(self) -> None:
         """Nothing arrived for a while: give up if the channel closed, end the pass if
@@ -142,7 +159,7 @@ class Sweep:
         # tasks start in the order they are made, and a publish takes its place on the
         # wire when it starts: the copies reach the queue in the order of the pass
         task = asyncio.create_task(
-            self.publisher.send(exchange, routing_key, got.body, properties),
+            self._publish(exchange, routing_key, got.body, properties),
             name=f"eventbus:dlq-sweep:{self.queue}",
         )
         self._tasks.add(task)
@@ -151,7 +168,9 @@ class Sweep:
     def drop(self, got: Any) -> None:
         """Ack the message: it is gone."""
         self._track(got)[1] = True
-        self._ack_soon()
+        self._settled += 1
+        if self._settled >= self._ack_batch:
+            self._ack_soon()
 
     async def rest(self) -> None:
         """Keep every message of the pass not read yet (a listing stopped early)."""
@@ -163,7 +182,7 @@ class Sweep:
         sure the queue applied them, then cancel the consumer (see the module docstring);
         raise the first failure. Messages received and not read go back to the head when
         the channel closes."""
-        counted = self.received - self._ready.qsize() + self.remaining
+        counted = self.read + self.remaining
         try:
             while self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -197,6 +216,30 @@ class Sweep:
 
     # --- settling: acks in delivery order, several at once ----------------------------------
 
+    async def _publish(
+        self, exchange: str, routing_key: str, body: bytes, properties: spec.Basic.Properties
+    ) -> None:
+        """Publish on the confirm channel (calls reach the wire in their order: aiormq
+        writes under a fair lock); return once the broker confirmed it."""
+        where = f"exchange {exchange!r}, routing key {routing_key!r}"
+        try:
+            confirm = await self.confirms.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=True,
+            )
+        except aiormq.exceptions.PublishError:
+            raise PublishError(
+                f"RabbitMQ returned a dead letter of {self.queue!r} ({where}): no queue "
+                "took it; was the group's queue deleted?"
+            ) from None
+        except aiormq.exceptions.DeliveryError:
+            confirm = spec.Basic.Nack()
+        if not isinstance(confirm, spec.Basic.Ack):
+            raise PublishError(f"RabbitMQ did not store a dead letter of {self.queue!r} ({where})")
+
     def _track(self, got: Any) -> list[Any]:
         entry = [int(got.delivery.delivery_tag or 0), False]
         self._order.append(entry)
@@ -211,7 +254,9 @@ class Sweep:
                 self._ready.put_nowait(None)  # wake `next`
             return
         settled[1] = True
-        self._ack_soon()
+        self._settled += 1
+        if self._settled >= self._ack_batch:
+            self._ack_soon()
 
     def _ack_soon(self) -> None:
         if not self._ack_pending:
@@ -229,6 +274,7 @@ class Sweep:
             count += 1
         if count:
             self.unacked -= count
+            self._settled -= count
             task = asyncio.create_task(self._ack_up_to(last))
             self._tasks.add(task)
             task.add_done_callback(self._acked)
