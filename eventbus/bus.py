@@ -629,7 +629,7 @@ class EventBus:
         if select is None:
             count = await broker.replay_dead_letters(stream, group)
         else:
-            count = await self._selecting(broker, "replay").replay_dead_letters(
+            count = await self._selecting(broker, "replay a selection of").replay_dead_letters(
                 stream, group, select
             )
         _log.info("dead_letters.replayed", stream=stream, group=group, count=count)
@@ -651,8 +651,8 @@ class EventBus:
     def _selecting(self, broker: Broker, what: str) -> SelectsDeadLetters:
         if not isinstance(broker, SelectsDeadLetters):
             raise Unsupported(
-                f"the {type(broker).__name__} adapter cannot {what} a selection of dead "
-                "letters (it does not implement eventbus.protocol.SelectsDeadLetters)"
+                f"the {type(broker).__name__} adapter cannot {what} dead letters (it does "
+                "not implement eventbus.protocol.SelectsDeadLetters)"
             )
         return broker
 

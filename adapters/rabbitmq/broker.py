@@ -46,7 +46,7 @@ from .settings import (
     parse_url,
     tls_context,
 )
-from .tolerant import install, sanitized_table
+from .tolerant import dubious, install, sanitized_table
 from .topology import GroupTopology, dead_letter_queue, route_exchange
 
 #: headers RabbitMQ adds when it dead-letters (our wait queues); dropped on replay
@@ -270,7 +270,8 @@ async def _message_count(channel: AbstractChannel, queue: str) -> int:
 
 def _dead_letter(stream: str, group: str, got: Any) -> DeadLetter:
     props = got.header.properties
-    raw_headers, _escaped = sanitized_table(dict(props.headers or {}))
+    table = props.headers or {}
+    raw_headers = sanitized_table(dict(table))[0] if dubious(table) else table
     routing_key = routing_key_of(raw_headers, raw_headers.get("x-original-routing-key"))
     attributes, _attempt = from_amqp(
         raw_headers, _text(props.content_type), _text(props.message_id), _text(routing_key)

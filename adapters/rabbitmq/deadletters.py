@@ -49,6 +49,7 @@ from pamqp import commands as spec
 from eventbus.toolkit import PublishError
 
 from .properties import copy_of
+from .tolerant import dubious
 
 #: headers the broker keeps on a message of a quorum queue (its redeliveries): a moved or
 #: replayed copy starts afresh
@@ -150,8 +151,10 @@ class Sweep:
     def keep(self, got: Any) -> None:
         """Move the message to the tail of the queue (confirmed), then ack it."""
         props = got.header.properties
-        headers = {k: v for k, v in (props.headers or {}).items() if k.lower() not in BROKER_COUNTS}
-        self.send(got, "", self.queue, copy_of(props, headers, None))
+        table = props.headers or {}
+        headers = {k: v for k, v in table.items() if k.lower() not in BROKER_COUNTS}
+        copy = copy_of(props, headers, None, encodable=not dubious(table))
+        self.send(got, "", self.queue, copy)
 
     def send(self, got: Any, exchange: str, routing_key: str, properties: Any) -> None:
         """Publish a copy (confirmed), then ack the message."""

@@ -125,7 +125,9 @@ def installed(probe: Probe) -> Iterator[None]:
 def run_in_process(argv: list[str], stdin: str = "") -> tuple[int, str, str, Probe]:
     """`eventbus argv` here (sync caller only: it runs its own event loop)."""
     from eventbus.cli import main
+    from eventbus.log import configure
 
+    configure()  # (if nothing did yet) on the real stderr, not on the one redirected here
     out, err = io.StringIO(), io.StringIO()
     probe = Probe(out=Lines(out))
     saved_in = sys.stdin

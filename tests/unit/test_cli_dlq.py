@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -26,7 +27,9 @@ import pytest
 
 from eventbus import Context, Event, EventBus, Inbox, Reject, RetryPolicy
 from eventbus.adapters.memory import memory_state
+from eventbus.cli import main
 from eventbus.deadletter import DeadLetterFilter, parse_since
+from eventbus.log import configure
 from eventbus.protocol import DeadLetter
 from eventbus.testing.conformance import unique, until, wait_dead
 from eventbus.wire import to_amqp, to_kafka_headers
@@ -624,3 +627,33 @@ def test_replayed_event_keeps_its_id_and_an_inbox_does_not_handle_it_twice(
     assert sorted(event_id for event_id, _ in again) == sorted(first), "ids kept on replay"
     assert not any(ran for _, ran in again), "the Inbox handled a replayed event again"
     assert sorted(charges) == sorted(first), "one charge per event"
+
+
+def test_dlq_progress_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal (stdout and stderr), replay and purge draw a rich progress on stderr;
+    the result line stays on stdout."""
+    pytest.importorskip("rich")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    place = Memory()
+    stream, group = unique("dlq"), "billing"
+    place.seed(stream, group)
+    out, err = Terminal(), Terminal()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    where = ["--url", place.url, "--stream", stream, "--group", group]
+    configure()  # (if nothing did yet) the log goes to the real stderr, not to `err`
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["dlq", "purge", *where, "--type", "order.created"])
+    assert code == 0
+    assert out.getvalue().splitlines()[-1] == (
+        f"purged {N // 4} dead letter(s) from {stream}.{group}.dlq"
+    )
+    drawn = err.getvalue()
+    assert f"counting {stream}.{group}.dlq" in drawn
+    assert f"purging {stream}.{group}.dlq" in drawn
+    assert "\x1b[" in drawn  # drawn for a terminal (and cleared: transient)
