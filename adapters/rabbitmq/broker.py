@@ -185,6 +185,9 @@ class RabbitMQBroker:
                 yield sweep
             finally:
                 await sweep.finish()
+        if sweep.returning:  # its channel closed: the next tool must count those again
+            async with self.declare_channel() as channel:
+                await sweep.returned(channel)
 
     async def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
         """Read the dead-letter queue without removing anything: every message read is

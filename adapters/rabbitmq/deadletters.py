@@ -58,6 +58,9 @@ BROKER_COUNTS = frozenset(("x-delivery-count", "x-acquired-count"))
 
 #: a pass waiting this long for a delivery checks whether the queue was emptied meanwhile
 IDLE = 1.0
+#: how long a pass waits, after its channel closed, for the broker to put back what it
+#: received beyond its count
+RETURN_WAIT = 10.0
 
 
 class Sweep:
@@ -95,6 +98,10 @@ class Sweep:
         self._ack_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._error: BaseException | None = None
+        #: the messages ready in the queue once the pass is over: the ones it received
+        #: beyond those it counted go back when its channel closes, which the broker
+        #: handles a moment later (`returned`); None if it received none
+        self.ready_after: int | None = None
         #: messages read and not acked now
         self.unacked = 0
         #: the most messages delivered to the pass and not acked at once (tests)
@@ -201,7 +208,8 @@ class Sweep:
         """Send the acks held back; return once the queue applied every ack (it refilled
         the prefetch) or has nothing more to deliver now."""
         ok = await self.channel.queue_declare(self.queue, passive=True)
-        beyond = min(int(ok.message_count or 0), self.window)
+        self.ready_after = int(ok.message_count or 0)
+        beyond = min(self.ready_after, self.window)
         self._early_acks = len(self._order)
         self._send_acks()
         while self._tasks:
@@ -216,6 +224,28 @@ class Sweep:
                 ok = await self.channel.queue_declare(self.queue, passive=True)
                 if not ok.message_count:
                     return  # taken by someone else meanwhile
+
+    @property
+    def returning(self) -> bool:
+        """Whether the pass holds messages beyond the ones it counted (given back when its
+        channel closes)."""
+        counted = self.read + self.remaining
+        return self.ready_after is not None and self.received > counted
+
+    async def returned(self, channel: AbstractChannel) -> None:
+        """After the pass's channel closed: wait until the queue has the messages it gave
+        back (so the next tool counts them), at most `RETURN_WAIT` seconds."""
+        if not self.returning or self.ready_after is None:
+            return
+        try:
+            async with asyncio.timeout(RETURN_WAIT):
+                while True:
+                    ok = await channel.queue_declare(self.queue, passive=True)
+                    if int(ok.message_count or 0) >= self.ready_after:
+                        return
+                    await asyncio.sleep(0.01)
+        except TimeoutError:  # taken by someone else meanwhile: nothing to wait for
+            return
 
     # --- settling: acks in delivery order, several at once ----------------------------------
 
