@@ -295,8 +295,9 @@ class Broker(Protocol):
 
     def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
         """The dead letters of a group, oldest first, without removing them. Streamed: each
-        is yielded as it is read, and the adapter holds a bounded number at a time however
-        many there are (a consumer that stops early closes the iterator: `aclosing`)."""
+        is yielded as it is read, never after reading them all, and the adapter holds a
+        bounded number beyond the one it yields however many there are. A reader that
+        stops early closes the iterator (`aclose`); the letters stay as they were."""
 
     async def replay_dead_letters(self, stream: str, group: str) -> int:
         """Send every dead letter of a group back to that group only (attempt reset, the
