@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from time import time as _now
@@ -13,7 +13,13 @@ from typing import Any, TypeVar, overload
 
 from .context import correlate_attributes
 from .dispatch import Dispatcher
-from .errors import BusClosed, ConfigurationError, ConsumerFailed, SubscriptionError
+from .errors import (
+    BusClosed,
+    ConfigurationError,
+    ConsumerFailed,
+    SubscriptionError,
+    Unsupported,
+)
 from .event import Envelope, Event, validate_name
 from .health import Health, SubscriptionHealth
 from .log import configure as configure_logging
@@ -34,6 +40,8 @@ from .protocol import (
     ReportsBacklog,
     ReportsState,
     RequestReply,
+    Select,
+    SelectsDeadLetters,
     SubscriptionSpec,
 )
 from .registry import find_adapter
@@ -748,20 +756,62 @@ class EventBus:
 
     # --- dead letters ----------------------------------------------------------------------
 
-    async def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
-        """Each dead letter of a group (oldest first): raw body, headers, envelope, reason."""
+    async def dead_letters(self, stream: str, group: str) -> AsyncGenerator[DeadLetter, None]:
+        """Each dead letter of a group (oldest first): raw body, headers, envelope, reason.
+        Streamed (the adapter holds a bounded number at a time); to stop early, close the
+        iterator (`async with contextlib.aclosing(bus.dead_letters(...)) as letters`)."""
         if not self._running:
             raise BusClosed("the bus is not running: use `async with bus:` first")
-        async for dead in self.broker.dead_letters(stream, group):
-            yield dead
+        letters = self.broker.dead_letters(stream, group)
+        try:
+            async for dead in letters:
+                yield dead
+        finally:  # stopped early: the adapter puts back what it holds now, not at GC
+            aclose = getattr(letters, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
-    async def replay_dead_letters(self, stream: str, group: str) -> int:
-        """Return every dead letter of a group to that group (attempts reset)."""
+    async def replay_dead_letters(
+        self, stream: str, group: str, select: Select | None = None
+    ) -> int:
+        """Return the dead letters of a group to that group (attempts reset, event ids
+        kept, so an `Inbox` does not handle one twice); -> how many.
+
+        `select` (e.g. a `DeadLetterFilter(...).selector()`) takes only the dead letters it
+        returns True for; the others stay, in order. It needs an adapter that offers it
+        (`SelectsDeadLetters`; all built-in ones do), else `Unsupported` is raised."""
         if not self._running:
             raise BusClosed("the bus is not running: use `async with bus:` first")
-        count = await self.broker.replay_dead_letters(stream, group)
+        broker = self.broker
+        if select is None:
+            count = await broker.replay_dead_letters(stream, group)
+        else:
+            count = await self._selecting(broker, "replay a selection of").replay_dead_letters(
+                stream, group, select
+            )
         _log.info("dead_letters.replayed", stream=stream, group=group, count=count)
         return count
+
+    async def purge_dead_letters(
+        self, stream: str, group: str, select: Select | None = None
+    ) -> int:
+        """Delete the dead letters of a group for good (those `select` returns True for,
+        or all); -> how many. Needs an adapter that offers it (`SelectsDeadLetters`)."""
+        if not self._running:
+            raise BusClosed("the bus is not running: use `async with bus:` first")
+        count = await self._selecting(self.broker, "purge").purge_dead_letters(
+            stream, group, select
+        )
+        _log.info("dead_letters.purged", stream=stream, group=group, count=count)
+        return count
+
+    def _selecting(self, broker: Broker, what: str) -> SelectsDeadLetters:
+        if not isinstance(broker, SelectsDeadLetters):
+            raise Unsupported(
+                f"the {type(broker).__name__} adapter cannot {what} dead letters (it does "
+                "not implement eventbus.protocol.SelectsDeadLetters)"
+            )
+        return broker
 
 
 def _state_of(part: ReportsState) -> LinkState | ConsumerState | str:

@@ -1,5 +1,5 @@
-"""The `eventbus` command: run a bus's subscribers, inspect and replay dead letters, write
-the AsyncAPI document of a bus."""
+"""The `eventbus` command: run a bus's subscribers; list, show, replay and purge dead
+letters; write the AsyncAPI document of a bus."""
 
 from __future__ import annotations
 
@@ -40,39 +40,289 @@ def load_bus(target: str) -> EventBus:
     return obj
 
 
+# --- eventbus dlq ----------------------------------------------------------------------------
+
+
 async def _dlq(args: argparse.Namespace) -> int:
+    """`eventbus dlq list|show|replay|purge`: the dead letters of one group."""
+    try:
+        return await _dlq_action(args)
+    except BrokenPipeError:  # `... | head`: the reader has all it wants
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the exit's flush must not fail again
+        return 0
+
+
+async def _dlq_action(args: argparse.Namespace) -> int:
+    from .deadletter import DeadLetterFilter
+
     bus = EventBus(args.url) if args.url else EventBus()
+    stream, group, where = args.stream, args.group, f"{args.stream}.{args.group}"
     async with bus:
-        if args.action == "list":
-            count = 0
-            async for dead in bus.dead_letters(args.stream, args.group):
-                count += 1
-                if args.json:
-                    print(
-                        json.dumps(
-                            {
-                                "id": dead.attributes.get("id"),
-                                "type": dead.attributes.get("type"),
-                                "key": dead.key,
-                                "reason": dead.reason,
-                                "attempts": dead.attempts,
-                                "headers": dead.headers,
-                                "body": dead.body.decode("utf-8", "replace"),
-                            }
-                        )
-                    )
-                else:
-                    print(
-                        f"{dead.attributes.get('id', '?')}  {dead.attributes.get('type', '?')}"
-                        f"  key={dead.key}  attempts={dead.attempts}  "
-                        f"at={dead.headers.get('x-dead-lettered-at', '?')}  {dead.reason}"
-                    )
-            if not args.json:
-                print(f"{count} dead letter(s) in {args.stream}.{args.group}.dlq")
-        else:
-            count = await bus.replay_dead_letters(args.stream, args.group)
-            print(f"replayed {count} dead letter(s) to {args.stream}.{args.group}")
-    return 0
+        if args.action == "show":
+            return await _dlq_show(bus, args)
+        chosen = DeadLetterFilter(tuple(args.type or ()), args.since, args.contains, args.limit)
+        if args.action == "list" or args.dry_run:
+            count = await _dlq_list(bus, args, chosen, print_them=True)
+            if args.action != "list":
+                _dlq_say(
+                    args, f"would {args.action} {count} dead letter(s) of {where}.dlq (dry run)"
+                )
+            elif not args.json:
+                matching = "" if chosen.everything else "matching "
+                print(f"{count} {matching}dead letter(s) in {where}.dlq")
+            return 0
+        if args.action == "replay":
+            with _DlqProgress(f"replaying {where}.dlq") as progress:
+                select = None if chosen.everything else progress.counting(chosen.selector())
+                count = await bus.replay_dead_letters(stream, group, select=select)
+            print(f"replayed {count} dead letter(s) to {where}")
+            return 0
+        counted = None
+        if not args.yes:  # ask first, with the count
+            with _DlqProgress(f"counting {where}.dlq") as progress:
+                counted = await _dlq_list(bus, args, chosen, progress=progress)
+            if not counted:
+                print(f"no dead letter to purge in {where}.dlq")
+                return 0
+            if not _dlq_confirm(
+                f"purge {counted} dead letter(s) from {where}.dlq for good? [y/N] "
+            ):
+                print("nothing purged", file=sys.stderr)
+                return 1
+        with _DlqProgress(f"purging {where}.dlq", counted) as progress:
+            select = None if chosen.everything else progress.counting(chosen.selector())
+            count = await bus.purge_dead_letters(stream, group, select=select)
+        changed = ""
+        if counted is not None and count != counted:
+            changed = f" ({counted} counted before: they changed meanwhile)"
+        print(f"purged {count} dead letter(s) from {where}.dlq{changed}")
+        return 0
+
+
+async def _dlq_list(
+    bus: EventBus,
+    args: argparse.Namespace,
+    chosen: Any,
+    *,
+    print_them: bool = False,
+    progress: _DlqProgress | None = None,
+) -> int:
+    """Print (or count) the chosen dead letters as they are read; -> how many."""
+    import contextlib
+
+    count = 0
+    async with contextlib.aclosing(bus.dead_letters(args.stream, args.group)) as letters:
+        async for dead in letters:
+            matched = chosen.matches(dead)
+            if progress is not None:
+                progress.read(matched)
+            if not matched:
+                continue
+            count += 1
+            if print_them:
+                print(_dlq_json(dead) if args.json else _dlq_line(dead), flush=args.json)
+            if chosen.limit is not None and count >= chosen.limit:
+                break
+    return count
+
+
+async def _dlq_show(bus: EventBus, args: argparse.Namespace) -> int:
+    import contextlib
+
+    async with contextlib.aclosing(bus.dead_letters(args.stream, args.group)) as letters:
+        async for dead in letters:
+            if dead.attributes.get("id") != args.id:
+                continue
+            if args.json:
+                print(_dlq_json(dead))
+                return 0
+            at = dead.headers.get("x-dead-lettered-at", "?")
+            print(f"id:       {args.id}")
+            print(f"type:     {dead.attributes.get('type', '?')}")
+            print(f"key:      {dead.key}")
+            print(f"reason:   {dead.reason}")
+            print(f"attempts: {dead.attempts}  (dead-lettered at {at})")
+            print("headers:")
+            for name in sorted(dead.headers):
+                value = str(dead.headers[name]).replace("\n", "\n    ")
+                print(f"  {name}: {value}")
+            print(f"body ({len(dead.body)} bytes):")
+            print(_dlq_body(dead.body))
+            return 0
+    print(
+        f"eventbus: no dead letter with id {args.id!r} in {args.stream}.{args.group}.dlq",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _dlq_body(body: bytes) -> str:
+    """The body for reading: pretty JSON, else the text, else escaped bytes."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return "  " + body.decode("utf-8", "backslashreplace")
+    try:
+        pretty = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        pretty = text
+    return "\n".join(f"  {line}" for line in pretty.splitlines())
+
+
+def _dlq_json(dead: Any) -> str:
+    return json.dumps(
+        {
+            "id": dead.attributes.get("id"),
+            "type": dead.attributes.get("type"),
+            "key": dead.key,
+            "reason": dead.reason,
+            "attempts": dead.attempts,
+            "headers": dead.headers,
+            "body": dead.body.decode("utf-8", "replace"),
+        }
+    )
+
+
+def _dlq_line(dead: Any) -> str:
+    return (
+        f"{dead.attributes.get('id', '?')}  {dead.attributes.get('type', '?')}"
+        f"  key={dead.key}  attempts={dead.attempts}  "
+        f"at={dead.headers.get('x-dead-lettered-at', '?')}  {dead.reason}"
+    )
+
+
+def _dlq_say(args: argparse.Namespace, line: str) -> None:
+    """A summary: on stdout, or on stderr when stdout carries JSON lines."""
+    print(line, file=sys.stderr if args.json else sys.stdout)
+
+
+def _dlq_confirm(question: str) -> bool:
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+class _DlqProgress:
+    """Progress of a long dead-letter operation, drawn with `rich` on stderr when both
+    stdout and stderr are a terminal (and rich is installed: eventbus[cli]); otherwise
+    nothing is shown."""
+
+    def __init__(self, what: str, total: int | None = None) -> None:
+        self.what = what
+        self.total = total
+        self.examined = 0
+        self.selected = 0
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _DlqProgress:
+        if not (sys.stdout.isatty() and sys.stderr.isatty()):
+            return self
+        try:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+        except ImportError:
+            return self
+        self._bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed} selected, {task.fields[examined]} read"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(self.what, total=self.total, examined=0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def read(self, selected: bool) -> None:
+        self.examined += 1
+        self.selected += selected
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.selected, examined=self.examined)
+
+    def counting(self, select: Any) -> Any:
+        """`select`, reporting each dead letter it sees."""
+
+        def counted(dead: Any) -> bool:
+            chosen = bool(select(dead))
+            self.read(chosen)
+            return chosen
+
+        return counted
+
+
+def _dlq_arguments(dlq: argparse.ArgumentParser) -> None:
+    from .deadletter import parse_since
+    from .routing import validate_pattern
+
+    def since(text: str) -> Any:
+        try:
+            return parse_since(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    def pattern(text: str) -> str:
+        try:
+            return validate_pattern(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    def count(text: str) -> int:
+        if not text.isdigit():
+            raise argparse.ArgumentTypeError(f"expected a number of dead letters, not {text!r}")
+        return int(text)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--stream", required=True)
+    common.add_argument("--group", required=True)
+    common.add_argument("--url", default=None, help="broker URL (default: EVENTBUS_URL)")
+    common.add_argument("--json", action="store_true", help="one JSON object per dead letter")
+    filters = argparse.ArgumentParser(add_help=False)
+    which = filters.add_argument_group("which dead letters (all the conditions given)")
+    which.add_argument(
+        "--type",
+        action="append",
+        type=pattern,
+        metavar="PATTERN",
+        help="event type or pattern (order.created, order.*, order.#); repeat for any of several",
+    )
+    which.add_argument(
+        "--since",
+        type=since,
+        metavar="WHEN",
+        help="dead-lettered at or after WHEN: an ISO-8601 time (local time without an "
+        "offset) or a duration back from now (90s, 15m, 1h30m, 2d)",
+    )
+    which.add_argument("--contains", metavar="TEXT", help="TEXT is in the body or the reason")
+    which.add_argument("--limit", type=count, metavar="N", help="the first N (oldest first)")
+    actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser(
+        "list", parents=[common, filters], help="print dead letters as they are read"
+    )
+    show = actions.add_parser("show", parents=[common], help="one dead letter, every header")
+    show.add_argument("id", metavar="ID", help="the event id")
+    replay = actions.add_parser(
+        "replay", parents=[common, filters], help="send dead letters back to their group"
+    )
+    replay.add_argument("--dry-run", action="store_true", help="print them, change nothing")
+    purge = actions.add_parser(
+        "purge", parents=[common, filters], help="delete dead letters for good (asks first)"
+    )
+    purge.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    purge.add_argument("--dry-run", action="store_true", help="print them, change nothing")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -146,12 +396,8 @@ def _parser() -> argparse.ArgumentParser:
         help="default: the bus's",
     )
 
-    dlq = sub.add_parser("dlq", help="list or replay the dead letters of a group")
-    dlq.add_argument("action", choices=["list", "replay"])
-    dlq.add_argument("--stream", required=True)
-    dlq.add_argument("--group", required=True)
-    dlq.add_argument("--url", default=None, help="broker URL (default: EVENTBUS_URL)")
-    dlq.add_argument("--json", action="store_true", help="one JSON object per dead letter")
+    dlq = sub.add_parser("dlq", help="list, show, replay or purge the dead letters of a group")
+    _dlq_arguments(dlq)
 
     doc = sub.add_parser(
         "asyncapi",

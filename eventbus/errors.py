@@ -36,6 +36,10 @@ class ConsumerFailed(EventBusError, RuntimeError):
     half-alive (`bus.run()` raises it, so `eventbus run` exits non-zero)."""
 
 
+class Unsupported(EventBusError, NotImplementedError):
+    """The broker's adapter does not offer this operation (its capabilities say which)."""
+
+
 class DecodeError(EventBusError):
     """A received message could not be turned into an event: bad bytes, bad JSON, no type."""
 

@@ -296,11 +296,42 @@ class Broker(Protocol):
         event published from then on reaches the group ("ready means ready")."""
 
     def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
-        """The dead letters of a group, oldest first, without removing them."""
+        """The dead letters of a group, oldest first, without removing them. Streamed: each
+        is yielded as it is read, never after reading them all, and the adapter holds a
+        bounded number beyond the one it yields however many there are. A reader that
+        stops early closes the iterator (`aclose`); the letters stay as they were."""
 
     async def replay_dead_letters(self, stream: str, group: str) -> int:
-        """Send every dead letter of a group back to that group only (attempt reset);
-        return how many. A replayed dead letter is not listed any more."""
+        """Send every dead letter of a group back to that group only (attempt reset, the
+        event id kept); return how many. A replayed dead letter is not listed any more.
+        (A `SelectsDeadLetters` broker also takes `select`.)"""
+
+
+#: which dead letters an operation takes: called once per dead letter, oldest first, on the
+#: event loop, before the operation moves it (it may count, e.g. to take the first N only)
+Select = Callable[[DeadLetter], bool]
+
+
+@runtime_checkable
+class SelectsDeadLetters(Protocol):
+    """Optional, for brokers: replay and purge a selection of the dead letters of a group.
+
+    The dead letters `select` returns False for stay in the dead-letter destination, in
+    their order, each once, and are listed as before. `select=None` takes all of them.
+    Without it (an older or smaller adapter), the bus replays all dead letters only and
+    purges none: `bus.replay_dead_letters(..., select=...)` and `bus.purge_dead_letters`
+    raise `Unsupported`.
+    """
+
+    async def replay_dead_letters(
+        self, stream: str, group: str, select: Select | None = None
+    ) -> int:
+        """Replay the selected dead letters (as `Broker.replay_dead_letters`); -> how many."""
+
+    async def purge_dead_letters(
+        self, stream: str, group: str, select: Select | None = None
+    ) -> int:
+        """Delete the selected dead letters for good; -> how many."""
 
 
 class SyncTransport(Protocol):

@@ -12,6 +12,7 @@ What is broker-neutral is written here once:
 - the names of a group's side channels (`dead_letter_name`, `retry_name`, `replay_name`);
 - options (`subscription_options`), connection targets whose repr hides the password
   (`RedactedTarget`);
+- dead-letter tools: `Select` / `SelectsDeadLetters` (replay and purge a selection);
 - health: `LinkState` / `ConsumerState` (`state()`, optional) and `backlog()`
   (optional), what `bus.health()` and the readiness probe read;
 - request/reply (optional, `Capabilities.request_reply`): `RequestReply` (a broker's
@@ -55,6 +56,8 @@ from .protocol import (
     ReportsBacklog,
     ReportsState,
     RequestReply,
+    Select,
+    SelectsDeadLetters,
     SubscriptionSpec,
     SyncTransport,
     supervise,
@@ -179,6 +182,8 @@ __all__ = [
     "ReportsBacklog",
     "ReportsState",
     "RequestReply",
+    "Select",
+    "SelectsDeadLetters",
     "Settings",
     "SubscriptionSpec",
     "SyncTransport",

@@ -22,6 +22,7 @@ from eventbus.toolkit import (
     LinkState,
     Message,
     ReceiveReply,
+    Select,
     Settings,
     SubscriptionSpec,
     get_logger,
@@ -30,7 +31,14 @@ from eventbus.toolkit import (
 )
 
 from .consumer import KafkaConsumer
-from .dlq import DeadLetterReader, dead_letter_of, replay_record
+from .dlq import (
+    DeadLetterReader,
+    DeadLetterWriter,
+    Kept,
+    dead_letter_of,
+    kept_record,
+    replay_record,
+)
 from .names import dlq_topic, replay_topic, retry_topic
 from .producer import AsyncProducer, Record, record_of
 from .replies import REPLY_PRODUCER, KafkaReplyChannel, is_reply_topic, refuse
@@ -228,26 +236,78 @@ class KafkaBroker:
         finally:
             await asyncio.to_thread(reader.close)
 
-    async def replay_dead_letters(self, stream: str, group: str) -> int:
+    async def replay_dead_letters(
+        self, stream: str, group: str, select: Select | None = None
+    ) -> int:
         """Batch by batch: each batch is stored on the replay topic, then the replay group
-        moves past it (a failure midway leaves the rest listed, none lost)."""
+        moves past it (a failure midway leaves the rest listed, none lost). With `select`,
+        each batch is settled in one transaction (`dlq.DeadLetterWriter`)."""
+        if select is not None:
+            return await self._rewrite(stream, group, select, replay=True)
         reader = self._reader(stream, group)
         count = 0
         try:
             if await asyncio.to_thread(reader.open):
-                replay = replay_topic(stream, group)
-                if replay not in self.topics.known:
-                    await self._ensure_side_topics(
-                        stream, {replay: self.settings.dlq_partitions}, dlq_topic(stream, group)
-                    )
+                await self._ensure_replay_topic(stream, group)
                 while (batch := await asyncio.to_thread(reader.next_batch)) is not None:
                     await self.producer.send_many([replay_record(stream, group, m) for m in batch])
                     count += len(batch)
                     await asyncio.to_thread(reader.commit, reader.handed_out())
-            await asyncio.to_thread(reader.commit, reader.ends)
+                await asyncio.to_thread(reader.commit, reader.reached())
         finally:
             await asyncio.to_thread(reader.close)
         return count
+
+    async def purge_dead_letters(
+        self, stream: str, group: str, select: Select | None = None
+    ) -> int:
+        """The replay group moves past the purged letters; with `select`, the others are
+        appended again, batch by batch, each batch in one transaction."""
+        return await self._rewrite(stream, group, select, replay=False)
+
+    async def _ensure_replay_topic(self, stream: str, group: str) -> None:
+        replay = replay_topic(stream, group)
+        if replay not in self.topics.known:
+            await self._ensure_side_topics(
+                stream, {replay: self.settings.dlq_partitions}, dlq_topic(stream, group)
+            )
+
+    async def _rewrite(
+        self, stream: str, group: str, select: Select | None, *, replay: bool
+    ) -> int:
+        """Read every letter once; the selected ones are replayed (or dropped), the others
+        kept (appended again); a batch with nothing to write just moves the group."""
+        reader = self._reader(stream, group)
+        writer: DeadLetterWriter | None = None
+        taken = 0
+        try:
+            if not await asyncio.to_thread(reader.open):
+                return 0
+            if replay:
+                await self._ensure_replay_topic(stream, group)
+            while (batch := await asyncio.to_thread(reader.next_batch)) is not None:
+                records: list[Record | Kept] = []
+                for message in batch:
+                    if select is None or select(dead_letter_of(stream, group, message)):
+                        taken += 1
+                        if replay:
+                            records.append(replay_record(stream, group, message))
+                    else:
+                        records.append(kept_record(message))
+                offsets = reader.handed_out()
+                if not records:
+                    await asyncio.to_thread(reader.commit, offsets)
+                    continue
+                if writer is None:
+                    writer = DeadLetterWriter(self.configs, stream, group)
+                    await asyncio.to_thread(writer.open)
+                await asyncio.to_thread(writer.settle, records, offsets, reader)
+            await asyncio.to_thread(reader.commit, reader.reached())
+        finally:
+            if writer is not None:
+                await asyncio.to_thread(writer.close)
+            await asyncio.to_thread(reader.close)
+        return taken
 
 
 class KafkaSubscription:

@@ -9,15 +9,35 @@ rebuilt from `x-original-partition/offset`) to `<stream>.<group>.replay`, which 
 group consumes, batch by batch, and commits the replay group's offsets after each batch:
 a replayed letter is not listed again. Every wait on the broker is bounded by
 `admin_timeout`: a read that makes no progress for that long raises TimeoutError.
+
+Replaying or purging a selection (`DeadLetterWriter`) cannot delete from the middle of a
+topic, so each batch is settled in one Kafka transaction: the selected letters go to the
+replay topic (or nowhere: purged), the others are appended again to the dead-letter
+topic, each to the partition it was in, with its timestamp, key and headers, in order,
+and the replay group moves past the batch. Readers (`read_committed`, librdkafka's
+default) see the batch either before or after, never twice or half; a failure aborts the
+batch. Dead letters that arrive during the operation land before the kept ones. The
+transactional id is `eventbus-dlq.<stream>.<group>`: a second tool on the same group
+fences the first (its batch aborts), so the two never both settle a letter.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from eventbus.toolkit import (
     ATTEMPT_HEADER,
@@ -36,7 +56,7 @@ from .names import (
     replay_group,
     replay_topic,
 )
-from .producer import Record
+from .producer import Headers, Record
 from .records import headers_of
 from .settings import ClientConfigs, MiB, config_error
 
@@ -48,6 +68,12 @@ _STRIPPED_ON_REPLAY = frozenset(
         ORIGIN_PARTITION_HEADER,
         ORIGIN_OFFSET_HEADER,
     }
+)
+_FENCED = frozenset(
+    (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
+)
+_DENIED = frozenset(
+    (KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED)
 )
 #: letters handed out per step (at most about `_BUFFERED_BYTES` of them), and the bytes
 #: of letters buffered per partition before that partition's fetching pauses (the merge
@@ -88,6 +114,9 @@ class DeadLetterReader:
         self._paused: set[int] = set()
         #: per partition: the offset after the last letter handed out
         self._next: dict[int, int] = {}
+        #: per partition read to its end: where the end was met (the high watermark, or
+        #: the last stable offset while another tool's transaction is open)
+        self._reached: dict[int, int] = {}
         #: letters handed to Python by the client so far (tests)
         self.read = 0
 
@@ -175,7 +204,9 @@ class DeadLetterReader:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    if reading.pop(partition, None) is not None:
+                    end = reading.pop(partition, None)
+                    if end is not None:  # (past `end` if letters were added meanwhile)
+                        self._reached[partition] = min(cast(int, message.offset()), end)
                         progress = True
                     continue
                 raise self._failed("read", KafkaException(error))
@@ -188,8 +219,9 @@ class DeadLetterReader:
                 self._buffered[partition].append(message)
                 self._bytes[partition] += len(message)
                 progress = True
-            if offset >= end - 1:
+            if offset >= end - 1:  # the last one, or one added since `open`: done
                 reading.pop(partition, None)
+                self._reached[partition] = end
                 progress = True
         self._flow()
         return progress
@@ -216,6 +248,14 @@ class DeadLetterReader:
     def handed_out(self) -> list[TopicPartition]:
         """Where the replay group may move: after the last letter handed out, per partition."""
         return [TopicPartition(self.topic, p, n) for p, n in sorted(self._next.items())]
+
+    def reached(self) -> list[TopicPartition]:
+        """Where the replay group may move once everything was read: the end met per
+        partition (past trailing transaction markers), never past a letter not read."""
+        return [TopicPartition(self.topic, p, n) for p, n in sorted(self._reached.items())]
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         """Move the replay group past what was replayed."""
@@ -273,3 +313,108 @@ def replay_record(stream: str, group: str, message: Message) -> Record:
         headers,
         attributes.get("id", ""),
     )
+
+
+def kept_record(message: Message) -> Kept:
+    """A letter appended again to its dead-letter topic, as it was: same partition, key,
+    headers (those the client can read) and timestamp."""
+    kind, stamp = message.timestamp()
+    return Kept(
+        cast(str, message.topic()),
+        cast(int, message.partition()),
+        message.value() or b"",
+        message.key(),
+        headers_of(message),
+        stamp if kind != TIMESTAMP_NOT_AVAILABLE else 0,
+    )
+
+
+@dataclass(slots=True)
+class Kept:
+    topic: str
+    partition: int
+    value: bytes
+    key: bytes | None
+    headers: Headers
+    timestamp: int
+
+
+class DeadLetterWriter:
+    """The transactional producer of a selective replay or purge (blocking; see the
+    module docstring): `settle` stores one batch and moves the replay group in one
+    transaction."""
+
+    def __init__(self, configs: ClientConfigs, stream: str, group: str) -> None:
+        self.configs = configs
+        self.topic = dlq_topic(stream, group)
+        self.timeout = configs.settings.admin_timeout
+        self.transactional_id = f"eventbus-dlq.{stream}.{group}"
+        config = {**configs.producer(), "transactional.id": self.transactional_id}
+        try:
+            self._producer = Producer(config)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise config_error(configs, exc, "dead-letter writer") from None
+
+    def _failed(self, what: str, exc: BaseException) -> ConnectionError:
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        hint = ""
+        if error is not None and error.code() in _FENCED:
+            hint = ": another dead-letter tool works on this group now"
+        elif error is not None and error.code() in _DENIED:
+            hint = (
+                f": eventbus needs Write and Describe on the transactional id "
+                f"{self.transactional_id!r} to replay or purge a selection"
+            )
+        return ConnectionError(
+            f"cannot {what} the dead letters of {self.topic!r} "
+            f"({self.configs.target.redacted}) within {self.timeout}s"
+            f"{hint} ({self.configs.scrub(str(exc))})"
+        )
+
+    def open(self) -> None:
+        try:
+            self._producer.init_transactions(self.timeout)
+        except KafkaException as exc:
+            raise self._failed("start rewriting", exc) from None
+
+    def settle(
+        self,
+        records: list[Record | Kept],
+        offsets: list[TopicPartition],
+        reader: DeadLetterReader,
+    ) -> None:
+        """Store `records` and move the replay group to `offsets`, all or nothing."""
+        producer = self._producer
+        try:
+            producer.begin_transaction()
+            for record in records:
+                self._produce(record)
+            producer.send_offsets_to_transaction(offsets, reader.group_metadata(), self.timeout)
+            producer.commit_transaction(self.timeout)
+        except KafkaException as exc:
+            with contextlib.suppress(KafkaException):
+                producer.abort_transaction(self.timeout)
+            raise self._failed("rewrite", exc) from None
+
+    def _produce(self, record: Record | Kept) -> None:
+        while True:
+            try:
+                if isinstance(record, Kept):
+                    self._producer.produce(
+                        record.topic,
+                        record.value,
+                        record.key,
+                        partition=record.partition,
+                        timestamp=record.timestamp,
+                        headers=record.headers,
+                    )
+                else:
+                    self._producer.produce(
+                        record.topic, record.value, record.key, headers=record.headers
+                    )
+                return
+            except BufferError:  # the local queue is full: let it drain
+                self._producer.poll(0.05)
+
+    def close(self) -> None:
+        self._producer.flush(self.timeout)

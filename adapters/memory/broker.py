@@ -14,6 +14,7 @@ from eventbus.toolkit import (
     LinkState,
     Message,
     ReceiveReply,
+    Select,
     Settings,
     SubscriptionSpec,
     parse_options,
@@ -112,17 +113,45 @@ class MemoryBroker:
                 await asyncio.sleep(0 if quiet else 0.001)
 
     async def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
-        for dead in list(self.world.dead.get((stream, group), ())):
+        with self.world.lock:
+            letters = list(self.world.dead.get((stream, group), ()))
+        for dead in letters:
             yield dead
 
-    async def replay_dead_letters(self, stream: str, group: str) -> int:
+    async def replay_dead_letters(
+        self, stream: str, group: str, select: Select | None = None
+    ) -> int:
         state = self.world
-        letters = state.dead.pop((stream, group), [])
         target = state.groups.get(stream, {}).get(group)
-        if target is None:
-            state.dead[(stream, group)] = letters
+        if target is None:  # nobody to replay to: keep them
             return 0
-        for dead in letters:
+        chosen = self._take(stream, group, select)
+        for dead in chosen:
             attributes = {k: v for k, v in dead.attributes.items() if k not in DEAD_LETTER_HEADERS}
             target.put(Entry(next(state.seq), dead.body, attributes, dead.key, 1), self._loop)
-        return len(letters)
+        return len(chosen)
+
+    async def purge_dead_letters(
+        self, stream: str, group: str, select: Select | None = None
+    ) -> int:
+        return len(self._take(stream, group, select))
+
+    def _take(self, stream: str, group: str, select: Select | None) -> list[DeadLetter]:
+        """Remove the selected dead letters of a group; the others stay, in order (and so
+        do those dead-lettered meanwhile: `select` runs without the lock)."""
+        state = self.world
+        with state.lock:
+            letters = state.dead.get((stream, group))
+            if not letters:
+                return []
+            seen = list(letters)
+        chosen = seen if select is None else [dead for dead in seen if select(dead)]
+        if not chosen:
+            return []
+        with state.lock:
+            current = state.dead.get((stream, group), [])
+            present = {id(dead) for dead in current}
+            chosen = [dead for dead in chosen if id(dead) in present]  # not taken meanwhile
+            taken = {id(dead) for dead in chosen}
+            state.dead[(stream, group)] = [d for d in current if id(d) not in taken]
+        return chosen

@@ -61,15 +61,15 @@ class MemoryDelivery(Delivery):
         headers = {f"ce-{k}": v for k, v in entry.attributes.items()}
         headers[ATTEMPT_HEADER] = str(entry.attempt)
         headers.update(info)
-        state.dead.setdefault((group.stream, group.name), []).append(
-            DeadLetter(
-                stream=group.stream,
-                group=group.name,
-                body=entry.body,
-                headers=headers,
-                attributes=dict(entry.attributes),
-                key=entry.key,
-                position=next(state.dead_seq),
-            )
+        dead = DeadLetter(
+            stream=group.stream,
+            group=group.name,
+            body=entry.body,
+            headers=headers,
+            attributes=dict(entry.attributes),
+            key=entry.key,
+            position=next(state.dead_seq),
         )
+        with state.lock:
+            state.dead.setdefault((group.stream, group.name), []).append(dead)
         self._member.settled(self._partition, entry)

@@ -15,7 +15,6 @@ from typing import Any
 
 import aiormq
 from aiormq.abc import AbstractChannel
-from pamqp import commands as spec
 
 from eventbus.toolkit import (
     DEAD_LETTER_HEADERS,
@@ -27,6 +26,7 @@ from eventbus.toolkit import (
     Message,
     PublishError,
     ReceiveReply,
+    Select,
     Settings,
     SubscriptionSpec,
     from_amqp,
@@ -36,6 +36,7 @@ from eventbus.toolkit import (
 )
 
 from .consumer import GroupConsumer
+from .deadletters import BROKER_COUNTS, Sweep
 from .link import LOST, Link
 from .properties import BOOKKEEPING, ROUTING_KEY_HEADER, copy_of, outgoing, routing_key_of
 from .publisher import Publisher
@@ -47,7 +48,7 @@ from .settings import (
     parse_url,
     tls_context,
 )
-from .tolerant import install, sanitized_table
+from .tolerant import dubious, install, sanitized_table
 from .topology import GroupTopology, dead_letter_queue, route_exchange
 
 #: headers RabbitMQ adds when it dead-letters (our wait queues); dropped on replay
@@ -61,7 +62,8 @@ _BROKER_DEATH_HEADERS = (
     "x-last-death-reason",
 )
 _REPLAY_DROPS = frozenset(
-    name.lower() for name in (*DEAD_LETTER_HEADERS, *_BROKER_DEATH_HEADERS, *BOOKKEEPING)
+    name.lower()
+    for name in (*DEAD_LETTER_HEADERS, *_BROKER_DEATH_HEADERS, *BOOKKEEPING, *BROKER_COUNTS)
 )
 
 
@@ -88,6 +90,8 @@ class RabbitMQBroker:
             mandatory=self.settings.mandatory,
         )
         self._consumers: list[GroupConsumer] = []
+        #: the latest dead-letter pass (its `peak`: the most unacknowledged at once)
+        self.last_sweep: Sweep | None = None
         self._log = get_logger(broker=self.target.redacted)
 
     def __repr__(self) -> str:
@@ -166,10 +170,10 @@ class RabbitMQBroker:
         return consumer
 
     @asynccontextmanager
-    async def declare_channel(self) -> AsyncIterator[AbstractChannel]:
-        """A short-lived channel for declarations and tools."""
+    async def declare_channel(self, confirms: bool = False) -> AsyncIterator[AbstractChannel]:
+        """A short-lived channel for declarations and tools (in confirm mode if asked)."""
         connection = await self.link.connection()
-        aio_channel: Any = await connection.channel(publisher_confirms=False)
+        aio_channel: Any = await connection.channel(publisher_confirms=confirms)
         channel: AbstractChannel = await aio_channel.get_underlay_channel()
         try:
             yield channel
@@ -180,45 +184,78 @@ class RabbitMQBroker:
 
     # --- dead letters ------------------------------------------------------------------
 
-    async def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
-        """Read the dead-letter queue without removing anything: every message is fetched
-        unacknowledged and goes back when the listing channel closes."""
+    @asynccontextmanager
+    async def _sweep(self, stream: str, group: str) -> AsyncIterator[Sweep]:
+        """A pass over the group's dead-letter queue (`deadletters`); settled on exit."""
         queue = dead_letter_queue(stream, group)
-        async with self.declare_channel() as channel:
+        async with self.declare_channel() as channel, self.declare_channel(True) as confirms:
             count = await _message_count(channel, queue)
-            for _ in range(count):
-                got = await channel.basic_get(queue, no_ack=False)
-                if not isinstance(got.delivery, spec.Basic.GetOk):
-                    break
-                yield _dead_letter(stream, group, got)
+            sweep = Sweep(channel, confirms, queue, count, self.settings.prefetch)
+            self.last_sweep = sweep
+            try:
+                yield sweep
+            finally:
+                await sweep.finish()
+        if sweep.returning:  # its channel closed: the next tool must count those again
+            async with self.declare_channel() as channel:
+                await sweep.returned(channel)
 
-    async def replay_dead_letters(self, stream: str, group: str) -> int:
-        """Send each dead letter back to its group only (default exchange to the group
-        queue, or the group's route exchange when partitioned), confirmed, then remove it."""
+    async def dead_letters(self, stream: str, group: str) -> AsyncIterator[DeadLetter]:
+        """Read the dead-letter queue without removing anything: every message read is
+        moved to the tail (in order, at most `prefetch` unacknowledged at once), and a
+        listing stopped early still moves the rest, so the order stays."""
+        async with self._sweep(stream, group) as sweep:
+            early = False
+            try:
+                while (got := await sweep.next()) is not None:
+                    try:
+                        yield _dead_letter(stream, group, got)
+                    finally:
+                        sweep.keep(got)
+            except GeneratorExit:  # the reader stopped: finish the pass, then close
+                early = True
+            if early:
+                await sweep.rest()
+
+    async def replay_dead_letters(
+        self, stream: str, group: str, select: Select | None = None
+    ) -> int:
+        """Send each (selected) dead letter back to its group only (default exchange to
+        the group queue, or the group's route exchange when partitioned), confirmed, then
+        remove it; the others are kept, in order."""
         entry = await self._entry_of(stream, group)
         if entry is None:
             return 0
         exchange, routing_key = entry
-        queue = dead_letter_queue(stream, group)
         replayed = 0
-        async with self.declare_channel() as channel:
-            count = await _message_count(channel, queue)
-            for _ in range(count):
-                got = await channel.basic_get(queue, no_ack=False)
-                if not isinstance(got.delivery, spec.Basic.GetOk):
-                    break
+        async with self._sweep(stream, group) as sweep:
+            while (got := await sweep.next()) is not None:
+                if select is not None and not select(_dead_letter(stream, group, got)):
+                    sweep.keep(got)
+                    continue
                 props = got.header.properties
                 headers: dict[str, Any] = dict(props.headers or {})
                 original_key = headers.get("x-original-routing-key")
                 clean = {k: v for k, v in headers.items() if k.lower() not in _REPLAY_DROPS}
                 if original_key is not None:
                     clean[ROUTING_KEY_HEADER] = original_key
-                await self.publisher.send(
-                    exchange, routing_key, got.body, copy_of(props, clean, None)
-                )
-                await channel.basic_ack(int(got.delivery.delivery_tag or 0))
+                sweep.send(got, exchange, routing_key, copy_of(props, clean, None))
                 replayed += 1
         return replayed
+
+    async def purge_dead_letters(
+        self, stream: str, group: str, select: Select | None = None
+    ) -> int:
+        """Remove each (selected) dead letter; the others are kept, in order."""
+        purged = 0
+        async with self._sweep(stream, group) as sweep:
+            while (got := await sweep.next()) is not None:
+                if select is not None and not select(_dead_letter(stream, group, got)):
+                    sweep.keep(got)
+                else:
+                    sweep.drop(got)
+                    purged += 1
+        return purged
 
     async def _entry_of(self, stream: str, group: str) -> tuple[str, str] | None:
         """Where messages for exactly this group go in; None if the group does not exist."""
@@ -247,7 +284,8 @@ async def _message_count(channel: AbstractChannel, queue: str) -> int:
 
 def _dead_letter(stream: str, group: str, got: Any) -> DeadLetter:
     props = got.header.properties
-    raw_headers, _escaped = sanitized_table(dict(props.headers or {}))
+    table = props.headers or {}
+    raw_headers = sanitized_table(dict(table))[0] if dubious(table) else table
     routing_key = routing_key_of(raw_headers, raw_headers.get("x-original-routing-key"))
     attributes, _attempt = from_amqp(
         raw_headers, _text(props.content_type), _text(props.message_id), _text(routing_key)
@@ -268,5 +306,7 @@ def _text(value: Any) -> str | None:
     """A short string of a stored message as valid text (escaped where it was not)."""
     if value is None:
         return None
+    if type(value) is str:  # decoded as valid UTF-8 (what was not is an `Escaped`)
+        return value
     clean, _escaped = sanitized_table({"v": value})
     return str(clean["v"])

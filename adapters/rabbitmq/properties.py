@@ -49,12 +49,15 @@ def copy_of(
     received: spec.Basic.Properties,
     headers: Mapping[str, Any],
     message_id: str | None,
+    *,
+    encodable: bool = False,
 ) -> spec.Basic.Properties:
     """Properties of a copy of a received message with new headers (user_id and expiration
     are dropped: the broker checks the one and the other would expire the copy). Text
     that was not valid UTF-8 is escaped, bytes become byte arrays, a timestamp out of
-    range is dropped: the copy can always be encoded."""
-    clean, _changed = sanitized_table(dict(headers))
+    range is dropped: the copy can always be encoded. `encodable`: the headers are known
+    to encode as they are (taken from a table that was not `dubious`)."""
+    clean = dict(headers) if encodable else sanitized_table(dict(headers))[0]
     stamp = received.timestamp
     return spec.Basic.Properties(
         content_type=_short(received.content_type),

@@ -24,6 +24,7 @@ from eventbus import (
     RetryPolicy,
     SyncPublisher,
 )
+from eventbus.protocol import SelectsDeadLetters
 
 from .fixture import UsesHarness
 from .harness import Harness, unique
@@ -578,6 +579,84 @@ class ConformanceTests(UsesHarness):
             assert await dead_letters(bus, ev.stream, "billing") == []
         assert sorted(handled) == [("d1", 1), ("d2", 1)]
         assert sorted(other) == ["d1", "d2"], "replay reached another group"
+
+    async def test_selected_dead_letters_replay_and_the_rest_stay_in_order(
+        self, harness: Harness
+    ) -> None:
+        """`SelectsDeadLetters`: `select` sees every dead letter once, oldest first; the
+        selected ones go back to the group with their ids, the others stay where they
+        were, in order, each once."""
+        ev = make_events(unique())
+        broken = True
+        handled: list[tuple[str, str, int]] = []
+        bus = harness.bus()
+        if not isinstance(bus.broker, SelectsDeadLetters):
+            pytest.skip("the adapter does not implement SelectsDeadLetters")
+
+        @bus.subscribe(group="billing", retry=RetryPolicy(attempts=1))
+        async def billing(event: ev.Created | ev.Paid, ctx: Context) -> None:  # type: ignore[name-defined]
+            if broken:
+                raise Reject("billing is broken")
+            handled.append((event.order_id, ctx.envelope.id, ctx.attempt))
+
+        async with bus:
+            for i in range(8):
+                kind = ev.Paid if i % 2 else ev.Created
+                await bus.publish(kind(order_id=f"d{i}"), key=f"d{i}")
+            await wait_dead(bus, ev.stream, "billing", 8)
+            before = await dead_letters(bus, ev.stream, "billing")
+            broken = False
+            seen: list[str] = []
+
+            def paid(dead: Any) -> bool:
+                seen.append(dead.attributes["id"])
+                return bool(dead.attributes["type"] == "order.paid")
+
+            assert await bus.replay_dead_letters(ev.stream, "billing", select=paid) == 4
+            await until(lambda: len(handled) == 4, what="the replayed events")
+            await settle()
+            after = await dead_letters(bus, ev.stream, "billing")
+            again = await dead_letters(bus, ev.stream, "billing")
+        ids = [d.attributes["id"] for d in before]
+        assert seen == ids, "select must see each dead letter once, oldest first"
+        kept = [d.attributes["id"] for d in before if d.attributes["type"] != "order.paid"]
+        assert [d.attributes["id"] for d in after] == kept
+        assert [d.attributes["id"] for d in again] == kept
+        assert [d.body for d in after] == [d.body for d in before if d.attributes["id"] in kept]
+        replayed = {d.attributes["id"]: d for d in before if d.attributes["id"] not in kept}
+        assert sorted(i for _, i, _ in handled) == sorted(replayed), "ids must be kept"
+        assert sorted(o for o, _, _ in handled) == ["d1", "d3", "d5", "d7"]
+        assert {a for _, _, a in handled} == {1}
+
+    async def test_purge_selected_dead_letters_then_all(self, harness: Harness) -> None:
+        ev = make_events(unique())
+        bus = harness.bus()
+        if not isinstance(bus.broker, SelectsDeadLetters):
+            pytest.skip("the adapter does not implement SelectsDeadLetters")
+
+        @bus.subscribe(group="billing", retry=RetryPolicy(attempts=1))
+        async def billing(event: ev.Created | ev.Paid) -> None:  # type: ignore[name-defined]
+            raise Reject("billing is broken")
+
+        async with bus:
+            for i in range(6):
+                kind = ev.Paid if i % 3 == 0 else ev.Created
+                await bus.publish(kind(order_id=f"p{i}"), key=f"p{i}")
+            before = await wait_dead(bus, ev.stream, "billing", 6)
+            assert await bus.purge_dead_letters(ev.stream, "billing", select=lambda d: False) == 0
+            listed = await dead_letters(bus, ev.stream, "billing")
+            assert [d.attributes["id"] for d in listed] == [d.attributes["id"] for d in before]
+            purged = await bus.purge_dead_letters(
+                ev.stream, "billing", select=lambda d: d.attributes["type"] == "order.paid"
+            )
+            assert purged == 2
+            after = await dead_letters(bus, ev.stream, "billing")
+            assert [d.attributes["id"] for d in after] == [
+                d.attributes["id"] for d in before if d.attributes["type"] != "order.paid"
+            ]
+            assert await bus.purge_dead_letters(ev.stream, "billing") == 4
+            assert await dead_letters(bus, ev.stream, "billing") == []
+            assert await bus.purge_dead_letters(ev.stream, "billing") == 0
 
     async def test_graceful_stop_loses_nothing(self, harness: Harness) -> None:
         ev = make_events(unique())
