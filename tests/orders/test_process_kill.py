@@ -14,11 +14,17 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from eventbus.sourcing import open_store
 from examples.orders.demo import client, drive, settled
 
 from .conftest import free_port
 from .support import assert_read_model_is_exact
+
+#: four SIGKILL scenarios of about a minute each (Kafka + PostgreSQL 2.5 min): the soak
+#: suite, which CI runs after the default one
+pytestmark = pytest.mark.soak
 
 ROOT = Path(__file__).resolve().parents[2]
 

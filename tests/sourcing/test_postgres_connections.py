@@ -10,8 +10,9 @@ the backend is gone, so no test waits on a clock for it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Literal, cast
 
@@ -30,6 +31,18 @@ from .conftest import POSTGRES_DSN
 from .support import new_event, unique_schema
 
 pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(autouse=True)
+def every_log_level() -> Iterator[None]:
+    """Info lines are part of what these tests assert: log every level here, whatever
+    level an earlier bus configured for the run (CI runs at EVENTBUS_LOG_LEVEL=WARNING)."""
+    previous = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        yield
+    finally:
+        structlog.configure(**previous)
 
 #: what a test sees of the store's pool: `connection()` patched per test
 Checkout = Callable[[], AbstractAsyncContextManager[Connection]]

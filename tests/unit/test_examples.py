@@ -71,7 +71,12 @@ def test_the_fastapi_example_on_uvicorn(url: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", "0"],
         cwd=ROOT,
-        env={**os.environ, "EVENTBUS_URL": url, "EVENTBUS_LOG_FORMAT": "json"},
+        env={
+            **os.environ,
+            "EVENTBUS_URL": url,
+            "EVENTBUS_LOG_FORMAT": "json",
+            "EVENTBUS_LOG_LEVEL": "INFO",  # the handler's info line is what the test reads
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
