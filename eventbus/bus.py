@@ -77,6 +77,8 @@ class Subscription:
     wants_context: bool
     is_async: bool
     options: dict[str, Any] = field(default_factory=dict)
+    #: consume-transform-produce in broker transactions (see `EventBus.subscribe`)
+    exactly_once: bool = False
 
     @property
     def name(self) -> str:
@@ -159,6 +161,7 @@ class EventBus:
         group: str,
         retry: RetryPolicy | None = None,
         concurrency: int = 1,
+        exactly_once: bool = False,
         **options: Any,
     ) -> Callable[[F], F]:
         """Decorator: run the handler for every matching event, once per `group`.
@@ -166,6 +169,13 @@ class EventBus:
         Typed handlers (annotated with an Event class or a union of them) get the stream
         and types from the annotation. Untyped handlers take an `Envelope` and need
         `stream` and optionally patterns (`order.*`, `order.#`; default `#`).
+
+        `exactly_once=True` (brokers with `Capabilities.transactions`: Kafka) commits
+        the events the handler publishes through `ctx.publish` together with the
+        consumed offset, or with the retry or dead-letter copy that settles a failed
+        event, in one broker transaction: a redelivery after a crash re-runs the handler
+        but none of its earlier events ever became visible to `read_committed`
+        consumers. `bus.start()` refuses it on a broker that cannot.
         """
 
         def decorator(handler: F) -> F:
@@ -176,6 +186,7 @@ class EventBus:
                 group=group,
                 retry=retry,
                 concurrency=concurrency,
+                exactly_once=exactly_once,
                 **options,
             )
             return handler
@@ -190,6 +201,7 @@ class EventBus:
         group: str,
         retry: RetryPolicy | None = None,
         concurrency: int = 1,
+        exactly_once: bool = False,
         **options: Any,
     ) -> Subscription:
         if self._running:
@@ -238,6 +250,7 @@ class EventBus:
             wants_context=shape.wants_context,
             is_async=shape.is_async,
             options=options,
+            exactly_once=exactly_once,
         )
         self._subscriptions.append(sub)
         return sub
@@ -425,6 +438,15 @@ class EventBus:
         self._stop_task = None
         self._problems = {}
         self._failure = None
+        transactional = [s for s in self._subscriptions if s.exactly_once]
+        if transactional and not broker.capabilities.transactions:
+            names = ", ".join(f"{s.stream}/{s.group}" for s in transactional)
+            raise ConfigurationError(
+                f"exactly_once=True ({names}) needs broker transactions, which "
+                f"{broker.capabilities.system} ({redact_url(self.settings.url)}) does not "
+                "offer; use a Kafka bus, or the transactional handler "
+                "(eventbus.sourcing.transactional) for exactly-once effects on any broker"
+            )
         observer = self._observer = self._telemetry(broker)
         await broker.start()
         self._running = True
@@ -442,6 +464,7 @@ class EventBus:
                     middleware=self._handle_middleware,
                     max_message_bytes=self._max_bytes,
                     stopping=self._stopping,
+                    exactly_once=sub.exactly_once,
                 )
                 process: Callable[[Delivery], Awaitable[object]] = pipeline.process
                 if observer is not None:
@@ -455,6 +478,7 @@ class EventBus:
                     concurrency=sub.concurrency,
                     retry_tiers=tuple(sub.retry.tiers()) if sub.retry.delayed else (),
                     options=sub.options,
+                    exactly_once=sub.exactly_once,
                     failed=partial(self._consumer_failed, f"{sub.stream}/{sub.group}"),
                 )
                 self._dispatchers.append(dispatcher)
@@ -716,6 +740,45 @@ class EventBus:
             await self._publish_chain(message)
         self._last_published = _now()
         return envelope_of(message)
+
+    async def prepare(
+        self,
+        event: Event,
+        *,
+        key: Any = None,
+        headers: dict[str, str] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> tuple[Envelope, list[Message]]:
+        """The envelope and the messages `publish` would send for `event`, built and
+        passed through the publish middleware (which may drop it: then no message),
+        without sending them.
+        With tracing on, each gets its `publish` span and trace context. Exactly-once
+        subscriptions stage a handler's events this way (`Context.publish`)."""
+        message = build_message(
+            event,
+            source=self._source,
+            max_bytes=self._max_bytes,
+            key=key,
+            headers=headers,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+        prepared: list[Message] = []
+        if self._fast_publish:
+            correlate_attributes(message.attributes)
+            prepared.append(message)
+        else:
+
+            async def collect(out: Message) -> None:
+                prepared.append(out)
+
+            await chain(self._publish_middleware, collect)(message)
+        tracing = self._observer.tracing if self._observer is not None else None
+        if tracing is not None:
+            for out in prepared:
+                tracing.end(tracing.start_publish(out))
+        return envelope_of(message), prepared
 
     async def publish_many(
         self,

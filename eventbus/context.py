@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .event import Envelope, Event
@@ -12,6 +12,13 @@ from .event import Envelope, Event
 if TYPE_CHECKING:
     from .protocol import Delivery
     from .publisher import Publisher
+
+#: where `ctx.publish` puts an event instead of publishing it at once:
+#: `sink(event, key, headers, correlation_id, causation_id) -> its envelope`. Exactly-once
+#: subscriptions stage it on the delivery (one broker transaction with the settlement); a
+#: transactional handler (`eventbus.sourcing.transactional`) writes it to the outbox in
+#: the handler's database transaction.
+Sink = Callable[[Event, str | None, dict[str, str] | None, str, str], Awaitable[Envelope]]
 
 #: the context of the handler running in this task/thread (None outside handlers)
 current_context: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
@@ -73,7 +80,7 @@ class Context:
     the same through the correlation middleware.
     """
 
-    __slots__ = ("_bus", "_delivery", "envelope", "event", "group")
+    __slots__ = ("_bus", "_delivery", "envelope", "event", "group", "sink")
 
     def __init__(
         self,
@@ -82,12 +89,15 @@ class Context:
         envelope: Envelope,
         event: Event | Envelope,
         delivery: Delivery,
+        sink: Sink | None = None,
     ) -> None:
         self._bus = bus
         self.group = group
         self.envelope = envelope
         self.event = event
         self._delivery = delivery
+        #: where `publish` puts events (None: the bus, at once); see `Sink`
+        self.sink = sink
 
     @property
     def attempt(self) -> int:
@@ -115,14 +125,26 @@ class Context:
     def redelivered(self) -> bool:
         return self._delivery.redelivered
 
+    @property
+    def delivery(self) -> Delivery:
+        """The adapter's delivery of this event (its transport fields)."""
+        return self._delivery
+
     async def publish(
         self, event: Event, *, key: str | None = None, headers: dict[str, str] | None = None
     ) -> Envelope:
+        """Publish an event caused by this one. On an exactly-once subscription, and in a
+        transactional handler, it is not sent at once: it is committed with this event's
+        settlement (or database transaction) and dropped if the handler fails."""
+        correlation_id = self.envelope.correlation_id or self.envelope.id
+        sink = self.sink
+        if sink is not None:
+            return await sink(event, key, headers, correlation_id, self.envelope.id)
         return await self._bus.publish(
             event,
             key=key,
             headers=headers,
-            correlation_id=self.envelope.correlation_id or self.envelope.id,
+            correlation_id=correlation_id,
             causation_id=self.envelope.id,
         )
 

@@ -61,8 +61,11 @@ class Pipeline:
         middleware: list[HandleMiddleware],
         max_message_bytes: int,
         stopping: asyncio.Event,
+        exactly_once: bool = False,
     ) -> None:
         self.bus = bus
+        #: exactly-once: `ctx.publish` stages events on the delivery (see `Delivery.stage`)
+        self.exactly_once = exactly_once
         self.group = group
         self.patterns = patterns
         self.types = types
@@ -183,6 +186,8 @@ class Pipeline:
             else:
                 envelope._data = body
             event = envelope
+        if self.exactly_once:
+            return Context(self.bus, self.group, envelope, event, d, partial(_stage, self.bus, d))
         return Context(self.bus, self.group, envelope, event, d)
 
     async def _failed(self, ctx: Context, d: Delivery, exc: BaseException) -> str:
@@ -241,6 +246,7 @@ class Pipeline:
                 await d.nack()
                 return NACKED
             envelope.attempt = attempt + 1
+            d.unstage()  # what the failed attempt published is not committed
             try:
                 await self._call(ctx)
             except BaseException as again:
@@ -323,6 +329,25 @@ class Pipeline:
 _FAILURE = Exception("failure")
 _STORE_BACKOFF = 0.1
 _STORE_MAX_BACKOFF = 30.0
+
+
+async def _stage(
+    bus: BusHandle,
+    d: Delivery,
+    event: Event,
+    key: str | None,
+    headers: dict[str, str] | None,
+    correlation_id: str,
+    causation_id: str,
+) -> Envelope:
+    """`ctx.publish` on an exactly-once subscription: the messages go to the delivery,
+    committed with its settlement."""
+    envelope, messages = await bus.prepare(
+        event, key=key, headers=headers, correlation_id=correlation_id, causation_id=causation_id
+    )
+    for message in messages:
+        await d.stage(message)
+    return envelope
 
 
 def _consumer_cancelled(exc: BaseException | None) -> bool:

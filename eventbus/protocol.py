@@ -111,6 +111,19 @@ class Delivery:
         added, then ack this one. Durable before it returns."""
         raise NotImplementedError
 
+    # exactly-once subscriptions (`Capabilities.transactions`) only
+
+    async def stage(self, message: Message) -> None:
+        """Hold `message`, an event the handler publishes (`ctx.publish`), until this
+        delivery is settled: `ack` stores it together with the settlement in one broker
+        transaction (nothing of it is visible before, and both or neither commit); any
+        other settlement drops it. Raises (a `PublishError`, `MessageTooLarge`) if the
+        message can never be stored, so that the handler fails instead of the commit."""
+        raise NotImplementedError
+
+    def unstage(self) -> None:
+        """Drop what the handler staged so far: its attempt failed and is retried."""
+
 
 Deliver = Callable[[Delivery], Awaitable[None]]
 
@@ -138,6 +151,9 @@ class SubscriptionSpec:
     retry_tiers: tuple[float, ...] = ()
     #: adapter-specific options given to `subscribe(**options)`
     options: dict[str, Any] = field(default_factory=dict)
+    #: consume-transform-produce in broker transactions (`Capabilities.transactions`):
+    #: deliveries stage their handler's events and commit them with the settlement
+    exactly_once: bool = False
     #: the adapter calls this (on the event loop) when the consumer died unexpectedly: a
     #: task or thread that should run until `close` ended. The bus logs it, reports itself
     #: unhealthy and stops, so no member is left half-alive holding a group membership.
@@ -271,6 +287,10 @@ class Capabilities:
     records_routing_keys: bool = False
     #: a redelivered message says so (`ctx.redelivered`); Kafka cannot tell
     marks_redeliveries: bool = True
+    #: exactly-once consume-transform-produce (`subscribe(..., exactly_once=True)`): the
+    #: events a handler publishes and the settlement of its delivery (offsets, retry and
+    #: dead-letter copies) commit in one broker transaction (Kafka transactions)
+    transactions: bool = False
     #: the OpenTelemetry `messaging.system` of this broker (`rabbitmq`, `kafka`, ...)
     system: str = "unknown"
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .event import Envelope, Event
+    from .protocol import Message
 
 
 class Publisher(Protocol):
@@ -31,3 +32,16 @@ class BusHandle(Publisher, Protocol):
     contexts) and a place to report a problem, or that it is resolved (`None`)."""
 
     def report_problem(self, component: str, problem: str | None) -> None: ...
+
+    async def prepare(
+        self,
+        event: Event,
+        *,
+        key: Any = None,
+        headers: dict[str, str] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> tuple[Envelope, list[Message]]:
+        """The event's envelope and the messages `publish` would send for it (after the
+        publish middleware), without sending them: an exactly-once delivery stages them."""
+        ...

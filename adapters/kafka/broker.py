@@ -15,6 +15,7 @@ from confluent_kafka import KafkaException
 
 from eventbus.toolkit import (
     Capabilities,
+    ConfigurationError,
     Consumer,
     ConsumerState,
     DeadLetter,
@@ -64,6 +65,7 @@ class KafkaBroker:
         unroutable_is_error=False,
         records_offsets=True,  # x-original-partition / x-original-offset
         marks_redeliveries=False,  # a record fetched again looks like the first fetch
+        transactions=True,  # exactly_once=True: transactional consume-transform-produce
         system="kafka",
     )
 
@@ -155,6 +157,10 @@ class KafkaBroker:
             dlq_limit = needed
         return min(dlq_limit, self.configs.producer_max_bytes)
 
+    async def _ensure_stream(self, stream: str) -> None:
+        if stream not in self.topics.known:
+            await self._ensure({stream: self.settings.partitions})
+
     async def publish(self, message: Message) -> None:
         if message.stream not in self.topics.known:
             await self._ensure({message.stream: self.settings.partitions})
@@ -188,6 +194,11 @@ class KafkaBroker:
 
     async def subscribe(self, spec: SubscriptionSpec, deliver: Deliver) -> Consumer:
         options = subscription_options(SubscriptionOptions, spec, "Kafka")
+        if options.transactional_id is not None and not spec.exactly_once:
+            raise ConfigurationError(
+                f"subscription {spec.stream}/{spec.group}: transactional_id is for "
+                "exactly-once subscriptions; add exactly_once=True or drop it"
+            )
         settings = self.settings
         partitions = options.partitions or settings.partitions
         stream, group = spec.stream, spec.group
@@ -210,6 +221,8 @@ class KafkaBroker:
             ),
             dead_letter_limit=dead_letter_limit,
             config=options.config,
+            ensure_topic=self._ensure_stream,
+            transactional_id=options.transactional_id,
         )
         await consumer.start(settings.assignment_timeout)
         self._consumers.append(consumer)

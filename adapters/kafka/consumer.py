@@ -15,6 +15,15 @@ A revoked partition stops starting records at once, waits (bounded) for the ones
 commits, and is handed over: the next owner continues exactly after the last finished
 record, which keeps per-key order across rebalances.
 
+**Exactly-once** (`SubscriptionSpec.exactly_once`): a finished record does not produce
+anything itself. Its delivery stages what settles it (the handler's `ctx.publish` events
+on ack, or its retry or dead-letter copy) on the partition, keyed by offset; the poll
+thread commits, every `transaction_interval_ms` and on revoke and close, the staged
+records below each partition's commit point together with those offsets in one Kafka
+transaction (`transactions.py`). An aborted transaction rewinds its partitions to where
+they were last committed (the records run again; nothing of the aborted one is visible);
+a fenced producer stops the consumer.
+
 Memory is bounded twice: by records (`partition_buffer` per partition) and by bytes
 (`partition_buffer_bytes` per subscription, shared evenly by its assigned partitions). A
 record fetched beyond a partition's byte share is not kept: the partition pauses and,
@@ -39,7 +48,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -60,9 +69,15 @@ from .delivery import KafkaDelivery
 from .link import GroupLink, parse_statistics
 from .names import DUE_HEADER, ORIGIN_OFFSET_HEADER, ORIGIN_PARTITION_HEADER
 from .offsets import PartitionTracker
-from .producer import Headers
+from .producer import Headers, Record
 from .records import get_headers, headers_of, read_headers, salvage_headers
 from .settings import ClientConfigs, config_error
+from .transactions import (
+    TransactionAborted,
+    TransactionalProducer,
+    TransactionFenced,
+    default_transactional_id,
+)
 
 if TYPE_CHECKING:
     from .producer import AsyncProducer
@@ -80,6 +95,7 @@ class PartitionState:
         "committed",
         "defects",
         "delayed",
+        "epoch",
         "full",
         "generation",
         "held",
@@ -88,6 +104,8 @@ class PartitionState:
         "paused",
         "refetch",
         "revoked",
+        "staged",
+        "start",
         "topic",
         "tracker",
     )
@@ -100,6 +118,14 @@ class PartitionState:
         self.tracker = PartitionTracker()
         #: bumped on revoke and rewind: queued records of an older generation are dropped
         self.generation = 0
+        #: bumped on rewind only: a delivery of an older epoch settles nothing (its record
+        #: is fetched and run again)
+        self.epoch = 0
+        #: exactly-once: finished offset -> the records that settle it, not committed yet
+        self.staged: dict[int, list[Record]] = {}
+        #: exactly-once: where the records not committed yet begin (an abort goes back
+        #: there); None until the first fetch
+        self.start: int | None = None
         #: records handed to the kernel and not settled yet
         self.inflight = 0
         #: last committed offset
@@ -149,6 +175,8 @@ class KafkaConsumer:
         partition_buffer_bytes: int,
         dead_letter_limit: int,
         config: dict[str, Any],
+        ensure_topic: Callable[[str], Awaitable[None]] | None = None,
+        transactional_id: str | None = None,
     ) -> None:
         self.configs = configs
         self.producer = producer
@@ -165,6 +193,17 @@ class KafkaConsumer:
         self._config = config
         settings = configs.settings
         self._commit_interval = settings.commit_interval_ms / 1000
+        #: exactly-once: the transactional producer (created by `start`)
+        self.exactly_once = spec.exactly_once
+        self.transactions: TransactionalProducer | None = None
+        self._transactional_id = transactional_id or default_transactional_id(
+            spec.group, spec.stream
+        )
+        if spec.exactly_once:
+            self._commit_interval = settings.transaction_interval_ms / 1000
+        self._fenced = False
+        #: makes a stream's topic exist before a handler's event for it is staged
+        self.ensure_topic = ensure_topic
         self._revoke_timeout = settings.revoke_timeout
         self._log = _log.bind(stream=spec.stream, group=spec.group)
         self._types = spec.types
@@ -215,6 +254,14 @@ class KafkaConsumer:
         if self.link.tracking:
             config["stats_cb"] = self._statistics
         self._read_committed = config.get("isolation.level") != "read_uncommitted"
+        if self.exactly_once:
+            transactions = TransactionalProducer(self.configs, self._transactional_id)
+            try:
+                await asyncio.to_thread(transactions.init, self.configs.settings.connect_timeout)
+            except BaseException:
+                transactions.close()
+                raise
+            self.transactions = transactions
         try:
             consumer = Consumer(config)
         except (KafkaException, ValueError, TypeError) as exc:
@@ -276,6 +323,9 @@ class KafkaConsumer:
         if thread is not None and thread.is_alive():
             await asyncio.to_thread(thread.join)
         self._thread = None
+        transactions, self.transactions = self.transactions, None
+        if transactions is not None:
+            transactions.close()
 
     # --- health ------------------------------------------------------------------------
 
@@ -373,6 +423,7 @@ class KafkaConsumer:
                 if generation != part.generation or part.revoked:
                     continue
                 part.inflight += 1
+                epoch = part.epoch
             offset = cast(int, message.offset())
             try:
                 raw_key = message.key()
@@ -396,7 +447,7 @@ class KafkaConsumer:
                     )
                     and (defect is None or "\ufffd" not in etype)
                 ):  # another type on the stream: not this group's business
-                    self.settle(part, offset, True)
+                    self.settle(part, offset, True, epoch)
                     continue
                 if part.delayed:  # the group's own retry/replay topic: its bookkeeping counts
                     topic, partition, origin_offset = _origin(raw_headers, part, offset, stream)
@@ -419,17 +470,18 @@ class KafkaConsumer:
                     partition=partition,
                     offset=origin_offset,
                     defect=defect,
+                    epoch=epoch,
                 )
             except Exception as exc:  # never die of a record: it is bad input
                 defects.clear()
-                delivery = self._undecodable(part, message, offset, exc)
+                delivery = self._undecodable(part, message, offset, exc, epoch)
             try:
                 await deliver(delivery)
             except Exception as exc:  # the kernel never raises here; never die silently
                 self._log.error("kafka.deliver_failed", error=repr(exc))
 
     def _undecodable(
-        self, part: PartitionState, message: Message, offset: int, exc: Exception
+        self, part: PartitionState, message: Message, offset: int, exc: Exception, epoch: int
     ) -> KafkaDelivery:
         """A record whose decoding failed unexpectedly, as a delivery the kernel
         dead-letters (with what could be kept of it)."""
@@ -449,17 +501,31 @@ class KafkaConsumer:
             partition=part.partition,
             offset=offset,
             defect=f"the record cannot be decoded: {exc!r}"[:2000],
+            epoch=epoch,
         )
 
-    def settle(self, part: PartitionState, offset: int, finished: bool) -> None:
-        """A delivery was settled: finished (ack, retried, dead-lettered) or given back."""
+    def settle(
+        self,
+        part: PartitionState,
+        offset: int,
+        finished: bool,
+        epoch: int,
+        staged: list[Record] | None = None,
+    ) -> None:
+        """A delivery was settled: finished (ack, retried, dead-lettered) or given back.
+        Exactly-once: `staged` are the records that settle it, committed with its offset.
+        A delivery of an older epoch (its partition was rewound since) settles nothing:
+        its record runs again."""
         with self._lock:
-            if finished:
+            current = epoch == part.epoch
+            if finished and current:
+                if staged and not part.revoked:
+                    part.staged[offset] = staged
                 part.tracker.finished(offset)
             part.inflight -= 1
             if part.revoked and not part.inflight:
                 self._lock.notify_all()
-            rewind = not finished and not self._halted and not part.revoked
+            rewind = not finished and current and not self._halted and not part.revoked
             generation = part.generation
         if rewind:  # given back while running: fetch it (and what follows) again
             self._commands.put(lambda: self._rewind(part, generation))
@@ -541,6 +607,8 @@ class KafkaConsumer:
                 key = message.key()
                 size = len(message) + (len(key) if key is not None else 0)
                 offset = cast(int, message.offset())
+                if part.start is None:
+                    part.start = offset
                 taken = part.tracker.fetched(offset, size, share)
                 if not taken:
                     if taken is None and part.refetch is None:  # no byte room: later
@@ -610,6 +678,9 @@ class KafkaConsumer:
         """Commit the contiguously finished prefix of `parts` (None: every partition)."""
         consumer = self._consumer
         assert consumer is not None
+        if self.transactions is not None:
+            self._commit_transaction(consumer, self.transactions, parts)
+            return
         with self._lock:
             chosen = list(self._parts.values()) if parts is None else parts
             offsets = []
@@ -638,18 +709,82 @@ class KafkaConsumer:
                 if known is not None and tp.offset > known.committed:
                     known.committed = tp.offset
 
-    def _rewind(self, part: PartitionState, generation: int) -> None:
-        """Seek a partition back to its lowest unfinished record (a delivery was nacked)."""
+    def _commit_transaction(
+        self,
+        consumer: Consumer,
+        transactions: TransactionalProducer,
+        parts: list[PartitionState] | None,
+    ) -> None:
+        """Exactly-once: commit the staged records below each partition's commit point
+        and the offsets past them in one transaction. Aborted: the partitions go back to
+        where they were last committed. Fenced: raised (the poll thread ends, the bus
+        hears of it)."""
+        records: list[Record] = []
+        offsets: list[TopicPartition] = []
+        moved: list[tuple[PartitionState, int]] = []
+        with self._lock:
+            chosen = list(self._parts.values()) if parts is None else parts
+            for part in chosen:
+                point = part.tracker.commit_point()
+                if point is None or point <= part.committed:
+                    continue
+                staged = part.staged
+                if staged:
+                    for offset in sorted(o for o in staged if o < point):
+                        records.extend(staged.pop(offset))
+                offsets.append(part.tp(point))
+                moved.append((part, point))
+        if not offsets or self._fenced:
+            return
+        try:
+            transactions.commit(
+                records,
+                offsets,
+                consumer.consumer_group_metadata(),
+                self.configs.settings.transaction_timeout,
+            )
+        except TransactionFenced:
+            self._fenced = True  # never again: not on revoke or close either
+            raise
+        except TransactionAborted as exc:
+            self._log.warning(
+                "kafka.transaction_aborted",
+                error=self.configs.scrub(str(exc)),
+                records=len(records),
+                partitions=[f"{p.topic}[{p.partition}]" for p, _ in moved],
+                action="processing the records again from the last commit",
+            )
+            for part, _ in moved:
+                with self._lock:
+                    target = part.start
+                    generation = part.generation
+                if target is not None:
+                    self._rewind(part, generation, target)
+            return
+        with self._lock:
+            for part, point in moved:
+                if point > part.committed:
+                    part.committed = point
+                    part.start = point
+
+    def _rewind(self, part: PartitionState, generation: int, target: int | None = None) -> None:
+        """Seek a partition back to `target`, by default its lowest unfinished record (a
+        delivery was nacked); deliveries of what is fetched again from there on run
+        again, and what they staged is dropped."""
         consumer = self._consumer
         assert consumer is not None
         with self._lock:
             if part.generation != generation or part.revoked or self._halted:
                 return
-            target = part.tracker.commit_point()
+            if target is None:
+                target = part.tracker.commit_point()
             if target is None:
                 return
             part.generation += 1
+            part.epoch += 1
             part.tracker.rewind(target)
+            if part.staged:
+                part.staged = {o: r for o, r in part.staged.items() if o < target}
             part.held.clear()
             part.defects.clear()  # what is fetched again is read (and repaired) again
             part.refetch = None

@@ -8,6 +8,11 @@ position), and every dead-letter header (`x-original-*`, `x-exception-*`, ...): 
 producer cannot forge any of them into a copy. A copy is produced once per delivery: if
 the pipeline retries a settlement whose copy is still waiting for its delivery report, it
 waits for that copy again instead of producing a second one.
+
+On an exactly-once subscription nothing is produced here: the events the handler
+publishes are staged on the delivery (`stage`), and every settlement hands the records
+that settle it (those events on ack; the retry or dead-letter copy otherwise) to the
+consumer, which commits them with the offset in one transaction.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from eventbus.toolkit import (
     ATTEMPT_HEADER,
     DEAD_LETTER_HEADERS,
     Delivery,
+    Message,
+    MessageTooLarge,
     PublishError,
 )
 
@@ -32,7 +39,7 @@ from .names import (
     replay_topic,
     retry_topic,
 )
-from .producer import Headers, Record, header_bytes, record_bytes
+from .producer import Headers, Record, header_bytes, record_bytes, record_of
 
 if TYPE_CHECKING:
     from .consumer import KafkaConsumer, PartitionState
@@ -54,11 +61,13 @@ class KafkaDelivery(Delivery):
     __slots__ = (
         "_consumer",
         "_copy",
+        "_epoch",
         "_offset",
         "_part",
         "_raw_headers",
         "_raw_key",
         "_settled",
+        "_staged",
     )
 
     def __init__(
@@ -76,6 +85,7 @@ class KafkaDelivery(Delivery):
         partition: int,
         offset: int,
         defect: str | None,
+        epoch: int = 0,
     ) -> None:
         # positional (this runs once per record); the raw headers stay in `_raw_headers`
         Delivery.__init__(
@@ -89,17 +99,48 @@ class KafkaDelivery(Delivery):
         self._settled = False
         #: the copy on its way (retry or dead letter) and its delivery report
         self._copy: tuple[str, asyncio.Future[None]] | None = None
+        #: the partition's rewind epoch when the record was handed over
+        self._epoch = epoch
+        #: exactly-once: the handler's events, committed with the ack
+        self._staged: list[Record] | None = None
 
-    def _settle(self, finished: bool) -> None:
+    def _settle(self, finished: bool, staged: list[Record] | None = None) -> None:
         if not self._settled:
             self._settled = True
-            self._consumer.settle(self._part, self._offset, finished)
+            self._staged = None
+            self._consumer.settle(self._part, self._offset, finished, self._epoch, staged)
 
     async def ack(self) -> None:
-        self._settle(True)
+        self._settle(True, self._staged)
 
     async def nack(self) -> None:
         self._settle(False)
+
+    async def stage(self, message: Message) -> None:
+        consumer = self._consumer
+        if not consumer.exactly_once:
+            raise RuntimeError("stage() is for exactly-once subscriptions only")
+        if self._settled:
+            raise RuntimeError(
+                f"event {self.attributes.get('id', '?')} is settled: publish from its handler"
+            )
+        record = record_of(message)
+        limit = consumer.configs.producer_max_bytes
+        size = record_bytes(record)
+        if size > limit:  # refused now, in the handler, rather than aborting commits
+            raise MessageTooLarge(
+                f"event {record.label or '?'} for topic {record.topic!r} is about {size} "
+                f"bytes, more than the producer sends (message.max.bytes {limit})"
+            )
+        if consumer.ensure_topic is not None:
+            await consumer.ensure_topic(message.stream)
+        if self._staged is None:
+            self._staged = [record]
+        else:
+            self._staged.append(record)
+
+    def unstage(self) -> None:
+        self._staged = None
 
     def _origin(self) -> Headers:
         """Where this record first was in its stream: the delivery's position, which the
@@ -112,11 +153,17 @@ class KafkaDelivery(Delivery):
     async def retry_later(self, attempt: int, delay: float) -> None:
         if self._settled:
             return
+        if self._consumer.exactly_once:  # committed with the offset, in one transaction
+            self._settle(True, [self._retry_record(attempt, delay)])
+            return
         await self._store("retry", lambda: self._retry_record(attempt, delay))
         self._settle(True)
 
     async def dead_letter(self, info: dict[str, str]) -> None:
         if self._settled:
+            return
+        if self._consumer.exactly_once:  # committed with the offset, in one transaction
+            self._settle(True, [self._dead_letter_record(info)])
             return
         await self._store("dead letter", lambda: self._dead_letter_record(info))
         self._settle(True)

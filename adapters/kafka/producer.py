@@ -62,7 +62,7 @@ def create_producer(
     producer config (the reply producer's)."""
     config = configs.producer(statistics=link is not None)
     config.update(overrides or {})
-    config["error_cb"] = partial(_client_error, configs, "producer", link)
+    config["error_cb"] = partial(client_error, configs, "producer", link)
     if link is not None:
         link.start(config)
         if link.tracking:
@@ -73,7 +73,7 @@ def create_producer(
         raise config_error(configs, exc, "producer") from None
 
 
-def _client_error(
+def client_error(
     configs: ClientConfigs, client: str, link: ProducerLink | None, error: KafkaError
 ) -> None:
     _log.warning("kafka.client_error", client=client, error=configs.scrub(str(error)))
