@@ -76,6 +76,8 @@ class KafkaBroker:
         self.producer = AsyncProducer(self.configs)
         self._consumers: list[KafkaConsumer] = []
         self._topic_locks: dict[str, asyncio.Lock] = {}
+        #: topic -> the largest record it and the producer take (exactly-once staging)
+        self._record_limits: dict[str, int] = {}
         #: the responder's reply producer (`send_reply`), started on the first reply
         self._reply_producer: AsyncProducer | None = None
 
@@ -157,9 +159,22 @@ class KafkaBroker:
             dlq_limit = needed
         return min(dlq_limit, self.configs.producer_max_bytes)
 
-    async def _ensure_stream(self, stream: str) -> None:
+    async def _record_limit(self, stream: str) -> int:
+        """Make `stream`'s topic exist; -> the largest record it and the producer take
+        (read once per topic: exactly-once deliveries check what they stage with it)."""
+        limit = self._record_limits.get(stream)
+        if limit is not None:
+            return limit
         if stream not in self.topics.known:
             await self._ensure({stream: self.settings.partitions})
+        try:
+            found = (await asyncio.to_thread(self.topics.record_limits, [stream])).get(stream)
+        except ConnectionError as exc:  # e.g. no DescribeConfigs permission: the default
+            _log.warning("kafka.topic_limits_unknown", stream=stream, error=str(exc))
+            found = None
+        limit = min(found or BROKER_DEFAULT_RECORD_LIMIT, self.configs.producer_max_bytes)
+        self._record_limits[stream] = limit
+        return limit
 
     async def publish(self, message: Message) -> None:
         if message.stream not in self.topics.known:
@@ -221,7 +236,7 @@ class KafkaBroker:
             ),
             dead_letter_limit=dead_letter_limit,
             config=options.config,
-            ensure_topic=self._ensure_stream,
+            record_limit=self._record_limit,
             transactional_id=options.transactional_id,
         )
         await consumer.start(settings.assignment_timeout)

@@ -175,7 +175,7 @@ class KafkaConsumer:
         partition_buffer_bytes: int,
         dead_letter_limit: int,
         config: dict[str, Any],
-        ensure_topic: Callable[[str], Awaitable[None]] | None = None,
+        record_limit: Callable[[str], Awaitable[int]] | None = None,
         transactional_id: str | None = None,
     ) -> None:
         self.configs = configs
@@ -202,8 +202,9 @@ class KafkaConsumer:
         if spec.exactly_once:
             self._commit_interval = settings.transaction_interval_ms / 1000
         self._fenced = False
-        #: makes a stream's topic exist before a handler's event for it is staged
-        self.ensure_topic = ensure_topic
+        #: makes a stream's topic exist before a handler's event for it is staged; -> the
+        #: largest record the topic and the producer take
+        self.record_limit = record_limit
         self._revoke_timeout = settings.revoke_timeout
         self._log = _log.bind(stream=spec.stream, group=spec.group)
         self._types = spec.types

@@ -126,14 +126,15 @@ class KafkaDelivery(Delivery):
             )
         record = record_of(message)
         limit = consumer.configs.producer_max_bytes
+        if consumer.record_limit is not None:
+            limit = await consumer.record_limit(message.stream)
         size = record_bytes(record)
-        if size > limit:  # refused now, in the handler, rather than aborting commits
+        if size > limit:  # refused now, in the handler: in the commit it would abort it
             raise MessageTooLarge(
                 f"event {record.label or '?'} for topic {record.topic!r} is about {size} "
-                f"bytes, more than the producer sends (message.max.bytes {limit})"
+                f"bytes, more than the topic takes or the producer sends ({limit} bytes: "
+                "max.message.bytes); publish a smaller event"
             )
-        if consumer.ensure_topic is not None:
-            await consumer.ensure_topic(message.stream)
         if self._staged is None:
             self._staged = [record]
         else:

@@ -20,7 +20,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -77,6 +77,9 @@ class TransactionalProducer:
         self.committed = 0
         self.aborted = 0
         self.records = 0
+        #: test hook: called with the records just before the commit; raising
+        #: `TransactionAborted` aborts this transaction (a broker failing mid-commit)
+        self.before_commit: Callable[[Sequence[Record]], None] | None = None
 
     def init(self, timeout: float) -> None:
         """Register the transactional id with the coordinator (fencing any older producer
@@ -108,10 +111,13 @@ class TransactionalProducer:
             for record in records:
                 self._produce(record, deadline)
             producer.send_offsets_to_transaction(offsets, group_metadata, _left(deadline))
+            if self.before_commit is not None:  # the records reach the log first
+                self.producer.flush(_left(deadline))
+                self.before_commit(records)
             self._commit(deadline)
         except KafkaException as exc:
             self._failed(exc, deadline)
-        except TimeoutError as exc:
+        except (TimeoutError, TransactionAborted) as exc:
             self._abort(deadline, str(exc))
         self.committed += 1
         self.records += len(records)

@@ -3,16 +3,19 @@ the events a handler publishes and the offsets past its event commit in one tran
 a failed attempt's events, an aborted transaction and a fenced zombie's events never
 become visible to `read_committed` consumers."""
 
-
 import asyncio
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
 
 from eventbus import ConfigurationError, Context, Event, EventBus, RetryPolicy
+from eventbus.adapters.kafka import KafkaSubscription
+from eventbus.adapters.kafka.producer import Record
+from eventbus.adapters.kafka.transactions import TransactionAborted
 from eventbus.testing.conformance import unique, until
 
 from .harness import BOOTSTRAP, KafkaHarness
@@ -252,3 +255,109 @@ async def test_exactly_once_is_refused_by_a_broker_without_transactions() -> Non
     with pytest.raises(ConfigurationError, match=r"exactly_once=True .*billing"):
         await bus.start()
     assert not bus.running
+
+
+async def test_an_aborted_transaction_is_invisible_and_its_records_run_again(
+    kafka: KafkaHarness,
+) -> None:
+    """The broker fails one commit (the test hook aborts it after the records were
+    produced): read_uncommitted readers see the aborted invoices, read_committed ones
+    see every invoice once, because the partition was rewound and ran again."""
+    stream, out, group = unique("eos-in"), unique("eos-out"), unique("g")
+
+    class Order(Event, stream=stream, type="order"):
+        n: int
+
+    class Invoice(Event, stream=out, type="invoice"):
+        n: int
+
+    bus = kafka.bus(partitions=1, transaction_interval_ms=20)
+    runs: Counter[int] = Counter()
+
+    @bus.subscribe(group=group, exactly_once=True)
+    async def bill(event: Order, ctx: Context) -> None:
+        runs[event.n] += 1
+        await ctx.publish(Invoice(n=event.n))
+
+    aborted: list[int] = []
+
+    def fail_once(records: Sequence[Record]) -> None:
+        if not aborted and records:
+            aborted.append(len(records))
+            raise TransactionAborted("the test broke this commit")
+
+    async with bus:
+        [subscription] = bus._consumers
+        assert isinstance(subscription, KafkaSubscription)
+        transactions = subscription.consumer.transactions
+        assert transactions is not None
+        transactions.before_commit = fail_once
+        await bus.publish_many([Order(n=n) for n in range(50)])
+        await until(lambda: len(runs) >= 50 and bool(aborted), timeout=60, what="all orders")
+        await until(
+            lambda: committed_offsets(group, stream, 1)[0] == 50, timeout=60, what="the commit"
+        )
+        assert transactions.aborted == 1
+    kafka.extra_topics.add(out)
+    committed = [Invoice.model_validate_json(v).n for v in values(read_all(out, 50))]
+    assert sorted(committed) == list(range(50))
+    everything = values(read_all(out, 50 + aborted[0], committed=False))
+    assert len(everything) == 50 + aborted[0]  # the aborted ones are in the log, unseen
+    assert sum(runs.values()) == 50 + aborted[0]  # exactly those ran twice
+
+
+async def test_members_joining_and_leaving_commit_each_output_once(kafka: KafkaHarness) -> None:
+    """Rebalances under load: a revoked partition commits what finished in its last
+    transaction before it is handed over; what did not finish is neither produced nor
+    committed, and the next owner runs it."""
+    stream, out, group = unique("eos-in"), unique("eos-out"), unique("g")
+
+    class Order(Event, stream=stream, type="order"):
+        key: str
+        n: int
+
+    class Invoice(Event, stream=out, type="invoice"):
+        key: str
+        n: int
+
+    handled: list[tuple[str, int]] = []
+
+    def member(name: str) -> EventBus:
+        bus = kafka.bus(partitions=6, revoke_timeout=5.0)
+
+        @bus.subscribe(group=group, exactly_once=True, concurrency=3)
+        async def bill(event: Order, ctx: Context) -> None:
+            await asyncio.sleep(0.001)
+            await ctx.publish(Invoice(key=event.key, n=event.n), key=event.key)
+            handled.append((name, event.n))
+
+        return bus
+
+    keys = [f"key-{i}" for i in range(12)]
+    total = 3000
+    first, second = member("first"), member("second")
+    async with kafka.bus(partitions=6) as publisher:
+        await first.start()
+        try:
+            for n in range(0, total, 300):
+                await publisher.publish_many(
+                    [(Order(key=keys[i % 12], n=i), keys[i % 12]) for i in range(n, n + 300)]
+                )
+                if n == 900:
+                    await second.start()  # joins mid-stream
+                if n == 2100:
+                    await first.stop()  # leaves mid-stream
+            await until(
+                lambda: len({n for _, n in handled}) >= total, timeout=120, what="every order"
+            )
+        finally:
+            await second.stop()
+            await first.stop()
+    kafka.extra_topics.add(out)
+    invoices = [Invoice.model_validate_json(v) for v in values(read_all(out, total))]
+    assert Counter(i.n for i in invoices) == Counter(range(total))
+    per_key: dict[str, list[int]] = defaultdict(list)
+    for invoice in invoices:
+        per_key[invoice.key].append(invoice.n)
+    assert all(ns == sorted(ns) for ns in per_key.values())
+    assert {name for name, _ in handled} == {"first", "second"}
