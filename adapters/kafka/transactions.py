@@ -68,6 +68,12 @@ class TransactionalProducer:
         self.transactional_id = transactional_id
         config = configs.producer()
         config["transactional.id"] = transactional_id
+        # a transaction left open by a crashed instance blocks read_committed readers and
+        # the group's offset fetches until the broker aborts it: no longer than one commit
+        # may take here (unless the producer config says otherwise)
+        timeout_ms = int(configs.settings.transaction_timeout * 1000)
+        if "transaction.timeout.ms" not in configs.user_producer | configs.user:
+            config["transaction.timeout.ms"] = max(timeout_ms, 1000)
         config["error_cb"] = partial(client_error, configs, "transactional producer", None)
         try:
             self.producer = Producer(config)

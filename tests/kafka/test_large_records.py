@@ -85,6 +85,11 @@ async def test_dead_letter_shrinks_to_fit_or_is_refused_clearly(kafka: KafkaHarn
     for future in admin.create_topics([NewTopic(n, 1, 1, config=config) for n in names]).values():
         await asyncio.to_thread(future.result, 30)
     kafka.extra_topics.update(names)
+    # created is not yet visible: the bus below (topic creation off) must find them
+    await until(
+        lambda: set(names) <= set(admin.list_topics(timeout=10).topics),
+        what="the new topics in the cluster metadata",
+    )
 
     class Created(Event, stream=stream, type="order.created"):
         order_id: str

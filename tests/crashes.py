@@ -1,0 +1,105 @@
+"""Killing a process at random moments, again and again (the crash proofs): start it,
+let it make progress up to a random point, SIGKILL it, start it again; the last run
+finishes the work and stops gracefully (SIGTERM)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eventbus.testing.conformance import until
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class KillRun:
+    """What happened: where each kill struck (progress reached) and how long each run
+    took from its start to the kill (or, for the last, to the end of the work)."""
+
+    kills: list[int] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.kills)} kills at progress {self.kills}; runs took "
+            f"{', '.join(f'{r:.1f}' for r in self.runs)} s"
+        )
+
+
+async def kill_repeatedly(
+    module: str,
+    args: Sequence[str],
+    progress: Callable[[], int],
+    done: Callable[[], bool],
+    *,
+    total: int,
+    kills: int,
+    seed: int,
+    timeout: float = 240.0,
+) -> KillRun:
+    """Run `python -m module *args` `kills` times, SIGKILLing it once `progress()`
+    passes a random point (distinct random points between 5% and 90% of `total`, in
+    increasing order), then once more until `done()`, and stop that one with SIGTERM."""
+    rng = random.Random(seed)
+    targets = sorted(rng.sample(range(total // 20, total * 9 // 10), kills))
+    run = KillRun()
+    env = {**os.environ, "EVENTBUS_LOG_LEVEL": "WARNING"}
+    for target in targets:
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, *args, cwd=ROOT, env=env
+        )
+        try:
+
+            def reached(t: int = target, p: asyncio.subprocess.Process = proc) -> bool:
+                return progress() >= t or p.returncode is not None
+
+            await until(reached, timeout=timeout, what=f"progress {target} of {module}")
+            assert proc.returncode is None, f"{module} exited early: {proc.returncode}"
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        run.kills.append(progress())
+        run.runs.append(time.monotonic() - started)
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args, cwd=ROOT, env=env
+    )
+    try:
+        await until(
+            lambda: done() or proc.returncode is not None,
+            timeout=timeout,
+            what=f"the last run of {module} finishing the work",
+        )
+        assert proc.returncode is None, f"{module} exited early: {proc.returncode}"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+    run.runs.append(time.monotonic() - started)
+    return run
+
+
+def progress_of(path: Path) -> Callable[[], int]:
+    """Distinct numbers the process wrote to `path`, one per line (a line cut by the kill
+    does not count)."""
+
+    def count() -> int:
+        seen = set()
+        for line in path.read_text().splitlines():
+            if line.strip().isdigit():
+                seen.add(int(line))
+        return len(seen)
+
+    return count
