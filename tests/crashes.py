@@ -46,13 +46,16 @@ async def kill_repeatedly(
     timeout: float = 240.0,
 ) -> KillRun:
     """Run `python -m module *args` `kills` times, SIGKILLing it once `progress()`
-    passes a random point (distinct random points between 5% and 90% of `total`, in
-    increasing order), then once more until `done()`, and stop that one with SIGTERM."""
+    passes a random point beyond where the last run was killed (each run gets a random
+    share, up to twice its even share, of the way to 90% of `total`), then once more
+    until `done()`, and stop that one with SIGTERM."""
     rng = random.Random(seed)
-    targets = sorted(rng.sample(range(total // 20, total * 9 // 10), kills))
     run = KillRun()
     env = {**os.environ, "EVENTBUS_LOG_LEVEL": "WARNING"}
-    for target in targets:
+    for kill in range(kills):
+        current = progress()
+        share = max((total * 9 // 10 - current) // (kills - kill), 2)
+        target = current + rng.randint(1, 2 * share - 1)
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", module, *args, cwd=ROOT, env=env
