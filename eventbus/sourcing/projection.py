@@ -10,13 +10,27 @@ A projection runs in one of two ways, with the same handlers:
 
 - **from the store** (`catch_up` / `run`): reads `read_all` after its checkpoint and
   applies a batch plus the new checkpoint in one transaction, so each event is applied
-  exactly once even if the process dies anywhere;
+  exactly once even if the process dies anywhere, or another runner runs it too (below);
 - **from the bus** (`bind`): a subscription (group = the projection's name) that applies
   each event and records its id in the inbox in one transaction, so a redelivered event
   changes nothing.
 
 `rebuild` empties the read model and replays the whole store; for a read model whose
 updates per key are order-sensitive only within that key, both ways give the same rows.
+
+**Several runners of one projection from the store** (processes, or tasks with their own
+connections, on one database) are safe and share the work: each batch is applied by
+exactly one of them. A batch's transaction first moves the checkpoint, with
+`UPDATE projection_checkpoints SET position = <batch end> WHERE name = ? AND position =
+<the checkpoint the runner read>` (the row is seeded with `INSERT ... ON CONFLICT DO
+NOTHING` in the transaction of the first batch), and applies the events after. On
+PostgreSQL that UPDATE's row lock makes a second runner wait until the first commits;
+its UPDATE then matches no row (SQLite's `BEGIN IMMEDIATE` serialises them the same way).
+A runner whose UPDATE matched no row lost the race: its transaction rolls back before a
+handler ran, it logs `projection.checkpoint_moved` at debug, reloads the checkpoint and
+goes on from there, so a runner that keeps losing is a standby that carries on when the
+other stops. (`ProjectionConflict` signals the lost race internally; no caller sees it.)
+`catch_up` counts only the events its runner applied.
 
 **An event the read model cannot apply** (a handler raises: a value the database refuses,
 a row that is not there, a bug) never stops a projection:
@@ -37,9 +51,10 @@ a row that is not there, a bug) never stops a projection:
   queue apply (`bind(retry=...)`); nothing is swallowed here.
 
 `run` never ends silently: a failing store or database is logged at error
-(`projection.stalled`) and retried with backoff for as long as it fails; what cannot be
-retried (another runner moving the same checkpoint, `ProjectionConflict`) is logged at
-critical (`projection.died`) and raised from `run`, so the task's owner sees it.
+(`projection.stalled`) and retried with backoff for as long as it fails; it ends when
+`stop` is set or the task is cancelled, and what is not an `Exception` (a
+`KeyboardInterrupt`, a `SystemExit`) is logged at critical (`projection.died`) and
+raised from `run`, so the task's owner sees it.
 """
 
 from __future__ import annotations
@@ -97,7 +112,18 @@ DEFAULT_PROJECTION_RETRY = RetryPolicy(attempts=3, backoff=0.1, max_backoff=5.0)
 
 
 class ProjectionConflict(RuntimeError):
-    """Another runner moved this projection's checkpoint: run one runner per projection."""
+    """Another runner moved this projection's checkpoint from where this runner read it,
+    so the batch's transaction rolls back. `catch_up` and `run` handle it themselves
+    (they reload the checkpoint and go on: module docstring); no caller of theirs sees it."""
+
+    def __init__(self, projection: str, expected: int, current: int) -> None:
+        super().__init__(
+            f"projection {projection!r} is run by another runner too "
+            f"(its checkpoint moved from {expected} to {current})"
+        )
+        self.projection = projection
+        self.expected = expected
+        self.current = current
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,33 +270,41 @@ class Projection:
         )
         return int(row[0]) if row is not None else 0
 
-    async def _advance(self, tx: Transaction, expected: int, position: int) -> None:
-        """Move the checkpoint from `expected` to `position` inside `tx`."""
-        current = await self._position(tx)
-        if current != expected:
-            raise ProjectionConflict(
-                f"projection {self.name!r} is being run by another runner too "
-                f"(checkpoint moved from {expected} to {current})"
+    async def _claim(self, tx: Transaction, expected: int, position: int) -> None:
+        """Move the checkpoint from `expected` to `position`, first thing in `tx`, or raise
+        `ProjectionConflict` if it is not at `expected` (another runner moved it).
+
+        A conditional UPDATE whose row count is checked, portable to both dialects: on
+        PostgreSQL it waits for the row lock of a runner whose transaction holds the row,
+        then re-checks `position` against the committed row; the lock is held to the end
+        of `tx`, so a second runner waits instead of applying the same batch."""
+        if expected == 0:  # the first batch: the row may not exist yet
+            await tx.execute(
+                "INSERT INTO projection_checkpoints (name, position) VALUES (?, 0) "
+                "ON CONFLICT (name) DO NOTHING",
+                (self.name,),
             )
-        await tx.execute(
-            "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-            (self.name, position),
+        moved = await tx.execute(
+            "UPDATE projection_checkpoints SET position = ? WHERE name = ? AND position = ?",
+            (position, self.name, expected),
         )
+        if moved != 1:
+            raise ProjectionConflict(self.name, expected, await self._position(tx))
 
     async def _commit(
         self, db: Database, codec: EventCodec, events: Sequence[StoredEvent], expected: int
     ) -> None:
         """Apply `events` and move the checkpoint past the last one, in one transaction;
-        `_ApplyFailed` names the event whose handler raised (nothing is committed then)."""
+        `_ApplyFailed` names the event whose handler raised (nothing is committed then),
+        `ProjectionConflict` says another runner moved the checkpoint (no handler ran)."""
         async with db.transaction() as tx:
+            await self._claim(tx, expected, events[-1].position)
             for index, stored in enumerate(events):
                 if stored.type in self._handlers:
                     try:
                         await self.apply(tx, codec.decode(stored), EventMeta.of_stored(stored))
                     except Exception as exc:
                         raise _ApplyFailed(index, exc) from exc
-            await self._advance(tx, expected, events[-1].position)
 
     async def catch_up(
         self,
@@ -281,8 +315,9 @@ class Projection:
         batch_size: int = 500,
         retry: RetryPolicy | None = None,
     ) -> int:
-        """Apply every stored event after the checkpoint; returns how many were read
-        (events parked as failed included). `retry` overrides the projection's policy."""
+        """Apply every stored event after the checkpoint; returns how many this runner
+        applied (events it parked as failed included; not those another runner of the
+        projection applied meanwhile). `retry` overrides the projection's policy."""
         return await self._catch_up(
             store, db, codec or self.codec(), batch_size, retry or self.retry, None
         )
@@ -308,25 +343,33 @@ class Projection:
                 break
             limit = batch_size
             head = batch[0]
-            if failing is not None and failing[0] == head.position:
-                error = failing[1]
-            else:
-                try:
-                    await self._commit(db, codec, batch, position)
-                    position = batch[-1].position
-                    done += len(batch)
-                    continue
-                except _ApplyFailed as failed:
-                    if failed.index:  # commit the events before it first, on their own
-                        limit = failed.index
-                        failing = (batch[failed.index].position, failed.error)
+            try:
+                if failing is not None and failing[0] == head.position:
+                    error = failing[1]
+                else:
+                    try:
+                        await self._commit(db, codec, batch, position)
+                        position = batch[-1].position
+                        done += len(batch)
                         continue
-                    error = failed.error
-            failing = None
-            if not await self._retry_or_park(db, codec, head, position, error, retry, stop):
-                break  # stopped while waiting to retry: the event is tried again next run
-            position = head.position
-            done += 1
+                    except _ApplyFailed as failed:
+                        if failed.index:  # commit the events before it first, on their own
+                            limit = failed.index
+                            failing = (batch[failed.index].position, failed.error)
+                            continue
+                        error = failed.error
+                failing = None
+                if not await self._retry_or_park(db, codec, head, position, error, retry, stop):
+                    break  # stopped while waiting to retry: the event is tried again next run
+                position = head.position
+                done += 1
+            except ProjectionConflict as lost:  # another runner took it: follow its checkpoint
+                _log.debug(
+                    "projection.checkpoint_moved", projection=self.name,
+                    expected=lost.expected, current=lost.current,
+                )  # fmt: skip
+                position = await self.checkpoint(db)
+                failing = None
         return done
 
     async def _retry_or_park(
@@ -340,7 +383,8 @@ class Projection:
         stop: asyncio.Event | None,
     ) -> bool:
         """Retry the event the read model refused, alone, then park it; returns False if
-        `stop` was set meanwhile (nothing parked, the checkpoint unmoved)."""
+        `stop` was set meanwhile (nothing parked, the checkpoint unmoved).
+        `ProjectionConflict` if another runner moved the checkpoint meanwhile."""
         attempt = 1
         while True:
             if isinstance(error, OSError):  # a connection or a timeout: not the event's fault
@@ -379,6 +423,7 @@ class Projection:
         reason = _reason(error)
         trace = redact_text("".join(traceback.format_exception(error)))[-8000:]
         async with db.transaction() as tx:
+            await self._claim(tx, expected, stored.position)
             await tx.execute(
                 "INSERT INTO projection_failures (name, position, event_id, type, stream_id, "
                 "error, traceback, attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -388,7 +433,6 @@ class Projection:
                 (self.name, stored.position, stored.id, stored.type, stored.stream_id,
                  reason, trace, attempts, now_rfc3339()),
             )  # fmt: skip
-            await self._advance(tx, expected, stored.position)
         _log.error(
             "projection.event_parked", **self._describe(stored), attempts=attempts,
             error=reason, exc_info=error,
@@ -466,8 +510,9 @@ class Projection:
 
         Events the read model cannot apply are retried, then parked (module docstring).
         A failing store or database is logged at error and retried with backoff (up to
-        `max_backoff` seconds). `ProjectionConflict`, or anything that is not an
-        `Exception`, is logged at critical and raised: the task ends only loudly."""
+        `max_backoff` seconds). Another runner of the projection is no error: the two
+        share the batches (module docstring). Anything that is not an `Exception` is
+        logged at critical and raised: the task ends only loudly."""
         stop = stop or asyncio.Event()
         codec = codec or self.codec()
         policy = retry or self.retry
@@ -477,8 +522,6 @@ class Projection:
             while not stop.is_set():
                 try:
                     read = await self._catch_up(store, db, codec, 500, policy, stop)
-                except ProjectionConflict:
-                    raise
                 except Exception as exc:
                     _log.error(
                         "projection.stalled", projection=self.name, error=_reason(exc),

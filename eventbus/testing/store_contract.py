@@ -7,6 +7,11 @@
         def store_factory(self) -> Callable[[], EventStore]:
             return functools.partial(AcmeEventStore, "acme://test")  # picklable
 
+A store that lives in a SQL `Database` (`store.database`) also proves that projections
+kept there are safe with several runners at once (each event applied exactly once); a
+store without one (the memory store) sets `has_database = False` and those tests are
+skipped, saying so.
+
 Needs pytest and pytest-asyncio (`pip install 'eventbus[testing]'`).
 """
 
@@ -14,16 +19,33 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
 import pytest
 import pytest_asyncio
 
 from ..errors import ConcurrencyError
-from ..sourcing import NO_STREAM, EventStore, NewEvent, Snapshot, StoredEvent
+from ..event import Event
+from ..sourcing import (
+    NO_STREAM,
+    Database,
+    EventMeta,
+    EventStore,
+    NewEvent,
+    Projection,
+    Snapshot,
+    StoredEvent,
+    Transaction,
+)
 
 STREAM = "account-a"
+#: the projection the multi-runner tests run, and its read model: one row per application
+PROJECTION = "contract-applications"
+APPLICATIONS = "contract_applications"
+#: how many events the multi-runner tests project, and in batches of how many
+PROJECTED_EVENTS, PROJECTION_BATCH = 200, 20
 
 #: opens a new store instance on the data under test (picklable for MultiProcessContract)
 StoreFactory = Callable[[], EventStore]
@@ -48,6 +70,10 @@ class StoreContract:
 
     pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
     shared_instances = True
+    #: whether the store lives in a SQL `Database` (`store.database`), where projections
+    #: keep their read model and checkpoint; False skips the projection tests (with the
+    #: reason), True fails them if `store.database` is None
+    has_database = True
 
     def store_factory(self) -> StoreFactory:
         raise NotImplementedError
@@ -88,6 +114,17 @@ class StoreContract:
         other = self._factory()
         await other.open()
         return other
+
+    def database_of(self, store: EventStore) -> Database:
+        """`store.database`, or a skip if the store has none (`has_database = False`)."""
+        if not self.has_database:
+            pytest.skip(
+                "the store has no Database (has_database = False): a projection of it keeps "
+                "its checkpoint in a database of its own, tested with SQLite and PostgreSQL"
+            )
+        db = store.database
+        assert db is not None, "store.database is None: set has_database = False"
+        return db
 
     # --- append and read -------------------------------------------------------------------
 
@@ -274,6 +311,85 @@ class StoreContract:
         await store.outbox_mark_sent([4])
         assert await store.outbox_pending() == []
 
+    # --- projections: several runners, each event applied once ------------------------------
+
+    async def test_two_projection_runners_catching_up_apply_each_event_once(
+        self, store: EventStore
+    ) -> None:
+        """Two runners of one projection, each on its own store instance (its own
+        connection), catch up from the same store at the same time: every event is applied
+        by exactly one of them, the checkpoint ends at the last position, and the loser of
+        a batch is no error (it follows the checkpoint)."""
+        db = self.database_of(store)
+        if not self.shared_instances:
+            pytest.skip("two runners need two instances on the same data")
+        await append_deposits(store, PROJECTED_EVENTS)
+        await applications_projection().setup(db)
+        other = await self.another(store)
+        try:
+            other_db = self.database_of(other)
+            outcomes = await asyncio.gather(
+                applications_projection().catch_up(store, db, batch_size=PROJECTION_BATCH),
+                applications_projection().catch_up(other, other_db, batch_size=PROJECTION_BATCH),
+                return_exceptions=True,
+            )
+        finally:
+            await other.close()
+        await assert_each_event_applied_once(store, db)
+        assert_runners_counted(store_events=PROJECTED_EVENTS, outcomes=list(outcomes))
+
+    async def test_two_projection_runners_following_the_store_apply_each_event_once(
+        self, store: EventStore
+    ) -> None:
+        """Two `run` tasks of one projection, on two store instances, follow the store while
+        a writer appends: both keep running (the one that loses a batch follows the
+        checkpoint) and every event is applied exactly once; when one is stopped, the
+        other carries on alone."""
+        db = self.database_of(store)
+        if not self.shared_instances:
+            pytest.skip("two runners need two instances on the same data")
+        await applications_projection().setup(db)
+        other = await self.another(store)
+        stops = [asyncio.Event(), asyncio.Event()]
+        runners = [
+            asyncio.create_task(
+                applications_projection().run(
+                    s, self.database_of(s), stop=stop, poll_interval=0.005
+                )
+            )
+            for s, stop in zip((store, other), stops, strict=True)
+        ]
+        projection = applications_projection()
+
+        async def caught_up(running: list[asyncio.Task[None]]) -> None:
+            last = await store.last_position()
+
+            async def done() -> bool:
+                if all(r.done() for r in running):
+                    return True  # they ended: the asserts below say how
+                return await projection.checkpoint(db) == last
+
+            await until(done, 120)
+
+        try:
+            await append_deposits(store, PROJECTED_EVENTS, per_append=5)
+            await caught_up(runners)
+            ended = [r.done() for r in runners]
+            if ended == [False, False]:
+                stops[0].set()
+                await runners[0]
+                await append_deposits(store, PROJECTION_BATCH, per_append=5)
+                await caught_up(runners[1:])
+                ended[1] = runners[1].done()
+        finally:
+            for stop in stops:
+                stop.set()
+            results = await asyncio.gather(*runners, return_exceptions=True)
+            await other.close()
+        await assert_each_event_applied_once(store, db)
+        assert ended == [False, False], f"a runner ended before it was stopped: {results!r}"
+        assert results == [None, None]
+
 
 class PersistentContract(StoreContract):
     async def test_events_survive_reopening(self, store: EventStore) -> None:
@@ -318,6 +434,37 @@ class MultiProcessContract(PersistentContract):
         assert_one_winner_per_version(wins, await store.read(STREAM), versions)
         assert all(w.exitcode == 0 for w in workers)
 
+    async def test_two_projection_runner_processes_apply_each_event_once(
+        self, store: EventStore
+    ) -> None:
+        """Two OS processes run one projection, catching up from the same store at the same
+        time: every event is applied by exactly one of them."""
+        db = self.database_of(store)
+        await append_deposits(store, PROJECTED_EVENTS)
+        await applications_projection().setup(db)
+        ctx = multiprocessing.get_context("spawn")
+        go = ctx.Event()
+        results: Any = ctx.Queue()
+        workers = [
+            ctx.Process(target=projection_worker, args=(self._factory, go, results))
+            for _ in range(2)
+        ]
+        for w in workers:
+            w.start()
+        try:
+            ready = [await asyncio.to_thread(results.get, True, 120) for _ in workers]
+            assert ready == ["ready"] * len(workers)
+            go.set()
+            outcomes = [await asyncio.to_thread(results.get, True, 240) for _ in workers]
+        finally:
+            for w in workers:
+                await asyncio.to_thread(w.join, 60)
+                if w.is_alive():
+                    w.kill()
+        await assert_each_event_applied_once(store, db)
+        assert_runners_counted(store_events=PROJECTED_EVENTS, outcomes=outcomes)
+        assert all(w.exitcode == 0 for w in workers)
+
 
 def assert_one_winner_per_version(
     wins: list[tuple[int, str]], stored: list[StoredEvent], versions: int
@@ -346,6 +493,95 @@ def append_worker(factory: StoreFactory, versions: int, go: Any, results: Any) -
         finally:
             await store.close()
         return wins
+
+    try:
+        results.put(asyncio.run(main()))
+    except BaseException as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+# --- projections ---------------------------------------------------------------------------
+
+
+def applications_projection() -> Projection:
+    """The projection the multi-runner tests run: its read model gets one row per event
+    it applies, with no unique key, so an event applied twice shows as two rows. Its event
+    class is made here, so no declared class outlives it (`eventbus asyncapi`)."""
+
+    class Deposited(Event, stream="accounts", type="account.deposited"):
+        account_id: str
+        amount: int
+
+    async def applied(event: Deposited, tx: Transaction, meta: EventMeta) -> None:
+        await tx.execute(
+            f"INSERT INTO {APPLICATIONS} (position, amount) VALUES (?, ?)",
+            (meta.position, event.amount),
+        )
+
+    applied.__annotations__["event"] = Deposited  # a local class: not found by its name
+    projection = Projection(
+        PROJECTION,
+        schema=[
+            f"CREATE TABLE IF NOT EXISTS {APPLICATIONS} "
+            "(position BIGINT NOT NULL, amount BIGINT NOT NULL)"
+        ],
+        tables=[APPLICATIONS],
+    )
+    projection.on(applied)
+    return projection
+
+
+async def append_deposits(store: EventStore, count: int, *, per_append: int = 10) -> None:
+    """`count` deposit events, `per_append` to a call, over several streams."""
+    for start in range(0, count, per_append):
+        events = [new_event(n) for n in range(start, min(start + per_append, count))]
+        await store.append(f"account-{start // per_append % 7}", events, None)
+
+
+async def assert_each_event_applied_once(store: EventStore, db: Database) -> None:
+    """Every stored event has exactly one row in the read model, and the checkpoint is at
+    the last position."""
+    positions = [e.position for e in await store.read_all(1, 100_000)]
+    async with db.transaction() as tx:
+        rows = await tx.fetchall(f"SELECT position FROM {APPLICATIONS}")
+    applied = sorted(int(p) for (p,) in rows)
+    assert len(applied) == len(positions), f"{len(applied)} applications of {len(positions)} events"
+    assert applied == positions, "each event applied exactly once"
+    assert await applications_projection().checkpoint(db) == positions[-1]
+
+
+def assert_runners_counted(*, store_events: int, outcomes: list[Any]) -> None:
+    """No runner failed (`outcomes`: what each `catch_up` returned, or its exception or
+    its error text), and each counted only what it applied: together, every event once."""
+    errors = [o for o in outcomes if not isinstance(o, int)]
+    assert not errors, f"a runner that loses a batch must follow the checkpoint: {errors!r}"
+    assert sum(outcomes) == store_events, f"the runners counted {outcomes}"
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    """Wait until `condition()` holds (polling), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+def projection_worker(factory: StoreFactory, go: Any, results: Any) -> None:
+    """One OS process catching the projection up from the store, racing another."""
+
+    async def main() -> int:
+        store = factory()
+        await store.open()
+        try:
+            db = store.database
+            assert db is not None
+            results.put("ready")
+            await asyncio.to_thread(go.wait, 120)
+            return await applications_projection().catch_up(store, db, batch_size=PROJECTION_BATCH)
+        finally:
+            await store.close()
 
     try:
         results.put(asyncio.run(main()))
