@@ -41,8 +41,14 @@ class Database(Protocol):
 
 
 async def create_schema(db: Database, statements: Sequence[str]) -> None:
-    """Run DDL statements (`CREATE TABLE IF NOT EXISTS ...`) in one transaction."""
+    """Run DDL statements (`CREATE TABLE IF NOT EXISTS ...`) in one transaction. A
+    database with a `ddl_lock` statement (PostgreSQL: an advisory lock) runs it first, so
+    that processes setting up the same tables at once wait for each other instead of
+    failing on the catalog's unique keys."""
+    lock = getattr(db, "ddl_lock", None)
     async with db.transaction() as tx:
+        if isinstance(lock, str):
+            await tx.execute(lock)
         for statement in statements:
             await tx.execute(statement)
 

@@ -85,6 +85,9 @@ class PostgresDatabase:
     `transaction()` runs on a checked connection but is not retried: its block may do
     more than SQL. Pool options: `postgres_pool.PostgresPool`."""
 
+    #: taken by `create_schema` before DDL (see there)
+    ddl_lock = _DDL_LOCK
+
     dialect: Literal["sqlite", "postgresql"] = "postgresql"
 
     def __init__(

@@ -37,3 +37,27 @@ async def test_unreachable_database_fails_loudly_without_the_password() -> None:
         await store.open()
     assert "s3cret" not in str(info.value) and "127.0.0.1" in str(info.value)
     await store.close()
+
+
+async def test_processes_setting_up_the_same_tables_at_once_wait_for_each_other() -> None:
+    """`create_schema` from 4 connections at the same moment (4 projections' or inboxes'
+    `setup` in 4 processes): without the DDL lock PostgreSQL fails the losers with a
+    unique violation on its catalog."""
+    import asyncio
+
+    from eventbus.sourcing import Inbox, create_schema
+
+    schema = unique_schema()
+    dbs = [PostgresDatabase(POSTGRES_DSN, schema=schema) for _ in range(4)]
+    try:
+        for db in dbs:
+            await db.open()
+        ddl = ["CREATE TABLE IF NOT EXISTS setup_race (id TEXT PRIMARY KEY)"]
+        await asyncio.gather(*(create_schema(db, ddl) for db in dbs))
+        await asyncio.gather(*(Inbox(db, "g").setup() for db in dbs))
+        async with dbs[0].transaction() as tx:
+            assert await tx.fetchall("SELECT id FROM setup_race") == []
+    finally:
+        await dbs[0].drop_schema()
+        for db in dbs:
+            await db.close()
