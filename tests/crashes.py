@@ -38,6 +38,7 @@ async def kill_repeatedly(
     module: str,
     args: Sequence[str],
     progress: Callable[[], int],
+    activity: Callable[[], int],
     done: Callable[[], bool],
     *,
     total: int,
@@ -45,17 +46,18 @@ async def kill_repeatedly(
     seed: int,
     timeout: float = 240.0,
 ) -> KillRun:
-    """Run `python -m module *args` `kills` times, SIGKILLing it once `progress()`
-    passes a random point beyond where the last run was killed (each run gets a random
-    share, up to twice its even share, of the way to 90% of `total`), then once more
-    until `done()`, and stop that one with SIGTERM."""
+    """Run `python -m module *args` `kills` times, SIGKILLing each run at a random
+    moment: once it has handled a random number of events (`activity()`, re-runs
+    included), up to twice its even share of the work not yet done (`total - progress()`)
+    so that every run has work left; then once more until `done()`, stopped with SIGTERM."""
     rng = random.Random(seed)
     run = KillRun()
     env = {**os.environ, "EVENTBUS_LOG_LEVEL": "WARNING"}
     for kill in range(kills):
-        current = progress()
-        share = max((total * 9 // 10 - current) // (kills - kill), 2)
-        target = current + rng.randint(1, 2 * share - 1)
+        remaining = total - progress()
+        share = remaining // (kills - kill + 1)
+        assert share >= 1, f"too little work left for {kills - kill} more kills"
+        target = activity() + rng.randint(1, 2 * share - 1)
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", module, *args, cwd=ROOT, env=env
@@ -63,9 +65,9 @@ async def kill_repeatedly(
         try:
 
             def reached(t: int = target, p: asyncio.subprocess.Process = proc) -> bool:
-                return progress() >= t or p.returncode is not None
+                return activity() >= t or p.returncode is not None
 
-            await until(reached, timeout=timeout, what=f"progress {target} of {module}")
+            await until(reached, timeout=timeout, what=f"activity {target} of {module}")
             assert proc.returncode is None, f"{module} exited early: {proc.returncode}"
         finally:
             if proc.returncode is None:
@@ -106,3 +108,8 @@ def progress_of(path: Path) -> Callable[[], int]:
         return len(seen)
 
     return count
+
+
+def activity_of(path: Path) -> Callable[[], int]:
+    """Lines the processes wrote to `path` (every handled event, re-runs included)."""
+    return lambda: path.read_bytes().count(b"\n")

@@ -5,6 +5,7 @@ run without it shows the duplicates it prevents."""
 
 import asyncio
 import itertools
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,12 @@ import pytest
 from eventbus import Event
 from eventbus.testing.conformance import unique
 
-from ..crashes import kill_repeatedly, progress_of
+from ..crashes import activity_of, kill_repeatedly, progress_of
 from .harness import KafkaHarness
 from .support import committed_offsets
 from .test_exactly_once import read_all
 
-pytestmark = [pytest.mark.kafka, pytest.mark.soak]
+pytestmark = [pytest.mark.kafka, pytest.mark.soak, pytest.mark.timeout(900)]
 
 TOTAL = 20_000
 KILLS = 10
@@ -43,9 +44,12 @@ async def crash_run(kafka: KafkaHarness, tmp_path: Path, mode: str, seed: int) -
     progress_file.touch()
     progress = progress_of(progress_file)
 
+    last_check = [0.0]
+
     def finished() -> bool:
-        if progress() < TOTAL:
+        if progress() < TOTAL or time.monotonic() - last_check[0] < 0.5:
             return False
+        last_check[0] = time.monotonic()
         offsets = committed_offsets(group, stream, PARTITIONS)
         return sum(max(o, 0) for o in offsets.values()) == TOTAL
 
@@ -53,6 +57,7 @@ async def crash_run(kafka: KafkaHarness, tmp_path: Path, mode: str, seed: int) -
         "tests.kafka.transform_process",
         [mode, stream, out, group, str(progress_file)],
         progress,
+        activity_of(progress_file),
         finished,
         total=TOTAL,
         kills=KILLS,
