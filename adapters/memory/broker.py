@@ -38,6 +38,7 @@ class MemoryBroker:
         replays_history_to_new_groups=False,
         unroutable_is_error=False,
         binary_headers=False,
+        transactions=True,  # staged events are published in the step that acks
         system="memory",
     )
 

@@ -1,4 +1,8 @@
-"""`MemoryDelivery`: one event handed to a member, settled on the in-process broker."""
+"""`MemoryDelivery`: one event handed to a member, settled on the in-process broker.
+
+Exactly-once subscriptions: the events a handler publishes are staged here and published
+by `ack` in the same synchronous step that settles the delivery (nothing can interleave
+on the event loop), so both happen or neither does; any other settlement drops them."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from eventbus.toolkit import (
     ATTEMPT_HEADER,
     DeadLetter,
     Delivery,
+    Message,
 )
 
 from .state import Entry, Partition
@@ -17,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class MemoryDelivery(Delivery):
-    __slots__ = ("_entry", "_member", "_partition")
+    __slots__ = ("_entry", "_member", "_partition", "_staged")
 
     def __init__(self, member: MemoryMember, partition: Partition, entry: Entry) -> None:
         Delivery.__init__(  # positional: this runs once per delivered event
@@ -36,11 +41,27 @@ class MemoryDelivery(Delivery):
         self._member = member
         self._partition = partition
         self._entry = entry
+        self._staged: list[Message] | None = None
 
     async def ack(self) -> None:
-        self._member.settled(self._partition, self._entry)
+        staged, self._staged = self._staged, None
+        member = self._member
+        if member.settled(self._partition, self._entry) and staged:
+            publish = member.group.state.publish
+            for message in staged:
+                publish(message, member.loop)
+
+    async def stage(self, message: Message) -> None:
+        if self._staged is None:
+            self._staged = [message]
+        else:
+            self._staged.append(message)
+
+    def unstage(self) -> None:
+        self._staged = None
 
     async def nack(self) -> None:
+        self._staged = None
         if self._member.settled(self._partition, self._entry):
             self._partition.requeue(self._entry)
             owner = self._partition.owner
@@ -48,6 +69,7 @@ class MemoryDelivery(Delivery):
                 owner.wake(None)
 
     async def retry_later(self, attempt: int, delay: float) -> None:
+        self._staged = None
         entry = self._entry
         copy = Entry(entry.seq, entry.body, entry.attributes, entry.key, attempt)
         group = self._member.group
@@ -55,6 +77,7 @@ class MemoryDelivery(Delivery):
         self._member.settled(self._partition, entry)
 
     async def dead_letter(self, info: dict[str, str]) -> None:
+        self._staged = None
         entry = self._entry
         group = self._member.group
         state = group.state

@@ -243,20 +243,6 @@ async def test_transactional_id_without_exactly_once_is_refused(kafka: KafkaHarn
     await bus.stop()
 
 
-async def test_exactly_once_is_refused_by_a_broker_without_transactions() -> None:
-    bus = EventBus("memory://")
-
-    class Order(Event, stream=unique("eos-in"), type="order"):
-        n: int
-
-    @bus.subscribe(group="billing", exactly_once=True)
-    async def bill(event: Order) -> None: ...
-
-    with pytest.raises(ConfigurationError, match=r"exactly_once=True .*billing"):
-        await bus.start()
-    assert not bus.running
-
-
 async def test_an_aborted_transaction_is_invisible_and_its_records_run_again(
     kafka: KafkaHarness,
 ) -> None:

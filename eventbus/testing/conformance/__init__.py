@@ -20,18 +20,24 @@ from .requests import RequestReplyTests
 from .suite import ConformanceTests
 from .support import Events, dead_letters, make_events, settle, until, wait_dead
 from .telemetry import TelemetryTests
+from .transactions import ExactlyOnceTests
 
 
-class AdapterTests(ConformanceTests, HostileInputTests, TelemetryTests, RequestReplyTests):
+class AdapterTests(
+    ConformanceTests, HostileInputTests, TelemetryTests, RequestReplyTests, ExactlyOnceTests
+):
     """Every test of the suite: the guarantees, the hostile-input section, telemetry
-    (traces, metrics, health) and request/reply (skipped by `Capabilities.request_reply`).
-    Subclass it as `Test<YourAdapter>` with `harness_class = YourHarness`."""
+    (traces, metrics, health), request/reply (skipped by `Capabilities.request_reply`)
+    and exactly-once subscriptions (by `Capabilities.transactions`: committed with the
+    settlement, or refused at start). Subclass it as `Test<YourAdapter>` with
+    `harness_class = YourHarness`."""
 
 
 __all__ = [
     "AdapterTests",
     "ConformanceTests",
     "Events",
+    "ExactlyOnceTests",
     "Harness",
     "HostileInputTests",
     "RequestReplyTests",
