@@ -4,7 +4,9 @@ Gap-free global order: positions come from a sequence in PostgreSQL only at the 
 a later commit with a smaller number (a tailing reader would skip it). Here every append
 takes a transaction-scoped advisory lock first, then assigns `max(position) + 1`, so
 appends commit one after another in position order; the lock is released at commit.
-Within one call all events go in one transaction. `schema=` isolates a store in its own
+Within one call all events go in one transaction. `append_in` appends inside a caller's
+transaction (a transactional handler's) and takes the same lock there, held to that
+transaction's commit. `schema=` isolates a store in its own
 PostgreSQL schema (tests use one per test).
 
 Connections come from a checked pool (`postgres_pool`). When a connection is lost under
@@ -41,7 +43,7 @@ from eventbus.errors import ConcurrencyError, ConfigurationError
 from eventbus.log import get_logger
 from eventbus.settings import redact_url
 
-from .database import Params, Row
+from .database import Params, Row, Transaction
 from .postgres_pool import Connection, PostgresPool
 from .records import NewEvent, Snapshot, StoredEvent
 from .store import EventStore, check_events, check_version
@@ -56,6 +58,7 @@ from .table import (
     READ_STREAM,
     SAVE_SNAPSHOT,
     STREAM_VERSION,
+    append_rows,
     event_row,
     event_store_schema,
     row_to_snapshot,
@@ -305,6 +308,31 @@ class PostgresEventStore(EventStore):
             return stored
 
         return await self._db.pool.run(attempt, "append")
+
+    async def append_in(
+        self,
+        tx: Transaction,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        publish: bool = False,
+    ) -> list[StoredEvent]:
+        """See `EventStore.append_in`. Takes the append lock inside `tx`, held to its commit
+        (as `append` does in its own transaction), so positions stay gap-free and in commit
+        order; every other append of the store waits meanwhile: append last. Not retried
+        on a lost connection: the caller's transaction is retried as a whole."""
+        if not isinstance(tx, PostgresTransaction):
+            raise ValueError("append_in needs a transaction of this store's database")
+        check_events(events)
+        try:
+            await tx.execute(_APPEND_LOCK)
+            return await append_rows(tx, stream_id, events, expected_version, publish=publish)
+        except psycopg.errors.UniqueViolation as exc:
+            raise ConcurrencyError(
+                f"stream {stream_id!r}: version or event id already taken "
+                f"({exc.diag.constraint_name})"
+            ) from None
 
     async def _fetch(self, query: str, params: Params, operation: str) -> list[StoredEvent]:
         async def fetch(conn: Connection) -> list[Row]:

@@ -19,7 +19,7 @@ from typing import IO, Literal, TypeVar
 from eventbus.errors import ConcurrencyError
 from eventbus.log import get_logger
 
-from .database import Params, Row
+from .database import Params, Row, Transaction
 from .records import NewEvent, Snapshot, StoredEvent
 from .store import EventStore, check_events, check_version
 from .table import (
@@ -34,6 +34,7 @@ from .table import (
     READ_STREAM,
     SAVE_SNAPSHOT,
     STREAM_VERSION,
+    append_rows,
     event_row,
     event_store_schema,
     row_to_snapshot,
@@ -231,6 +232,26 @@ class SqliteEventStore(EventStore):
             raise ConcurrencyError(
                 f"stream {stream_id!r}: version or event id already taken ({exc}); "
                 "reload and retry the command"
+            ) from None
+
+    async def append_in(
+        self,
+        tx: Transaction,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        publish: bool = False,
+    ) -> list[StoredEvent]:
+        """See `EventStore.append_in`; `tx` holds SQLite's write lock (`BEGIN IMMEDIATE`)
+        already, so positions are assigned and committed in order."""
+        if not isinstance(tx, SqliteTransaction) or tx._db is not self._db:
+            raise ValueError("append_in needs a transaction of this store's database")
+        try:
+            return await append_rows(tx, stream_id, events, expected_version, publish=publish)
+        except sqlite3.IntegrityError as exc:
+            raise ConcurrencyError(
+                f"stream {stream_id!r}: version or event id already taken ({exc})"
             ) from None
 
     async def _fetch(self, query: str, params: Params) -> list[StoredEvent]:

@@ -4,9 +4,12 @@ tables, the statements (with `?` placeholders; PostgreSQL converts them with
 
 from __future__ import annotations
 
-from .database import Row
-from .records import Snapshot, StoredEvent
-from .store import decode_headers, encode_headers
+from collections.abc import Sequence
+
+from .database import Row, Transaction
+from .inbox import SCHEMA as INBOX_SCHEMA
+from .records import NewEvent, Snapshot, StoredEvent
+from .store import check_events, check_version, decode_headers, encode_headers
 
 
 def event_store_schema(integer: str, blob: str) -> tuple[str, ...]:
@@ -43,6 +46,9 @@ def event_store_schema(integer: str, blob: str) -> tuple[str, ...]:
         reason TEXT NOT NULL,
         failed_at TEXT NOT NULL
     )""",
+        # the inbox of idempotent consumers (eventbus.sourcing.inbox): transactional
+        # handlers record the events they handled here, in their transaction
+        *INBOX_SCHEMA,
     )
 
 
@@ -87,6 +93,34 @@ def event_row(e: StoredEvent) -> tuple[object, ...]:
         e.position, e.stream_id, e.version, e.id, e.type, e.schema_version, e.data, e.stream,
         e.key, e.time, e.correlation_id, e.causation_id, encode_headers(e.headers),
     )  # fmt: skip
+
+
+async def append_rows(
+    tx: Transaction,
+    stream_id: str,
+    events: Sequence[NewEvent],
+    expected_version: int | None,
+    *,
+    publish: bool,
+) -> list[StoredEvent]:
+    """`EventStore.append` inside the caller's open transaction `tx`: check the stream's
+    version, number the events after the last position, insert them (and queue them in the
+    outbox if `publish`). The caller holds whatever keeps positions in commit order (SQLite:
+    the write lock of `BEGIN IMMEDIATE`; PostgreSQL: the append lock, taken first)."""
+    check_events(events)
+    row = await tx.fetchone(STREAM_VERSION, (stream_id,))
+    current = int(row[0]) if row is not None else 0
+    check_version(stream_id, current, expected_version)
+    row = await tx.fetchone(LAST_POSITION)
+    last = int(row[0]) if row is not None else 0
+    stored = [
+        StoredEvent.of(new, stream_id, current + i, last + i)
+        for i, new in enumerate(events, start=1)
+    ]
+    await tx.executemany(INSERT_EVENT, [event_row(e) for e in stored])
+    if publish:
+        await tx.executemany(INSERT_OUTBOX, [(e.position,) for e in stored])
+    return stored
 
 
 def snapshot_row(snapshot: Snapshot) -> tuple[object, ...]:
