@@ -9,6 +9,8 @@ positions (max + 1 inside that lock) are committed in order, so `read_all` has n
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import importlib.util
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -92,8 +94,22 @@ class SqliteDatabase:
             raise RuntimeError(f"SQLite database {self.path!r} is not open")
         return self._conn
 
+    def _check_not_held(self) -> None:
+        """Refuse, rather than wait forever, a call made inside a transaction this task
+        (or a task it started) holds on this database: the call would wait for that
+        transaction, which waits for the call. E.g. `store.read` or a `Repository` inside
+        a transactional handler: use its `tx` instead."""
+        held = _holding.get()
+        if held is not None and held.db is self and held.active:
+            raise RuntimeError(
+                f"SQLite database {self.path!r}: this task is inside a transaction of it, and "
+                "this call would wait for that transaction to end (a deadlock). Inside a "
+                "transaction use its `tx` (or finish it first)"
+            )
+
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
         """Run `fn(connection)` in the database thread, in one transaction if `write`."""
+        self._check_not_held()
         async with self._lock:
             conn = self.conn
             if not write:
@@ -113,15 +129,39 @@ class SqliteDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
+        self._check_not_held()
         async with self._lock:
             conn = self.conn
             await self._call(lambda: conn.execute("BEGIN IMMEDIATE"))
+            held = _Held(self)
+            token = _holding.set(held)
             try:
                 yield SqliteTransaction(self, conn)
             except BaseException:
                 await asyncio.shield(self._call(lambda: conn.execute("ROLLBACK")))
                 raise
+            finally:
+                held.active = False
+                with contextlib.suppress(ValueError):  # exited in another context
+                    _holding.reset(token)
             await self._call(lambda: conn.execute("COMMIT"))
+
+
+class _Held:
+    """A transaction this task holds on `db` (until it ends: `active`). Tasks started
+    inside it copy the context, so they see it too, and no longer once it ended."""
+
+    __slots__ = ("active", "db")
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+        self.active = True
+
+
+#: the SQLite transaction the running task is inside, if any
+_holding: contextvars.ContextVar[_Held | None] = contextvars.ContextVar(
+    "eventbus_sqlite_transaction", default=None
+)
 
 
 class SqliteTransaction:
