@@ -46,8 +46,9 @@ from eventbus.settings import redact_url
 from .database import Params, Row, Transaction
 from .postgres_pool import Connection, PostgresPool
 from .records import NewEvent, Snapshot, StoredEvent
-from .store import EventStore, check_events, check_version
+from .store import EventStore, check_events
 from .table import (
+    APPEND_HEAD,
     INSERT_EVENT,
     INSERT_OUTBOX,
     LAST_POSITION,
@@ -61,6 +62,7 @@ from .table import (
     append_rows,
     event_row,
     event_store_schema,
+    numbered,
     row_to_snapshot,
     rows_to_events,
     snapshot_row,
@@ -281,20 +283,10 @@ class PostgresEventStore(EventStore):
                             positions=[written[0].position, written[-1].position],
                         )  # fmt: skip
                         return list(written)
-                    cur = await conn.execute(
-                        "SELECT coalesce(max(version), 0), "
-                        "(SELECT coalesce(max(position), 0) FROM events) "
-                        "FROM events WHERE stream_id = %s",
-                        (stream_id,),
-                    )
+                    cur = await conn.execute(_APPEND_HEAD, (stream_id,))
                     row = await cur.fetchone()
                     assert row is not None
-                    current, last = int(row[0]), int(row[1])
-                    check_version(stream_id, current, expected_version)
-                    stored = [
-                        StoredEvent.of(new, stream_id, current + i, last + i)
-                        for i, new in enumerate(events, start=1)
-                    ]
+                    stored = numbered(stream_id, events, expected_version, int(row[0]), int(row[1]))
                     written[:] = stored
                     async with conn.cursor() as c:
                         await c.executemany(_INSERT_EVENT, [event_row(e) for e in stored])
@@ -408,6 +400,7 @@ async def _committed(conn: Connection, written: list[StoredEvent]) -> bool:
 
 
 #: the shared statements (`table.py`) with PostgreSQL's placeholders
+_APPEND_HEAD = to_pyformat(APPEND_HEAD)
 _INSERT_EVENT = to_pyformat(INSERT_EVENT)
 _INSERT_OUTBOX = to_pyformat(INSERT_OUTBOX)
 _STREAM_VERSION = to_pyformat(STREAM_VERSION)

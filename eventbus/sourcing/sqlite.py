@@ -23,8 +23,9 @@ from eventbus.log import get_logger
 
 from .database import Params, Row, Transaction
 from .records import NewEvent, Snapshot, StoredEvent
-from .store import EventStore, check_events, check_version
+from .store import EventStore, check_events
 from .table import (
+    APPEND_HEAD,
     INSERT_EVENT,
     INSERT_OUTBOX,
     LAST_POSITION,
@@ -36,9 +37,9 @@ from .table import (
     READ_STREAM,
     SAVE_SNAPSHOT,
     STREAM_VERSION,
-    append_rows,
     event_row,
     event_store_schema,
+    numbered,
     row_to_snapshot,
     rows_to_events,
     snapshot_row,
@@ -254,17 +255,7 @@ class SqliteEventStore(EventStore):
         check_events(events)
 
         def append(conn: sqlite3.Connection) -> list[StoredEvent]:
-            (current,) = conn.execute(STREAM_VERSION, (stream_id,)).fetchone()
-            check_version(stream_id, current, expected_version)
-            (last,) = conn.execute(LAST_POSITION).fetchone()
-            stored = [
-                StoredEvent.of(new, stream_id, current + i, last + i)
-                for i, new in enumerate(events, start=1)
-            ]
-            conn.executemany(INSERT_EVENT, [event_row(e) for e in stored])
-            if publish:
-                conn.executemany(INSERT_OUTBOX, [(e.position,) for e in stored])
-            return stored
+            return _append(conn, stream_id, events, expected_version, publish)
 
         try:
             return await self._db.run(append, write=True)
@@ -287,8 +278,12 @@ class SqliteEventStore(EventStore):
         already, so positions are assigned and committed in order."""
         if not isinstance(tx, SqliteTransaction) or tx._db is not self._db:
             raise ValueError("append_in needs a transaction of this store's database")
-        try:
-            return await append_rows(tx, stream_id, events, expected_version, publish=publish)
+        check_events(events)
+        conn = tx._conn
+        try:  # one trip to the database thread (what `table.append_rows` does in several)
+            return await self._db._call(
+                lambda: _append(conn, stream_id, events, expected_version, publish)
+            )
         except sqlite3.IntegrityError as exc:
             raise ConcurrencyError(
                 f"stream {stream_id!r}: version or event id already taken ({exc})"
@@ -339,6 +334,22 @@ class SqliteEventStore(EventStore):
 
 
 __all__ = ["SqliteDatabase", "SqliteEventStore", "SqliteTransaction"]
+
+
+def _append(
+    conn: sqlite3.Connection,
+    stream_id: str,
+    events: Sequence[NewEvent],
+    expected_version: int | None,
+    publish: bool,
+) -> list[StoredEvent]:
+    """An append inside the open write transaction of `conn` (in the database thread)."""
+    current, last = conn.execute(APPEND_HEAD, (stream_id,)).fetchone()
+    stored = numbered(stream_id, events, expected_version, int(current), int(last))
+    conn.executemany(INSERT_EVENT, [event_row(e) for e in stored])
+    if publish:
+        conn.executemany(INSERT_OUTBOX, [(e.position,) for e in stored])
+    return stored
 
 
 _HAS_FLOCK = importlib.util.find_spec("fcntl") is not None

@@ -64,6 +64,11 @@ E_COLUMNS = ", ".join("e." + c.strip() for c in COLUMNS.split(","))
 INSERT_EVENT = f"INSERT INTO events ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 INSERT_OUTBOX = "INSERT INTO outbox (position) VALUES (?)"
 STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?"
+#: what an append numbers its events after: (the stream's version, the last position)
+APPEND_HEAD = (
+    "SELECT coalesce(max(version), 0), (SELECT coalesce(max(position), 0) FROM events) "
+    "FROM events WHERE stream_id = ?"
+)
 LAST_POSITION = "SELECT coalesce(max(position), 0) FROM events"
 READ_STREAM = (
     f"SELECT {COLUMNS} FROM events WHERE stream_id = ? AND version >= ? AND version <= ? "
@@ -108,19 +113,36 @@ async def append_rows(
     outbox if `publish`). The caller holds whatever keeps positions in commit order (SQLite:
     the write lock of `BEGIN IMMEDIATE`; PostgreSQL: the append lock, taken first)."""
     check_events(events)
-    row = await tx.fetchone(STREAM_VERSION, (stream_id,))
-    current = int(row[0]) if row is not None else 0
+    row = await tx.fetchone(APPEND_HEAD, (stream_id,))
+    assert row is not None  # an aggregate without GROUP BY: always one row
+    stored = numbered(stream_id, events, expected_version, int(row[0]), int(row[1]))
+    await _insert(tx, INSERT_EVENT, [event_row(e) for e in stored])
+    if publish:
+        await _insert(tx, INSERT_OUTBOX, [(e.position,) for e in stored])
+    return stored
+
+
+async def _insert(tx: Transaction, sql: str, rows: list[tuple[object, ...]]) -> None:
+    if len(rows) == 1:  # cheaper than a batch of one on PostgreSQL
+        await tx.execute(sql, rows[0])
+    else:
+        await tx.executemany(sql, rows)
+
+
+def numbered(
+    stream_id: str,
+    events: Sequence[NewEvent],
+    expected_version: int | None,
+    current: int,
+    last: int,
+) -> list[StoredEvent]:
+    """`events` as stored after version `current` of the stream and global position
+    `last`; `ConcurrencyError` unless the stream is at `expected_version` (None: any)."""
     check_version(stream_id, current, expected_version)
-    row = await tx.fetchone(LAST_POSITION)
-    last = int(row[0]) if row is not None else 0
-    stored = [
+    return [
         StoredEvent.of(new, stream_id, current + i, last + i)
         for i, new in enumerate(events, start=1)
     ]
-    await tx.executemany(INSERT_EVENT, [event_row(e) for e in stored])
-    if publish:
-        await tx.executemany(INSERT_OUTBOX, [(e.position,) for e in stored])
-    return stored
 
 
 def snapshot_row(snapshot: Snapshot) -> tuple[object, ...]:
