@@ -48,11 +48,14 @@ store's append lock (PostgreSQL) from the append to the commit, so that position
 gap-free and in commit order: the events are appended when the handler returns, which
 keeps that moment short and never holds the lock while the handler waits on rows.
 
-Inside the handler, use `tx` for the database. The store's own calls (`store.read`, a
-`Repository`) run outside the transaction: on PostgreSQL on another connection, and on
-SQLite, whose single connection the transaction holds, they raise instead of waiting for
-it forever. On an `exactly_once=True` (Kafka) subscription, a transactional handler's
-events still go to the outbox.
+Inside the handler, use `tx` for the database and `ctx.publish` for events
+(`bus.publish` still publishes at once, outside the transaction). The store's own calls
+(`store.read`, a `Repository`) run outside the transaction: on PostgreSQL on another
+connection, and on SQLite, whose single connection the transaction holds, they raise
+instead of waiting for it forever. To append to a stream of your own in the same
+transaction, call `store.append_in(tx, ...)` (late: it takes the append lock). On an
+`exactly_once=True` (Kafka) subscription, a transactional handler's events still go to the
+outbox.
 """
 
 from __future__ import annotations
@@ -123,12 +126,10 @@ async def _handle(
 
     async def update(tx: Transaction) -> None:
         previous, ctx.sink = ctx.sink, outputs.add
-        outputs.open = True
         try:
             await call(tx)
         finally:
-            outputs.open = False
-            ctx.sink = previous
+            ctx.sink = previous  # e.g. middleware publishing after the handler: at once
         if outputs.events:
             await store.append_in(
                 tx, output_stream(ctx.group, ctx.envelope.id), outputs.events, NO_STREAM,
@@ -147,12 +148,11 @@ def output_stream(group: str, event_id: str) -> str:
 class _Outputs:
     """The events a handler publishes, encoded for the store, appended when it returns."""
 
-    __slots__ = ("codec", "events", "open")
+    __slots__ = ("codec", "events")
 
     def __init__(self, codec: EventCodec) -> None:
         self.codec = codec
         self.events: list[NewEvent] = []
-        self.open = False
 
     async def add(
         self,
@@ -163,16 +163,11 @@ class _Outputs:
         causation_id: str,
     ) -> Envelope:
         """`ctx.publish` inside the transaction (a `Sink`)."""
-        if not self.open:
-            raise RuntimeError(
-                "ctx.publish after a transactional handler returned: its transaction has "
-                "ended; publish inside the handler (await what publishes)"
-            )
         for name in headers or ():
             validate_extension(name)  # refused now, rolled back, not parked by the relay
         new = self.codec.encode(
             event,
-            key=key,
+            key=None if key is None else str(key),  # as `bus.publish` does
             correlation_id=correlation_id,
             causation_id=causation_id,
             headers={name: str(value) for name, value in (headers or {}).items()},

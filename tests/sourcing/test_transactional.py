@@ -455,6 +455,36 @@ async def test_an_untyped_handler_is_transactional_too(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_a_header_the_bus_cannot_carry_fails_the_attempt_not_the_relay(
+    tmp_path: Path,
+) -> None:
+    """Refused inside the handler (rolled back, the bus's policy applies), rather than
+    committed and then parked by the relay as unpublishable. After the handler, the
+    context publishes to the bus again."""
+    store = SqliteEventStore(f"{tmp_path}/headers.db")
+    await store.open()
+    bus = EventBus(f"memory://{unique('headers')}")
+    contexts: list[Context] = []
+
+    @bus.subscribe(group=GROUP, retry=RetryPolicy(attempts=1))
+    @transactional(store)
+    async def bill(event: Paid, ctx: Context, tx: Transaction) -> None:
+        contexts.append(ctx)
+        await ctx.publish(Invoiced(order_id=event.order_id, attempt=1), headers={"Bad-Name": "x"})
+
+    try:
+        async with bus:
+            paid = await bus.publish(Paid(order_id="o-1"), key="o-1")
+            [dead] = await wait_dead(bus, Paid.__stream__, GROUP, 1)
+            assert "invalid header 'Bad-Name'" in dead.headers["x-exception-message"]
+            assert await store.outbox_pending() == [] and await store.last_position() == 0
+            assert contexts[0].sink is None
+            direct = await contexts[0].publish(Invoiced(order_id="o-1", attempt=2))
+            assert direct.causation_id == paid.id and await store.last_position() == 0
+    finally:
+        await store.close()
+
+
 # --- the stores' append inside a caller's transaction ------------------------------------------
 
 
