@@ -38,6 +38,7 @@ from .sourcing import (
     Upcasters,
     applies,
     open_store,
+    transactional,
 )
 from .sync import SyncPublisher
 from .types import HandleMiddleware, HandleNext, PublishMiddleware, PublishNext
@@ -92,6 +93,7 @@ __all__ = [
     "applies",
     "correlation_scope",
     "open_store",
+    "transactional",
 ]
 
 __version__ = "0.1.0"

@@ -112,9 +112,15 @@ def inspect_handler(handler: Callable[..., Any]) -> HandlerShape:
         p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     if not 1 <= len(params) <= 2:
+        hint = (
+            ": one that takes a database transaction third needs `@transactional(store)` "
+            "(eventbus.sourcing) under `@bus.subscribe`"
+            if len(params) == 3
+            else ""
+        )
         raise SubscriptionError(
             f"handler {getattr(handler, '__qualname__', handler)!r} must take (event) or "
-            "(event, ctx)"
+            f"(event, ctx){hint}"
         )
     try:
         hints = typing.get_type_hints(handler)

@@ -1,5 +1,6 @@
 """Event sourcing: aggregates, event stores (memory, SQLite, PostgreSQL), snapshots,
-upcasting, the transactional outbox and its relay, the inbox, and projections.
+upcasting, the transactional outbox and its relay, the inbox, projections, and
+transactional handlers (inbox, writes and outbox in one transaction).
 
 The PostgreSQL backend is imported on demand (`open_store("postgresql://...")` or
 `eventbus.sourcing.postgres`), so psycopg is only needed when it is used.
@@ -17,6 +18,7 @@ from .records import NewEvent, Snapshot, StoredEvent
 from .repository import Repository
 from .sqlite import SqliteDatabase, SqliteEventStore
 from .store import ANY_VERSION, NO_STREAM, EventStore
+from .transactional import transactional
 from .upcasting import Upcasters
 
 __all__ = [
@@ -48,4 +50,5 @@ __all__ = [
     "is_permanent",
     "open_store",
     "schema_version",
+    "transactional",
 ]

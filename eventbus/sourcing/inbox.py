@@ -1,5 +1,8 @@
 """The inbox: an idempotent consumer. The event id is recorded per consumer group in the
 same transaction as the read-model update, so a redelivered event changes nothing.
+`handle_once` is that step, shared by `Inbox.handle`, bus-driven projections
+(`Projection.bind`) and transactional handlers (`eventbus.sourcing.transactional`, which
+adds the outbox to it). The event stores create the `inbox` table with their own.
 
     inbox = Inbox(db, group="notifications")
 
@@ -15,9 +18,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from eventbus.log import get_logger
+
 from .database import Database, Transaction, create_schema
 
 T = TypeVar("T")
+_log = get_logger()
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS inbox (
@@ -39,11 +45,7 @@ class Inbox:
     async def handle(self, event_id: str, update: Callable[[Transaction], Awaitable[T]]) -> bool:
         """Run `update(tx)` unless this group handled `event_id` before; returns whether it
         ran. The id is recorded in the same transaction, so both commit or neither does."""
-        async with self.db.transaction() as tx:
-            if not await record(tx, self.group, event_id):
-                return False
-            await update(tx)
-            return True
+        return await handle_once(self.db, self.group, event_id, update)
 
     async def seen(self, event_id: str) -> bool:
         async with self.db.transaction() as tx:
@@ -52,6 +54,21 @@ class Inbox:
                 (self.group, event_id),
             )
         return row is not None
+
+
+async def handle_once(
+    db: Database, group: str, event_id: str, update: Callable[[Transaction], Awaitable[T]]
+) -> bool:
+    """In one transaction of `db`: record `event_id` for `group` in the inbox and run
+    `update(tx)`; returns whether it ran. An id recorded before runs nothing (logged at info,
+    `handler.duplicate`); an `update` that raises rolls back the record too, so a later
+    delivery runs it again."""
+    async with db.transaction() as tx:
+        if not await record(tx, group, event_id):
+            _log.info("handler.duplicate", event_id=event_id, group=group)
+            return False
+        await update(tx)
+    return True
 
 
 async def record(tx: Transaction, group: str, event_id: str) -> bool:

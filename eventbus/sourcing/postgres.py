@@ -4,7 +4,9 @@ Gap-free global order: positions come from a sequence in PostgreSQL only at the 
 a later commit with a smaller number (a tailing reader would skip it). Here every append
 takes a transaction-scoped advisory lock first, then assigns `max(position) + 1`, so
 appends commit one after another in position order; the lock is released at commit.
-Within one call all events go in one transaction. `schema=` isolates a store in its own
+Within one call all events go in one transaction. `append_in` appends inside a caller's
+transaction (a transactional handler's) and takes the same lock there, held to that
+transaction's commit. `schema=` isolates a store in its own
 PostgreSQL schema (tests use one per test).
 
 Connections come from a checked pool (`postgres_pool`). When a connection is lost under
@@ -41,11 +43,12 @@ from eventbus.errors import ConcurrencyError, ConfigurationError
 from eventbus.log import get_logger
 from eventbus.settings import redact_url
 
-from .database import Params, Row
+from .database import Params, Row, Transaction
 from .postgres_pool import Connection, PostgresPool
 from .records import NewEvent, Snapshot, StoredEvent
-from .store import EventStore, check_events, check_version
+from .store import EventStore, check_events
 from .table import (
+    APPEND_HEAD,
     INSERT_EVENT,
     INSERT_OUTBOX,
     LAST_POSITION,
@@ -56,8 +59,10 @@ from .table import (
     READ_STREAM,
     SAVE_SNAPSHOT,
     STREAM_VERSION,
+    append_rows,
     event_row,
     event_store_schema,
+    numbered,
     row_to_snapshot,
     rows_to_events,
     snapshot_row,
@@ -281,20 +286,10 @@ class PostgresEventStore(EventStore):
                             positions=[written[0].position, written[-1].position],
                         )  # fmt: skip
                         return list(written)
-                    cur = await conn.execute(
-                        "SELECT coalesce(max(version), 0), "
-                        "(SELECT coalesce(max(position), 0) FROM events) "
-                        "FROM events WHERE stream_id = %s",
-                        (stream_id,),
-                    )
+                    cur = await conn.execute(_APPEND_HEAD, (stream_id,))
                     row = await cur.fetchone()
                     assert row is not None
-                    current, last = int(row[0]), int(row[1])
-                    check_version(stream_id, current, expected_version)
-                    stored = [
-                        StoredEvent.of(new, stream_id, current + i, last + i)
-                        for i, new in enumerate(events, start=1)
-                    ]
+                    stored = numbered(stream_id, events, expected_version, int(row[0]), int(row[1]))
                     written[:] = stored
                     async with conn.cursor() as c:
                         await c.executemany(_INSERT_EVENT, [event_row(e) for e in stored])
@@ -308,6 +303,31 @@ class PostgresEventStore(EventStore):
             return stored
 
         return await self._db.pool.run(attempt, "append")
+
+    async def append_in(
+        self,
+        tx: Transaction,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        publish: bool = False,
+    ) -> list[StoredEvent]:
+        """See `EventStore.append_in`. Takes the append lock inside `tx`, held to its commit
+        (as `append` does in its own transaction), so positions stay gap-free and in commit
+        order; every other append of the store waits meanwhile: append last. Not retried
+        on a lost connection: the caller's transaction is retried as a whole."""
+        if not isinstance(tx, PostgresTransaction):
+            raise ValueError("append_in needs a transaction of this store's database")
+        check_events(events)
+        try:
+            await tx.execute(_APPEND_LOCK)
+            return await append_rows(tx, stream_id, events, expected_version, publish=publish)
+        except psycopg.errors.UniqueViolation as exc:
+            raise ConcurrencyError(
+                f"stream {stream_id!r}: version or event id already taken "
+                f"({exc.diag.constraint_name})"
+            ) from None
 
     async def _fetch(self, query: str, params: Params, operation: str) -> list[StoredEvent]:
         async def fetch(conn: Connection) -> list[Row]:
@@ -383,6 +403,7 @@ async def _committed(conn: Connection, written: list[StoredEvent]) -> bool:
 
 
 #: the shared statements (`table.py`) with PostgreSQL's placeholders
+_APPEND_HEAD = to_pyformat(APPEND_HEAD)
 _INSERT_EVENT = to_pyformat(INSERT_EVENT)
 _INSERT_OUTBOX = to_pyformat(INSERT_OUTBOX)
 _STREAM_VERSION = to_pyformat(STREAM_VERSION)

@@ -82,7 +82,7 @@ from eventbus.wire import now_rfc3339
 from .codec import EventCodec
 from .database import Database, Row, Transaction, create_schema, dump_tables
 from .inbox import SCHEMA as INBOX_SCHEMA
-from .inbox import record
+from .inbox import handle_once
 from .records import StoredEvent
 from .store import EventStore
 
@@ -578,11 +578,8 @@ class Projection:
             event = cls.model_validate_json(envelope.body)
         except ValidationError as exc:
             raise Reject(f"{envelope.type} does not validate as {cls.__name__}: {exc}") from exc
-        async with db.transaction() as tx:
-            if not await record(tx, self.name, envelope.id):
-                return False
-            await self.apply(tx, event, EventMeta.of_envelope(envelope))
-        return True
+        meta = EventMeta.of_envelope(envelope)
+        return await handle_once(db, self.name, envelope.id, lambda tx: self.apply(tx, event, meta))
 
     def bind(
         self,

@@ -9,6 +9,8 @@ positions (max + 1 inside that lock) are committed in order, so `read_all` has n
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import importlib.util
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,10 +21,11 @@ from typing import IO, Literal, TypeVar
 from eventbus.errors import ConcurrencyError
 from eventbus.log import get_logger
 
-from .database import Params, Row
+from .database import Params, Row, Transaction
 from .records import NewEvent, Snapshot, StoredEvent
-from .store import EventStore, check_events, check_version
+from .store import EventStore, check_events
 from .table import (
+    APPEND_HEAD,
     INSERT_EVENT,
     INSERT_OUTBOX,
     LAST_POSITION,
@@ -36,6 +39,7 @@ from .table import (
     STREAM_VERSION,
     event_row,
     event_store_schema,
+    numbered,
     row_to_snapshot,
     rows_to_events,
     snapshot_row,
@@ -91,8 +95,22 @@ class SqliteDatabase:
             raise RuntimeError(f"SQLite database {self.path!r} is not open")
         return self._conn
 
+    def _check_not_held(self) -> None:
+        """Refuse, rather than wait forever, a call made inside a transaction this task
+        (or a task it started) holds on this database: the call would wait for that
+        transaction, which waits for the call. E.g. `store.read` or a `Repository` inside
+        a transactional handler: use its `tx` instead."""
+        held = _holding.get()
+        if held is not None and held.db is self and held.active:
+            raise RuntimeError(
+                f"SQLite database {self.path!r}: this task is inside a transaction of it, and "
+                "this call would wait for that transaction to end (a deadlock). Inside a "
+                "transaction use its `tx` (or finish it first)"
+            )
+
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
         """Run `fn(connection)` in the database thread, in one transaction if `write`."""
+        self._check_not_held()
         async with self._lock:
             conn = self.conn
             if not write:
@@ -112,15 +130,39 @@ class SqliteDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
+        self._check_not_held()
         async with self._lock:
             conn = self.conn
             await self._call(lambda: conn.execute("BEGIN IMMEDIATE"))
+            held = _Held(self)
+            token = _holding.set(held)
             try:
                 yield SqliteTransaction(self, conn)
             except BaseException:
                 await asyncio.shield(self._call(lambda: conn.execute("ROLLBACK")))
                 raise
+            finally:
+                held.active = False
+                with contextlib.suppress(ValueError):  # exited in another context
+                    _holding.reset(token)
             await self._call(lambda: conn.execute("COMMIT"))
+
+
+class _Held:
+    """A transaction this task holds on `db` (until it ends: `active`). Tasks started
+    inside it copy the context, so they see it too, and no longer once it ended."""
+
+    __slots__ = ("active", "db")
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+        self.active = True
+
+
+#: the SQLite transaction the running task is inside, if any
+_holding: contextvars.ContextVar[_Held | None] = contextvars.ContextVar(
+    "eventbus_sqlite_transaction", default=None
+)
 
 
 class SqliteTransaction:
@@ -213,17 +255,7 @@ class SqliteEventStore(EventStore):
         check_events(events)
 
         def append(conn: sqlite3.Connection) -> list[StoredEvent]:
-            (current,) = conn.execute(STREAM_VERSION, (stream_id,)).fetchone()
-            check_version(stream_id, current, expected_version)
-            (last,) = conn.execute(LAST_POSITION).fetchone()
-            stored = [
-                StoredEvent.of(new, stream_id, current + i, last + i)
-                for i, new in enumerate(events, start=1)
-            ]
-            conn.executemany(INSERT_EVENT, [event_row(e) for e in stored])
-            if publish:
-                conn.executemany(INSERT_OUTBOX, [(e.position,) for e in stored])
-            return stored
+            return _append(conn, stream_id, events, expected_version, publish)
 
         try:
             return await self._db.run(append, write=True)
@@ -231,6 +263,30 @@ class SqliteEventStore(EventStore):
             raise ConcurrencyError(
                 f"stream {stream_id!r}: version or event id already taken ({exc}); "
                 "reload and retry the command"
+            ) from None
+
+    async def append_in(
+        self,
+        tx: Transaction,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        publish: bool = False,
+    ) -> list[StoredEvent]:
+        """See `EventStore.append_in`; `tx` holds SQLite's write lock (`BEGIN IMMEDIATE`)
+        already, so positions are assigned and committed in order."""
+        if not isinstance(tx, SqliteTransaction) or tx._db is not self._db:
+            raise ValueError("append_in needs a transaction of this store's database")
+        check_events(events)
+        conn = tx._conn
+        try:  # one trip to the database thread (what `table.append_rows` does in several)
+            return await self._db._call(
+                lambda: _append(conn, stream_id, events, expected_version, publish)
+            )
+        except sqlite3.IntegrityError as exc:
+            raise ConcurrencyError(
+                f"stream {stream_id!r}: version or event id already taken ({exc})"
             ) from None
 
     async def _fetch(self, query: str, params: Params) -> list[StoredEvent]:
@@ -278,6 +334,22 @@ class SqliteEventStore(EventStore):
 
 
 __all__ = ["SqliteDatabase", "SqliteEventStore", "SqliteTransaction"]
+
+
+def _append(
+    conn: sqlite3.Connection,
+    stream_id: str,
+    events: Sequence[NewEvent],
+    expected_version: int | None,
+    publish: bool,
+) -> list[StoredEvent]:
+    """An append inside the open write transaction of `conn` (in the database thread)."""
+    current, last = conn.execute(APPEND_HEAD, (stream_id,)).fetchone()
+    stored = numbered(stream_id, events, expected_version, int(current), int(last))
+    conn.executemany(INSERT_EVENT, [event_row(e) for e in stored])
+    if publish:
+        conn.executemany(INSERT_OUTBOX, [(e.position,) for e in stored])
+    return stored
 
 
 _HAS_FLOCK = importlib.util.find_spec("fcntl") is not None

@@ -5,7 +5,8 @@ Guarantees (the shared store tests check each one on every backend):
 - `append` is atomic: all events of a call are stored, or none. With `expected_version`
   it raises `ConcurrencyError` unless the stream is at exactly that version, so of
   several writers racing for one version exactly one wins. With `publish=True` the events
-  are queued in the outbox in the same transaction.
+  are queued in the outbox in the same transaction. The SQL backends also append inside a
+  caller's transaction (`append_in`), with the same guarantees.
 - `read_all(from_position, limit)` returns events in global order. Positions are assigned
   in commit order, so a reader tailing the store by "last position seen + 1" never skips
   an event that commits later with a smaller position.
@@ -24,7 +25,7 @@ from eventbus.errors import ConcurrencyError
 from .records import NewEvent, Snapshot, StoredEvent
 
 if TYPE_CHECKING:
-    from .database import Database
+    from .database import Database, Transaction
 
 #: `expected_version` for "no check": append whatever the stream's version
 ANY_VERSION: int | None = None
@@ -71,6 +72,26 @@ class EventStore(ABC):
         `ConcurrencyError` if the stream is at another version. `publish=True` also
         queues them in the outbox, in the same transaction.
         """
+
+    async def append_in(
+        self,
+        tx: Transaction,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        publish: bool = False,
+    ) -> list[StoredEvent]:
+        """`append` inside the caller's open transaction `tx` of `self.database`: the
+        events commit (or roll back) with whatever else `tx` writes, e.g. a handler's
+        read-model rows and its inbox entry (`eventbus.sourcing.transactional`). Positions
+        stay gap-free and in commit order: the backend's append lock is held from here to
+        the end of `tx`, so append last, just before the transaction ends. Stores without
+        SQL (the memory store) cannot."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot append inside a caller's database transaction: "
+            "use an SQL event store (SQLite or PostgreSQL)"
+        )
 
     @abstractmethod
     async def read(

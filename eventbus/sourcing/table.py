@@ -4,9 +4,12 @@ tables, the statements (with `?` placeholders; PostgreSQL converts them with
 
 from __future__ import annotations
 
-from .database import Row
-from .records import Snapshot, StoredEvent
-from .store import decode_headers, encode_headers
+from collections.abc import Sequence
+
+from .database import Row, Transaction
+from .inbox import SCHEMA as INBOX_SCHEMA
+from .records import NewEvent, Snapshot, StoredEvent
+from .store import check_events, check_version, decode_headers, encode_headers
 
 
 def event_store_schema(integer: str, blob: str) -> tuple[str, ...]:
@@ -43,6 +46,9 @@ def event_store_schema(integer: str, blob: str) -> tuple[str, ...]:
         reason TEXT NOT NULL,
         failed_at TEXT NOT NULL
     )""",
+        # the inbox of idempotent consumers (eventbus.sourcing.inbox): transactional
+        # handlers record the events they handled here, in their transaction
+        *INBOX_SCHEMA,
     )
 
 
@@ -58,6 +64,11 @@ E_COLUMNS = ", ".join("e." + c.strip() for c in COLUMNS.split(","))
 INSERT_EVENT = f"INSERT INTO events ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 INSERT_OUTBOX = "INSERT INTO outbox (position) VALUES (?)"
 STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?"
+#: what an append numbers its events after: (the stream's version, the last position)
+APPEND_HEAD = (
+    "SELECT coalesce(max(version), 0), (SELECT coalesce(max(position), 0) FROM events) "
+    "FROM events WHERE stream_id = ?"
+)
 LAST_POSITION = "SELECT coalesce(max(position), 0) FROM events"
 READ_STREAM = (
     f"SELECT {COLUMNS} FROM events WHERE stream_id = ? AND version >= ? AND version <= ? "
@@ -87,6 +98,51 @@ def event_row(e: StoredEvent) -> tuple[object, ...]:
         e.position, e.stream_id, e.version, e.id, e.type, e.schema_version, e.data, e.stream,
         e.key, e.time, e.correlation_id, e.causation_id, encode_headers(e.headers),
     )  # fmt: skip
+
+
+async def append_rows(
+    tx: Transaction,
+    stream_id: str,
+    events: Sequence[NewEvent],
+    expected_version: int | None,
+    *,
+    publish: bool,
+) -> list[StoredEvent]:
+    """`EventStore.append` inside the caller's open transaction `tx`: check the stream's
+    version, number the events after the last position, insert them (and queue them in the
+    outbox if `publish`). The caller holds whatever keeps positions in commit order (SQLite:
+    the write lock of `BEGIN IMMEDIATE`; PostgreSQL: the append lock, taken first)."""
+    check_events(events)
+    row = await tx.fetchone(APPEND_HEAD, (stream_id,))
+    assert row is not None  # an aggregate without GROUP BY: always one row
+    stored = numbered(stream_id, events, expected_version, int(row[0]), int(row[1]))
+    await _insert(tx, INSERT_EVENT, [event_row(e) for e in stored])
+    if publish:
+        await _insert(tx, INSERT_OUTBOX, [(e.position,) for e in stored])
+    return stored
+
+
+async def _insert(tx: Transaction, sql: str, rows: list[tuple[object, ...]]) -> None:
+    if len(rows) == 1:  # cheaper than a batch of one on PostgreSQL
+        await tx.execute(sql, rows[0])
+    else:
+        await tx.executemany(sql, rows)
+
+
+def numbered(
+    stream_id: str,
+    events: Sequence[NewEvent],
+    expected_version: int | None,
+    current: int,
+    last: int,
+) -> list[StoredEvent]:
+    """`events` as stored after version `current` of the stream and global position
+    `last`; `ConcurrencyError` unless the stream is at `expected_version` (None: any)."""
+    check_version(stream_id, current, expected_version)
+    return [
+        StoredEvent.of(new, stream_id, current + i, last + i)
+        for i, new in enumerate(events, start=1)
+    ]
 
 
 def snapshot_row(snapshot: Snapshot) -> tuple[object, ...]:

@@ -12,7 +12,7 @@ from eventbus.errors import ConcurrencyError
 from eventbus.sourcing import EventCodec, EventStore, Repository
 
 from .aggregate import Order
-from .events import ORDER_EVENTS, upcasters
+from .events import ORDER_EVENTS, NotificationQueued, upcasters
 
 
 class CreateOrder(BaseModel):
@@ -62,7 +62,9 @@ class OrderResult(BaseModel):
 
 
 def order_codec() -> EventCodec:
-    return EventCodec(ORDER_EVENTS, upcasters=upcasters)
+    """The codec of every event the order system stores: the order events and the
+    notifications queued (the relay decodes both to publish them)."""
+    return EventCodec((*ORDER_EVENTS, NotificationQueued), upcasters=upcasters)
 
 
 def order_repository(store: EventStore, *, snapshot_every: int = 0) -> Repository[Order]:

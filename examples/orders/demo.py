@@ -17,8 +17,10 @@ from typing import Any
 
 import httpx
 
-from eventbus.sourcing import Database, EventStore, SqliteDatabase, open_store
+from eventbus.sourcing import Database, EventStore, SqliteDatabase, Transaction, open_store
 
+from .events import ORDER_EVENTS, NotificationQueued
+from .notifications import MAILER
 from .read_model import PROJECTIONS
 from .services import OrdersSettings, System, load_orders_settings
 
@@ -110,21 +112,16 @@ async def drive(
 
 
 async def settled(store: EventStore, db: Database, timeout: float = 60.0) -> None:
-    """Wait until every stored event went through the outbox and every projection."""
+    """Wait until every stored event went through the outbox and every projection, and
+    every notification queued reached the mailer."""
     deadline = time.monotonic() + timeout
     while True:
         last = await store.last_position()
         pending = await store.outbox_pending(1)
         async with db.transaction() as tx:
-            counts = [
-                (
-                    await tx.fetchone(
-                        "SELECT count(*) FROM inbox WHERE consumer_group = ?", (p.name,)
-                    )
-                    or (0,)
-                )[0]
-                for p in PROJECTIONS
-            ]
+            orders, queued = await stored_counts(tx)
+            counts = [await _inbox_count(tx, p.name) for p in PROJECTIONS]
+            mailed = await _inbox_count(tx, MAILER)
             checkpoints = [
                 (
                     await tx.fetchone(
@@ -134,14 +131,33 @@ async def settled(store: EventStore, db: Database, timeout: float = 60.0) -> Non
                 )[0]
                 for p in PROJECTIONS
             ]
-        if (not pending and all(c == last for c in counts)) or all(c == last for c in checkpoints):
+        on_bus = not pending and all(c == orders for c in counts) and mailed == queued
+        if on_bus or all(c == last for c in checkpoints):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"projections did not catch up: {last} events, inbox counts {counts}, "
-                f"checkpoints {checkpoints}, outbox {'not ' if pending else ''}empty"
+                f"projections did not catch up: {orders} order events, inbox counts {counts}, "
+                f"checkpoints {checkpoints} (of {last}), {mailed} of {queued} notifications "
+                f"mailed, outbox {'not ' if pending else ''}empty"
             )
         await asyncio.sleep(0.05)
+
+
+async def stored_counts(tx: Transaction) -> tuple[int, int]:
+    """(order events, notifications queued) in the store."""
+    types = [cls.__event_type__ for cls in ORDER_EVENTS]
+    row = await tx.fetchone(
+        f"SELECT count(*) FROM events WHERE type IN ({', '.join('?' * len(types))})", types
+    )
+    queued = await tx.fetchone(
+        "SELECT count(*) FROM events WHERE type = ?", (NotificationQueued.__event_type__,)
+    )
+    return int(row[0]) if row else 0, int(queued[0]) if queued else 0
+
+
+async def _inbox_count(tx: Transaction, group: str) -> int:
+    row = await tx.fetchone("SELECT count(*) FROM inbox WHERE consumer_group = ?", (group,))
+    return int(row[0]) if row else 0
 
 
 async def rebuild_and_compare(store: EventStore, db: Database, rebuild_db: Database) -> list[str]:
@@ -198,7 +214,13 @@ async def run_demo(
                     assert db is not None
                     await settled(store, db)
                     events = await store.last_position()
-                    print(f"\n{events} events stored, published through the outbox, projected.")
+                    async with db.transaction() as tx:
+                        orders, queued = await stored_counts(tx)
+                    print(
+                        f"\n{orders} order events stored, published through the outbox, "
+                        f"projected.\n{queued} e-mails queued (NotificationQueued: one per order "
+                        "event, committed with its row) and published to the mailer."
+                    )
                     await show(query)
                     rebuild_db = SqliteDatabase(f"{tmp}/rebuild.db")
                     await rebuild_db.open()

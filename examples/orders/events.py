@@ -1,4 +1,5 @@
-"""The order events: stream `orders`, keyed by order id. Amounts are integer cents."""
+"""The order events: stream `orders`, keyed by order id. Amounts are integer cents. And the
+event of the notification service: `NotificationQueued`, on stream `notifications`."""
 
 from __future__ import annotations
 
@@ -36,14 +37,28 @@ class OrderDelivered(Event, stream="orders", type="order.delivered"):
 
 
 ORDER_EVENTS: tuple[type[Event], ...] = (OrderCreated, OrderPaid, OrderShipped, OrderDelivered)
+#: what the notification service handles (its handler's annotation)
+OrderEvent = OrderCreated | OrderPaid | OrderShipped | OrderDelivered
+
+
+class NotificationQueued(Event, stream="notifications", type="notification.queued"):
+    """The notification service wrote an e-mail for an order event (committed in the same
+    transaction as its row); the mailer sends it. Keyed by order id; its causation id is
+    the order event's id."""
+
+    order_id: str
+    recipient: str
+    subject: str
 
 
 def use_stream(name: str) -> None:
     """Publish and read the order events on another stream than `orders` (set before any
-    service starts; `ORDERS_STREAM`). Lets several systems share one broker."""
+    service starts; `ORDERS_STREAM`), and the notifications on `<name>-notifications`
+    (`notifications` for `orders`). Lets several systems share one broker."""
     validate_name("stream", name)
     for cls in ORDER_EVENTS:
         cls.__stream__ = name
+    NotificationQueued.__stream__ = "notifications" if name == "orders" else f"{name}-notifications"
 
 
 upcasters = Upcasters()

@@ -8,6 +8,7 @@ in: built from the bus or replayed from the store, the rows are equal.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -15,7 +16,7 @@ from pydantic import BaseModel
 from eventbus.cqrs import NotFound, QueryBus
 from eventbus.sourcing import Database, EventMeta, Projection, Transaction
 
-from .events import OrderCreated, OrderDelivered, OrderPaid, OrderShipped
+from .events import OrderCreated, OrderDelivered, OrderEvent, OrderPaid, OrderShipped
 
 RECENT_ORDERS = 5
 
@@ -87,7 +88,10 @@ async def _delivered(event: OrderDelivered, tx: Transaction) -> None:
     )
 
 
-# --- notifications: the e-mail the notification service would send -------------------------
+# --- notifications: the e-mail the notification service sends ---------------------------------
+# From the bus, the notification service writes these rows with a transactional handler
+# (examples/orders/notifications.py), which also queues a `NotificationQueued` event in the
+# same transaction; from the store, and to rebuild, this projection writes the same rows.
 
 notifications = Projection(
     "notifications",
@@ -108,53 +112,62 @@ notifications = Projection(
 )
 
 
-async def _mail(tx: Transaction, meta: EventMeta, order_id: str, subject: str, body: str) -> None:
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """The e-mail of one order event."""
+
+    order_id: str
+    recipient: str
+    subject: str
+    body: str
+
+
+def _compose(event: OrderEvent) -> tuple[str, str]:
+    """The subject and body of the e-mail of `event`."""
+    order_id = event.order_id
+    if isinstance(event, OrderCreated):
+        return (
+            f"We received your order {order_id}",
+            f"Thank you! Your order totals {event.total_cents / 100:.2f} EUR.",
+        )
+    if isinstance(event, OrderPaid):
+        return (
+            f"Payment received for order {order_id}",
+            f"We received {event.amount_cents / 100:.2f} EUR (payment {event.payment_id}).",
+        )
+    if isinstance(event, OrderShipped):
+        return (
+            f"Order {order_id} is on its way",
+            f"{event.carrier} tracking number: {event.tracking_number}.",
+        )
+    return f"Order {order_id} was delivered", "Enjoy! Tell us how we did."
+
+
+async def record_mail(tx: Transaction, event: OrderEvent, event_id: str) -> Mail:
+    """Write the e-mail of `event` (whose id is `event_id`) into `tx`; returns it. The
+    `notifications` projection and the notification service's handler share it."""
+    if isinstance(event, OrderCreated):
+        await tx.execute(
+            "INSERT INTO notification_recipients (order_id, email) VALUES (?, ?)",
+            (event.order_id, event.email),
+        )
     row = await tx.fetchone(
-        "SELECT email FROM notification_recipients WHERE order_id = ?", (order_id,)
+        "SELECT email FROM notification_recipients WHERE order_id = ?", (event.order_id,)
     )
     if row is None:  # order.created comes first per key; this is a foreign event
-        raise NotFound(f"no recipient known for order {order_id}")
+        raise NotFound(f"no recipient known for order {event.order_id}")
+    subject, body = _compose(event)
     await tx.execute(
         "INSERT INTO notifications (event_id, order_id, recipient, subject, body) "
         "VALUES (?, ?, ?, ?, ?)",
-        (meta.id, order_id, row[0], subject, body),
+        (event_id, event.order_id, row[0], subject, body),
     )
+    return Mail(event.order_id, row[0], subject, body)
 
 
 @notifications.on
-async def _mail_created(event: OrderCreated, tx: Transaction, meta: EventMeta) -> None:
-    await tx.execute(
-        "INSERT INTO notification_recipients (order_id, email) VALUES (?, ?)",
-        (event.order_id, event.email),
-    )
-    await _mail(
-        tx, meta, event.order_id, f"We received your order {event.order_id}",
-        f"Thank you! Your order totals {event.total_cents / 100:.2f} EUR.",
-    )  # fmt: skip
-
-
-@notifications.on
-async def _mail_paid(event: OrderPaid, tx: Transaction, meta: EventMeta) -> None:
-    await _mail(
-        tx, meta, event.order_id, f"Payment received for order {event.order_id}",
-        f"We received {event.amount_cents / 100:.2f} EUR (payment {event.payment_id}).",
-    )  # fmt: skip
-
-
-@notifications.on
-async def _mail_shipped(event: OrderShipped, tx: Transaction, meta: EventMeta) -> None:
-    await _mail(
-        tx, meta, event.order_id, f"Order {event.order_id} is on its way",
-        f"{event.carrier} tracking number: {event.tracking_number}.",
-    )  # fmt: skip
-
-
-@notifications.on
-async def _mail_delivered(event: OrderDelivered, tx: Transaction, meta: EventMeta) -> None:
-    await _mail(
-        tx, meta, event.order_id, f"Order {event.order_id} was delivered",
-        "Enjoy! Tell us how we did.",
-    )  # fmt: skip
+async def _mail(event: OrderEvent, tx: Transaction, meta: EventMeta) -> None:
+    await record_mail(tx, event, meta.id)
 
 
 # --- queries ----------------------------------------------------------------------------------

@@ -10,6 +10,11 @@ or together in one process (`System`); only configuration differs:
 - `ORDERS_STREAM`: the bus stream of the order events (default `orders`);
 - `ORDERS_PROJECTION_SOURCE`: `bus` (subscribe, dedupe with the inbox) or `store`
   (catch up from the event store with a checkpoint).
+
+The notification service shows exactly-once effects (`notifications`): on the bus, each
+order event's e-mail row and its `NotificationQueued` event commit in one transaction with
+the inbox entry, and the relay service publishes the event to the mailer. From the store
+(no bus) it writes the same rows as a projection and queues nothing.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ if TYPE_CHECKING:
 
 from .commands import order_codec
 from .events import use_stream
-from .read_model import PROJECTIONS
+from .notifications import subscribe_notifications
+from .read_model import PROJECTIONS, notifications, order_views
 from .settings import OrdersSettings, load_orders_settings, open_database
 
 __all__ = [
     "SERVICES",
     "CommandService",
+    "NotificationService",
     "OrdersSettings",
     "ProjectionService",
     "QueryService",
@@ -94,7 +101,7 @@ class QueryService:
 
 
 class RelayService:
-    """Publishes the outbox to the bus."""
+    """Publishes the outbox to the bus: the order events and the notifications queued."""
 
     def __init__(self, store: EventStore, bus: EventBus) -> None:
         self.bus = bus
@@ -157,6 +164,24 @@ class ProjectionService:
             await self.bus.stop()
 
 
+class NotificationService(ProjectionService):
+    """The e-mails of the order events (the `notifications` read model). From the bus: a
+    transactional handler writes each e-mail and queues a `NotificationQueued` event in one
+    transaction, and the mailer sends what was queued (`notifications`). From the store:
+    the `notifications` projection, following the store; nothing is queued."""
+
+    def __init__(self, store: EventStore, db: Database, bus: EventBus | None) -> None:
+        super().__init__(store, db, bus, (notifications.name,))
+
+    async def start(self) -> None:
+        if self.bus is None:
+            await super().start()
+            return
+        await notifications.setup(self.db)
+        subscribe_notifications(self.bus, self.store)
+        await self.bus.start()
+
+
 SERVICES = ("command", "relay", "projection", "notification", "query")
 
 
@@ -201,14 +226,15 @@ class System:
                 self.command = CommandService(await self._store(), self.settings)
                 await self.command.start(port)
                 self.running.append(self.command)
-            for name, projection_names in (
-                ("projection", ("order-views",)), ("notification", ("notifications",)),
-            ):  # fmt: skip
+            for name in ("projection", "notification"):
                 if name in self.services:
                     store = await self._store()
+                    db = await open_database(store)
                     bus = self._bus() if self.settings.projection_source == "bus" else None
-                    service = ProjectionService(
-                        store, await open_database(store), bus, projection_names
+                    service = (
+                        ProjectionService(store, db, bus, (order_views.name,))
+                        if name == "projection"
+                        else NotificationService(store, db, bus)
                     )
                     await service.start()
                     self.running.append(service)

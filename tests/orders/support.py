@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from eventbus.sourcing import Database, EventStore, SqliteDatabase
+from eventbus.sourcing.transactional import output_stream
 from examples.orders.commands import order_codec
-from examples.orders.demo import rebuild_and_compare
-from examples.orders.events import OrderCreated, OrderPaid
+from examples.orders.demo import rebuild_and_compare, stored_counts
+from examples.orders.events import NotificationQueued, OrderCreated, OrderPaid
+from examples.orders.notifications import MAILER
 from examples.orders.read_model import PROJECTIONS
 
 
@@ -30,17 +32,29 @@ async def expected_summaries(store: EventStore) -> dict[str, tuple[int, int]]:
     return {c: (orders[c], spent[c]) for c in orders}
 
 
-async def assert_read_model_is_exact(store: EventStore, db: Database, tmp: str) -> None:
+async def assert_read_model_is_exact(
+    store: EventStore, db: Database, tmp: str, *, queued: bool = True
+) -> None:
     """Every event applied exactly once (inboxes or checkpoints), the summaries match the
-    store, and a replay of the store builds an identical read model."""
-    last = await store.last_position()
+    store, and a replay of the store builds an identical read model. `queued`: the
+    notification service ran on the bus, so every e-mail's `NotificationQueued` was stored
+    exactly once, caused by its order event, and reached the mailer."""
     async with db.transaction() as tx:
         rows = await tx.fetchall(
             "SELECT customer_id, total_orders, total_spent_cents FROM customer_summaries"
         )
-        (mails,) = await tx.fetchone("SELECT count(*) FROM notifications") or (0,)
+        mails = await tx.fetchall("SELECT event_id, order_id FROM notifications")
+        orders, _ = await stored_counts(tx)
+        notes = await tx.fetchall(
+            "SELECT stream_id, version, causation_id, key, event_id FROM events WHERE type = ?",
+            (NotificationQueued.__event_type__,),
+        )
+        mailed = await tx.fetchall("SELECT event_id FROM inbox WHERE consumer_group = ?", (MAILER,))
     assert {r[0]: (int(r[1]), int(r[2])) for r in rows} == await expected_summaries(store)
-    assert mails == last, "one e-mail per event: none lost, none sent twice"
+    assert len(mails) == orders, "one e-mail per order event: none lost, none sent twice"
+    expected = [(output_stream("notifications", e), 1, e, o) for e, o in mails] if queued else []
+    assert sorted(tuple(n[:4]) for n in notes) == sorted(expected), "each queued once"
+    assert sorted(m[0] for m in mailed) == sorted(n[4] for n in notes), "each mailed once"
     rebuild = SqliteDatabase(f"{tmp}/rebuild.db")
     await rebuild.open()
     try:

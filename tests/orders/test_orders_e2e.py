@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from eventbus.sourcing import OutboxRelay, StoredEvent, open_store
 from eventbus.testing.conformance import until
 from examples.orders.commands import order_codec
 from examples.orders.demo import client, drive, settled
+from examples.orders.events import NotificationQueued, use_stream
 from examples.orders.services import RelayService, System, load_orders_settings
 
 from .support import assert_read_model_is_exact
@@ -19,8 +21,19 @@ from .support import assert_read_model_is_exact
 
 async def test_order_lifecycle(bus_url: str, store_url: str, stream: str, tmp_path: Path) -> None:
     settings = load_orders_settings(store_url=store_url, stream=stream, snapshot_every=2)
-    async with System(settings, bus_url=bus_url, ephemeral_ports=True) as system:
+    use_stream(stream)  # the probe reads this system's notification stream
+    probe = EventBus(bus_url)
+    notes: Counter[str] = Counter()
+    causes: dict[str, str | None] = {}
+
+    @probe.subscribe(group="probe")
+    async def watch(event: NotificationQueued, ctx: Context) -> None:
+        notes[ctx.envelope.id] += 1
+        causes[ctx.envelope.id] = ctx.envelope.causation_id
+
+    async with probe, System(settings, bus_url=bus_url, ephemeral_ports=True) as system:
         assert system.command is not None and system.query is not None
+        assert system.relay is not None
         command = client(system.command.port)
         query = client(system.query.port)
         store = open_store(store_url)
@@ -71,6 +84,20 @@ async def test_order_lifecycle(bus_url: str, store_url: str, stream: str, tmp_pa
                 assert (await service.get("/docs")).status_code == 200
 
             await assert_read_model_is_exact(store, store.database, str(tmp_path))
+            # the notification service queued one NotificationQueued per order event, in
+            # the transaction of its e-mail; the relay published each stored event once,
+            # and a group of its own received each notification once
+            async with store.database.transaction() as tx:
+                queued: dict[str, str | None] = dict(
+                    await tx.fetchall(
+                        "SELECT event_id, causation_id FROM events WHERE type = ?",
+                        (NotificationQueued.__event_type__,),
+                    )
+                )
+            assert len(queued) == len((await query.get("/notifications")).json())
+            await until(lambda: len(notes) >= len(queued), 60, "every notification at the probe")
+            assert causes == queued and set(notes.values()) == {1}
+            assert system.relay.relay.published == await store.last_position()
         finally:
             await command.aclose()
             await query.aclose()

@@ -79,7 +79,7 @@ async def test_killed_relay_and_projection_processes(
                 procs[name] = await start(name, env)
         assert store.database is not None
         await settled(store, store.database, timeout=120)
-        await assert_read_model_is_exact(store, store.database, str(tmp_path))
+        await assert_read_model_is_exact(store, store.database, str(tmp_path), queued=on_bus)
     finally:
         await command.aclose()
         await store.close()
