@@ -1,5 +1,6 @@
 """The read side: the order-views projection (customer summary, order details), the
-notifications projection (the e-mail the notification service would send), and queries.
+notifications projection (the e-mails the notification service queues: on the bus through
+a transactional handler, see `notifications`), and queries.
 
 Every update is either per order (kept in order by the key) or a commutative counter per
 customer, so the read model is the same whatever order different orders' events arrive
