@@ -5,12 +5,14 @@ finishes the work and stops gracefully (SIGTERM)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,3 +115,24 @@ def progress_of(path: Path) -> Callable[[], int]:
 def activity_of(path: Path) -> Callable[[], int]:
     """Lines the processes wrote to `path` (every handled event, re-runs included)."""
     return lambda: path.read_bytes().count(b"\n")
+
+
+def outputs_of(outputs: Iterable[tuple[str, int]], total: int) -> dict[str, int]:
+    """Figures of what a crash run committed: `(key, input number)` per output, in the
+    order it was committed per key. Counts outputs, inputs with none (`missing`), extra
+    copies (`duplicates`) and breaks of key order among first occurrences."""
+    counts: Counter[int] = Counter()
+    per_key: dict[str, list[int]] = defaultdict(list)
+    for key, n in outputs:
+        counts[n] += 1
+        per_key[key].append(n)
+    out_of_order = 0
+    for ns in per_key.values():
+        first_seen = list(dict.fromkeys(ns))  # duplicates removed, first occurrence kept
+        out_of_order += sum(1 for a, b in itertools.pairwise(first_seen) if b < a)
+    return {
+        "outputs": sum(counts.values()),
+        "missing": sum(1 for n in range(total) if n not in counts),
+        "duplicates": sum(c - 1 for c in counts.values() if c > 1),
+        "out of key order": out_of_order,
+    }

@@ -5,8 +5,6 @@ moments and restarted. With the transactional handler every order has exactly on
 duplicate rows it prevents."""
 
 import asyncio
-import itertools
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from eventbus.sourcing import Database, open_store
 from eventbus.sourcing.postgres import PostgresDatabase
 from eventbus.testing.conformance import unique
 
-from ..crashes import activity_of, kill_repeatedly, progress_of
+from ..crashes import activity_of, kill_repeatedly, outputs_of, progress_of
 from ..sourcing.conftest import POSTGRES_DSN
 from ..sourcing.support import unique_schema
 from .harness import RabbitMQHarness
@@ -108,22 +106,11 @@ async def crash_run(tmp_path: Path, mode: str, seed: int) -> dict[str, Any]:
         finally:
             await cleanup.close()
         await asyncio.to_thread(delete_topology, [stream, out])
-    counts = Counter(int(n) for n, _ in found)
-    per_key: dict[str, list[int]] = defaultdict(list)
-    for n, key in found:
-        per_key[key].append(int(n))
-    out_of_order = 0
-    for ns in per_key.values():
-        first_seen = list(dict.fromkeys(ns))  # duplicates removed, first occurrence kept
-        out_of_order += sum(1 for a, b in itertools.pairwise(first_seen) if b < a)
-    figures = {
+    figures: dict[str, Any] = {
         "mode": mode,
         "orders": TOTAL,
         "kills": len(run.kills),
-        "invoice rows": len(found),
-        "missing": sum(1 for n in range(TOTAL) if n not in counts),
-        "duplicates": sum(c - 1 for c in counts.values() if c > 1),
-        "out of key order": out_of_order,
+        **outputs_of(((key, int(n)) for n, key in found), TOTAL),
         "stored invoice events": int(stored[0][0]),
         "inbox entries": int(inbox[0][0]),
         "handled (with re-runs)": len(progress_file.read_text().splitlines()),
@@ -138,7 +125,7 @@ async def test_transactional_handler_effects_survive_ten_kills(tmp_path: Path) -
     assert figures["missing"] == 0
     assert figures["duplicates"] == 0
     assert figures["out of key order"] == 0
-    assert figures["invoice rows"] == TOTAL
+    assert figures["outputs"] == TOTAL
     assert figures["stored invoice events"] == TOTAL  # queued once each for the relay
     assert figures["inbox entries"] == TOTAL
 
