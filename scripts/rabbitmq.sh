@@ -89,8 +89,32 @@ plugins_in_file() {
   done
 }
 
+# RabbitMQ's production checklist: at least 50,000 file handles. With the shell's soft
+# limit of 1024, a node holding a few hundred quorum queues (each keeps segment files
+# open) runs out: new connections then wait for a handle forever (handshakes time out,
+# sockets pile up in CLOSE-WAIT) and `rabbitmqctl` hangs.
+# (Capped at the hard limit, which an unprivileged container cannot raise.)
+OPEN_FILES=${RABBITMQ_OPEN_FILES:-65536}
+HARD_OPEN_FILES=$(ulimit -Hn)
+if [ "$HARD_OPEN_FILES" != unlimited ] && [ "$HARD_OPEN_FILES" -lt "$OPEN_FILES" ]; then
+  OPEN_FILES=$HARD_OPEN_FILES
+fi
+
+# The running node's soft open-file limit (empty if unknown).
+node_open_files() {
+  local pid
+  pid=$($SUDO cat "/var/lib/rabbitmq/mnesia/$NODE.pid" 2>/dev/null) || return 0
+  $SUDO awk '/^Max open files/ {print $4}' "/proc/$pid/limits" 2>/dev/null || true
+}
+
 start_node() {
-  $SUDO rabbitmq-server -detached >/dev/null 2>&1 || die "rabbitmq-server -detached failed"
+  # Debian's wrapper switches to the rabbitmq user with `su`, whose PAM session resets
+  # the limit to 1024: switch with setpriv instead, which keeps the limit raised here.
+  # shellcheck disable=SC2016
+  $SUDO sh -c 'ulimit -n "$1" && cd /var/lib/rabbitmq && HOME=/var/lib/rabbitmq \
+    exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups rabbitmq-server -detached' \
+    sh "$OPEN_FILES" >/dev/null 2>&1 ||
+    die "rabbitmq-server -detached (ulimit -n $OPEN_FILES) failed"
   local deadline=$((SECONDS + START_TIMEOUT))
   until node_up; do
     [ $SECONDS -lt $deadline ] || die "node $NODE did not come up within ${START_TIMEOUT}s"
@@ -115,6 +139,13 @@ ensure_running() {
   ensure_pkgs rabbitmq-server
   local conf_changed=0
   ensure_env_conf && conf_changed=1
+
+  local limit
+  limit=$(node_open_files)
+  if [ -n "$limit" ] && [ "$limit" != unlimited ] && [ "$limit" -lt "$OPEN_FILES" ]; then
+    echo "rabbitmq: node $NODE runs with $limit open files: restarting it with $OPEN_FILES" >&2
+    conf_changed=1
+  fi
 
   if node_up; then
     if [ "$conf_changed" = 1 ]; then

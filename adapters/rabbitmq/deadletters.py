@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from contextlib import suppress
 from functools import partial
 from typing import Any
 
@@ -98,9 +99,11 @@ class Sweep:
         self._ack_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._error: BaseException | None = None
-        #: the messages ready in the queue once the pass is over: the ones it received
-        #: beyond those it counted go back when its channel closes, which the broker
-        #: handles a moment later (`returned`); None if it received none
+        #: the messages the queue holds once the pass is over: those ready after its
+        #: consumer was cancelled, and the ones delivered to it and not acked (received
+        #: beyond its count, or not settled by a pass that failed), which go back when its
+        #: channel closes and which the broker handles a moment later (`returned`); None
+        #: if it holds none
         self.ready_after: int | None = None
         #: messages read and not acked now
         self.unacked = 0
@@ -202,14 +205,18 @@ class Sweep:
             consumer, self._consumer = self._consumer, None
             if consumer is not None and not self.channel.is_closed:
                 await self.channel.basic_cancel(consumer)
+                back = self.outstanding()  # given back when the channel closes
+                if back:
+                    with suppress(aiormq.exceptions.AMQPError, ConnectionError):
+                        ok = await self.channel.queue_declare(self.queue, passive=True)
+                        self.ready_after = int(ok.message_count or 0) + back
         self._raise()
 
     async def _last_acks(self, counted: int) -> None:
         """Send the acks held back; return once the queue applied every ack (it refilled
         the prefetch) or has nothing more to deliver now."""
         ok = await self.channel.queue_declare(self.queue, passive=True)
-        self.ready_after = int(ok.message_count or 0)
-        beyond = min(self.ready_after, self.window)
+        beyond = min(int(ok.message_count or 0), self.window)
         self._early_acks = len(self._order)
         self._send_acks()
         while self._tasks:
@@ -227,10 +234,9 @@ class Sweep:
 
     @property
     def returning(self) -> bool:
-        """Whether the pass holds messages beyond the ones it counted (given back when its
-        channel closes)."""
-        counted = self.read + self.remaining
-        return self.ready_after is not None and self.received > counted
+        """Whether the pass held messages when it was cancelled (given back when its channel
+        closes)."""
+        return self.ready_after is not None
 
     async def returned(self, channel: AbstractChannel) -> None:
         """After the pass's channel closed: wait until the queue has the messages it gave

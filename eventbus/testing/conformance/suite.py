@@ -618,7 +618,7 @@ class ConformanceTests(UsesHarness):
             after = await dead_letters(bus, ev.stream, "billing")
             again = await dead_letters(bus, ev.stream, "billing")
         ids = [d.attributes["id"] for d in before]
-        assert seen == ids, "select must see each dead letter once, oldest first"
+        assert seen == ids, f"select must see each dead letter once, oldest first: {seen} {ids}"
         kept = [d.attributes["id"] for d in before if d.attributes["type"] != "order.paid"]
         assert [d.attributes["id"] for d in after] == kept
         assert [d.attributes["id"] for d in again] == kept
