@@ -86,6 +86,13 @@ _log = get_logger()
 _BATCH = 500
 _IDLE_WAIT = 0.1
 _QUIET_ERRORS = (KafkaError._PARTITION_EOF,)
+#: a commit refused while the group rebalances (the next one, or the revoke's, retries it)
+_REBALANCING = (
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError._WAIT_COORD,
+)
 
 
 class PartitionState:
@@ -217,6 +224,8 @@ class KafkaConsumer:
         self._closing = False
         self._stop_thread = False
         self.assignments = 0  # rebalances seen (tests)
+        #: an asynchronous commit is on its way (`_commit`)
+        self._committing = False
         # loop side
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: deque[tuple[PartitionState, int, Message]] = deque()
@@ -251,6 +260,7 @@ class KafkaConsumer:
             self.spec.group, self._config, self._buffer_bytes, statistics=True
         )
         config["error_cb"] = self._client_error
+        config["on_commit"] = self._committed
         self.link.start(config)
         if self.link.tracking:
             config["stats_cb"] = self._statistics
@@ -554,7 +564,7 @@ class KafkaConsumer:
                 if released:
                     self._hand_over(released)
                 if time.monotonic() >= next_commit:
-                    self._commit(None)
+                    self._commit(None, wait=False)
                     next_commit = time.monotonic() + self._commit_interval
                 # block for the first record only, then take what is already there: a
                 # batch consume with a timeout would hold early records back under low load
@@ -675,8 +685,14 @@ class KafkaConsumer:
                 self._log.warning("kafka.seek_failed", error=self.configs.scrub(str(exc)))
         return wait
 
-    def _commit(self, parts: list[PartitionState] | None) -> None:
-        """Commit the contiguously finished prefix of `parts` (None: every partition)."""
+    def _commit(self, parts: list[PartitionState] | None, *, wait: bool = True) -> None:
+        """Commit the contiguously finished prefix of `parts` (None: every partition).
+
+        The periodic commit does not `wait`: a synchronous commit blocks the poll thread
+        while the group rebalances (librdkafka holds it until the group is stable again),
+        which would stall every partition this member keeps through a cooperative
+        rebalance; its outcome arrives in `_committed`. A revoke and the last commit
+        wait: the partition must be committed before it is handed over."""
         consumer = self._consumer
         assert consumer is not None
         if self.transactions is not None:
@@ -692,23 +708,45 @@ class KafkaConsumer:
         if not offsets:
             return
         try:
+            if not wait:
+                if not self._committing:  # one at a time: the next interval sends the rest
+                    self._committing = True
+                    consumer.commit(offsets=offsets, asynchronous=True)
+                return
             result = consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             self._log.warning("kafka.commit_failed", error=self.configs.scrub(str(exc)))
             return
+        self._record_commits(None, result or [])
+
+    def _committed(self, error: KafkaError | None, result: list[TopicPartition]) -> None:
+        """`on_commit` (poll thread): the outcome of the asynchronous commit."""
+        self._committing = False
+        self._record_commits(error, result)
+
+    def _record_commits(self, error: KafkaError | None, result: list[TopicPartition]) -> None:
+        """Remember what each partition has committed. A commit refused because the group
+        is rebalancing is retried by the next one (and a revoke commits synchronously)."""
+        if error is not None and error.code() == KafkaError._NO_OFFSET:
+            return
+        if error is not None and not result:
+            self._commit_refused(str(error), error.code())
+            return
         with self._lock:
-            for tp in result or ():
+            for tp in result:
                 if tp.error is not None:
-                    self._log.warning(
-                        "kafka.commit_failed",
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        error=self.configs.scrub(str(tp.error)),
-                    )
+                    self._commit_refused(str(tp.error), tp.error.code(), tp)
                     continue
                 known = self._parts.get((tp.topic, tp.partition))
                 if known is not None and tp.offset > known.committed:
                     known.committed = tp.offset
+
+    def _commit_refused(self, error: str, code: int, tp: TopicPartition | None = None) -> None:
+        where = {} if tp is None else {"topic": tp.topic, "partition": tp.partition}
+        if code in _REBALANCING:
+            self._log.info("kafka.commit_deferred", error=self.configs.scrub(error), **where)
+        else:
+            self._log.warning("kafka.commit_failed", error=self.configs.scrub(error), **where)
 
     def _commit_transaction(
         self,

@@ -303,7 +303,10 @@ class ClientConfigs:
             # records of aborted transactions are never delivered, and those of open ones
             # only once committed (librdkafka's default, stated: exactly-once relies on it)
             "isolation.level": "read_committed",
-            "partition.assignment.strategy": "range",
+            # incremental cooperative rebalancing: a join or leave revokes only the
+            # partitions that change owner, so the rest of the group (and the member's
+            # other partitions) never stop for a handler that holds one that moves
+            "partition.assignment.strategy": "cooperative-sticky",
             "allow.auto.create.topics": False,
             "fetch.wait.max.ms": 100,
             "queued.max.messages.kbytes": prefetch // 1024,
