@@ -132,7 +132,8 @@ async def test_a_join_and_a_leave_next_to_a_held_handler_stall_only_what_moves(
         report.append(
             "  "
             + "; ".join(
-                f"{t[:5]}[{p}] {before.get((t, p))}->{after.get((t, p))} {gaps[(t, p)]:.1f}s@{where[(t, p)]:.1f}"
+                f"{t[:5]}[{p}] {before.get((t, p))}->{after.get((t, p))} "
+                f"{gaps[(t, p)]:.1f}s at +{where[(t, p)]:.1f}s"
                 for t, p in sorted(every)
             )
         )
