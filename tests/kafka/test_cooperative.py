@@ -197,8 +197,8 @@ async def test_a_join_and_a_leave_next_to_a_held_handler_stall_only_what_moves(
     for topic, _, _, key, n, _ in handled:
         by_key[(topic, key)].append(n)
     by_key.pop((slow_stream, "held"), None)
-    for key, ns in by_key.items():  # in order, a record redone after a move at most
+    for topic_key, ns in by_key.items():  # in order, a record redone after a move at most
         highest = -1
         for n in ns:
-            assert n <= highest + 1, f"order broken for {key}: {ns}"
+            assert n <= highest + 1, f"order broken for {topic_key}: {ns}"
             highest = max(highest, n)
