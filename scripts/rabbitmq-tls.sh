@@ -11,11 +11,16 @@
 #   scripts/rabbitmq-tls.sh start       ensure both nodes run with the installed ones
 #   scripts/rabbitmq-tls.sh stop        stop both nodes (data kept)
 #   scripts/rabbitmq-tls.sh status      exit 0 iff both run and serve AMQPS
+#   scripts/rabbitmq-tls.sh ctl tls|mtls ARGS...   rabbitmqctl ARGS on that node
+#                                       (e.g. list_connections ssl_protocol peer_cert_subject)
 #
 # DIR holds PEM files: ca.pem (the CA that signed the server's and the clients'
 # certificates), server.pem and server.key (the server's certificate and unencrypted key,
 # for localhost / 127.0.0.1). They are copied into the cache; when they differ from the
 # installed ones the running nodes are restarted (a node reads its certificates at start).
+# DIR may also hold amqp-users: one user per line, "name password" (no spaces in either),
+# made (or given that password) on both nodes with full permissions on vhost /. Their
+# passwords pass through rabbitmqctl's command line, never through this script's output.
 #
 # Why two nodes: RabbitMQ 3.10 has one `ssl_options` for all its AMQPS listeners, so
 # "client certificate optional" and "client certificate required" (fail_if_no_peer_cert)
@@ -124,6 +129,35 @@ install_certs() {
     fi
   done
   return $changed
+}
+
+# Copy DIR/amqp-users (if any) into the cache. Returns 0 if it changed.
+install_users() {
+  local from="$1"
+  [ -f "$from/amqp-users" ] || return 1
+  awk 'NF != 2 { bad = 1 } END { exit bad }' "$from/amqp-users" ||
+    die "$from/amqp-users: each line must be \"name password\""
+  cmp -s "$from/amqp-users" "$BASE/amqp-users" && return 1
+  install -m 0600 "$from/amqp-users" "$BASE/amqp-users"
+  return 0
+}
+
+# Every user of amqp-users can log in to node N with its password (made or updated).
+ensure_users() {
+  local n="$1" name password
+  [ -s "$BASE/amqp-users" ] || return 0
+  while read -r name password; do
+    ctl "$n" -q authenticate_user "$name" "$password" >/dev/null 2>&1 && continue
+    if ctl "$n" -q list_users 2>/dev/null | cut -f1 | grep -qxF "$name"; then
+      ctl "$n" -q change_password "$name" "$password" >/dev/null ||
+        die "change_password $name failed on $(node_name "$n")"
+    else
+      ctl "$n" -q add_user "$name" "$password" >/dev/null ||
+        die "add_user $name failed on $(node_name "$n")"
+    fi
+    ctl "$n" -q set_permissions -p / "$name" '.*' '.*' '.*' >/dev/null ||
+      die "set_permissions $name failed on $(node_name "$n")"
+  done <"$BASE/amqp-users"
 }
 
 have_certs() {
@@ -240,6 +274,7 @@ ensure_running() {
   local n changed=0
   if [ -n "${1:-}" ]; then
     install_certs "$1" && changed=1
+    install_users "$1" || true  # applied below, without a restart
   fi
   have_certs || die "no certificates installed: run scripts/rabbitmq-tls.sh start DIR"
   ensure_files && changed=1
@@ -248,6 +283,7 @@ ensure_running() {
   fi
   for n in "${NODES[@]}"; do launch "$n"; done  # both at once
   for n in "${NODES[@]}"; do await_node "$n"; done
+  for n in "${NODES[@]}"; do ensure_users "$n"; done
 }
 
 addresses() { local n; for n in "${NODES[@]}"; do listeners "$n"; done | tr '\n' ' '; }
@@ -257,7 +293,8 @@ case "$cmd" in
   start)
     ensure_running "${2:-}"
     echo "rabbitmq-tls: ready: amqps on $HOST:5671 (and 127.0.0.2:5671; client certificate optional," \
-      "node $(node_name tls)) and $HOST:5676 (client certificate required, node $(node_name mtls))"
+      "node $(node_name tls)) and $HOST:5676 (client certificate required, node $(node_name mtls));" \
+      "users: guest $( [ -s "$BASE/amqp-users" ] && cut -d' ' -f1 "$BASE/amqp-users" | tr '\n' ' ')"
     ;;
   stop)
     for n in "${NODES[@]}"; do stop_one "$n"; done
@@ -274,7 +311,12 @@ case "$cmd" in
     done
     [ "$ok" = 1 ] || exit 1
     ;;
+  ctl)
+    case "${2:-}" in tls|mtls) ;; *) echo "rabbitmq-tls: ctl needs tls or mtls" >&2; exit 2 ;; esac
+    n="$2"; shift 2
+    ctl "$n" "$@"
+    ;;
   *)
-    echo "usage: $0 [start [DIR]|stop|status]" >&2
+    echo "usage: $0 [start [DIR]|stop|status|ctl tls|mtls ARGS...]" >&2
     exit 2 ;;
 esac

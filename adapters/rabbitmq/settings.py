@@ -144,15 +144,36 @@ def tls_context(target: Target, settings: RabbitMQSettings) -> ssl.SSLContext | 
         return None
     try:
         context = ssl.create_default_context(cafile=settings.ca_file)
-        if settings.cert_file:
-            password = settings.key_password.get_secret_value() if settings.key_password else None
-            context.load_cert_chain(settings.cert_file, settings.key_file, password)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigurationError(
-            "EVENTBUS_RABBITMQ_CA_FILE / CERT_FILE / KEY_FILE: cannot load TLS material: "
-            f"{type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) else exc}"
+            f"EVENTBUS_RABBITMQ_CA_FILE ({settings.ca_file}): cannot load the CA "
+            f"certificates: {_load_error(exc)}"
         ) from None
+    if settings.cert_file:
+        password = settings.key_password.get_secret_value() if settings.key_password else None
+        try:
+            context.load_cert_chain(settings.cert_file, settings.key_file, password)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"EVENTBUS_RABBITMQ_CERT_FILE ({settings.cert_file}) / KEY_FILE "
+                f"({settings.key_file or 'in the CERT_FILE'}): cannot load the client "
+                f"certificate and key: {_load_error(exc)} (a wrong or missing "
+                "EVENTBUS_RABBITMQ_KEY_PASSWORD for an encrypted key, or a key that does not "
+                "belong to the certificate, fails like this)"
+            ) from None
+    elif settings.key_file:
+        raise ConfigurationError(
+            "EVENTBUS_RABBITMQ_KEY_FILE is set but EVENTBUS_RABBITMQ_CERT_FILE is not: a "
+            "client key needs its certificate"
+        )
     if not settings.verify_tls:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _load_error(exc: OSError | ssl.SSLError) -> str:
+    """Why TLS material did not load (never a password: OpenSSL does not echo it)."""
+    if isinstance(exc, ssl.SSLError):
+        return f"{type(exc).__name__}: {exc.reason or exc}"
+    return f"{type(exc).__name__}: {exc.strerror or exc}"
