@@ -212,7 +212,7 @@ def tls_refusal(exc: BaseException, target: Target, settings: RabbitMQSettings) 
     OpenSSL reason in the texts of the exception and of its chain."""
     if not target.tls:
         return None
-    texts = []
+    texts: list[str] = []
     seen: BaseException | None = exc
     while seen is not None and len(texts) < 10:
         texts.append(str(seen))

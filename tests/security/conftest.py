@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,7 +83,7 @@ class SecureKafka:
     password: str = field(repr=False)
     url: str = "kafka://127.0.0.1:39092"
 
-    def options(self, **changes: object) -> dict[str, object]:
+    def options(self, **changes: Any) -> dict[str, Any]:
         """EventBus options for SASL_SSL with SCRAM-SHA-512 as this user (`changes` win)."""
         return {
             "security_protocol": "sasl_ssl",

@@ -185,12 +185,9 @@ async def test_mutual_tls_with_a_client_certificate(buses: Buses) -> None:
     # while a bus is connected, the node shows the client certificate it verified
     bus = buses.bus(bus_url, **options(rabbit, **client_cert(rabbit)))
     async with bus:
-        connections += (
-            await asyncio.to_thread(
-                run_script, "rabbitmq-tls.sh", "ctl", "mtls", "-q", "list_connections",
-                "user", "ssl", "ssl_protocol", "peer_cert_subject",
-            )  # fmt: skip
-        ).splitlines()
+        listing = ("list_connections", "user", "ssl", "ssl_protocol", "peer_cert_subject")
+        out = await asyncio.to_thread(run_script, "rabbitmq-tls.sh", "ctl", "mtls", "-q", *listing)
+        connections += out.splitlines()
     buses.watch.report(f"node rabbit-mtls sees: {connections}")
     mine = [line for line in connections if line.startswith(rabbit.username)]
     assert mine and all("true" in line and "CN=eventbus-client" in line for line in mine)
@@ -232,7 +229,8 @@ async def test_a_wrong_key_password_is_refused_naming_the_setting(buses: Buses) 
     wrong = "WrongKeyPw-5f1c9a"
     with pytest.raises(ConfigurationError) as info:
         buses.bus(
-            rabbit.url(port=5676), **options(rabbit, **{**client_cert(rabbit), "key_password": wrong})
+            rabbit.url(port=5676),
+            **options(rabbit, **{**client_cert(rabbit), "key_password": wrong}),
         )
     buses.watch.note(info.value)
     assert "EVENTBUS_RABBITMQ_KEY_PASSWORD" in str(info.value)
