@@ -1,6 +1,9 @@
-"""Fixtures of the TLS and SASL tests: a fresh PKI per session, the TLS RabbitMQ nodes and
-the SASL_SSL Kafka broker started by their scripts (once per session, as CI would on a
-fresh machine), and `secrets_watch`, which captures every line that could leak a secret.
+"""Fixtures of the TLS and SASL tests: the test PKI (made with openssl, kept in
+${EVENTBUS_CACHE:-~/.cache/eventbus}/test-pki and reused while valid, with the users'
+random passwords), the TLS RabbitMQ nodes and the SASL_SSL Kafka broker started by their
+scripts (once per session, as CI would on a fresh machine: the scripts leave running nodes
+alone when the material is unchanged), and `secrets_watch`, which captures every line that
+could leak a secret.
 
 A broker that cannot be started fails the tests (never skips them).
 """
@@ -8,6 +11,7 @@ A broker that cannot be started fails the tests (never skips them).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from .pki import Pki, make_pki
+from .pki import Pki, cached_pki
 from .watch import SecretsWatch
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -44,10 +48,24 @@ def run_script(name: str, *args: str, timeout: float = 600) -> str:
     return done.stdout
 
 
+CACHE = Path(os.environ.get("EVENTBUS_CACHE") or Path.home() / ".cache" / "eventbus")
+
+
 @pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A CA, server and client certificates for this session (see `pki.py`)."""
-    return make_pki(tmp_path_factory.mktemp("pki"))
+def pki() -> Pki:
+    """A CA, server and client certificates (see `pki.py`)."""
+    return cached_pki(CACHE / "test-pki")
+
+
+def user_password(pki: Pki, users: str, name: str, prefix: str) -> str:
+    """The password of `name` in the PKI's users file `users` ("name password" lines),
+    made (random, distinctive) when the file does not exist yet."""
+    path = pki.folder / users
+    if not path.exists():
+        path.write_text(f"{name} {prefix}-{secrets.token_hex(12)}\n")
+        path.chmod(0o600)
+    found = dict(line.split(" ", 1) for line in path.read_text().splitlines() if line)
+    return found[name]
 
 
 @dataclass(frozen=True)
@@ -66,10 +84,7 @@ class TlsRabbit:
 
 @pytest.fixture(scope="session")
 def tls_rabbit(pki: Pki) -> TlsRabbit:
-    password = f"AmqpPw-{secrets.token_hex(12)}"
-    users = pki.folder / "amqp-users"
-    users.write_text(f"eventbus-app {password}\n")
-    users.chmod(0o600)
+    password = user_password(pki, "amqp-users", "eventbus-app", "AmqpPw")
     run_script("rabbitmq-tls.sh", "start", str(pki.folder))
     return TlsRabbit(pki, "eventbus-app", password)
 
@@ -97,10 +112,7 @@ class SecureKafka:
 
 @pytest.fixture(scope="session")
 def secure_kafka(pki: Pki) -> SecureKafka:
-    password = f"ScramPw-{secrets.token_hex(12)}"
-    users = pki.folder / "scram-users"
-    users.write_text(f"eventbus-app {password}\n")
-    users.chmod(0o600)
+    password = user_password(pki, "scram-users", "eventbus-app", "ScramPw")
     run_script("kafka-secure.sh", "start", str(pki.folder))
     return SecureKafka(pki, "eventbus-app", password)
 

@@ -13,19 +13,31 @@
   and `stranger.pem` / `stranger.key`: a client certificate that CA signed (a broker
   that asks for client certificates rejects it).
 
-Keys are unencrypted except the client's; the files are private to the test session.
+Keys are unencrypted except the client's.
+
+`cached_pki(folder)` keeps one such PKI (made in a temporary folder, then moved into
+place) and reuses it while its certificates stay valid for another day: the broker scripts
+then find the same material installed and leave their nodes running, so a test session
+takes seconds once the nodes are up. Delete the folder for a fresh one.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: validity of every certificate (a test session is far shorter)
-DAYS = "7"
+#: validity of every certificate (a cached PKI is made again a day before it expires)
+DAYS = "30"
+#: every file of a PKI (`cached_pki` reuses a folder only when all are there)
+FILES = (
+    "ca.pem", "other-ca.pem", "server.pem", "server.key", "client.pem", "client.key",
+    "stranger.pem", "stranger.key", "key-password",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -142,9 +154,11 @@ def encrypt_key(folder: Path, name: str, password: str) -> None:
 
 
 def make_pki(folder: Path) -> Pki:
-    """Write a fresh PKI into `folder` (see the module's docstring)."""
+    """Write a fresh PKI into `folder` (see the module's docstring); the client key's
+    password is kept in `key-password` (mode 0600)."""
     folder.mkdir(parents=True, exist_ok=True)
     pki = Pki(folder, key_password=f"KeyPw-{secrets.token_hex(12)}")
+    (folder / "key-password").write_text(pki.key_password)
     make_ca(folder, "ca", "eventbus test CA")
     make_ca(folder, "other-ca", "unrelated test CA")
     issue(folder, "ca", "server", "localhost", usage="serverAuth",
@@ -153,5 +167,33 @@ def make_pki(folder: Path) -> Pki:
     encrypt_key(folder, "client.key", pki.key_password)
     issue(folder, "other-ca", "stranger", "stranger", usage="clientAuth")
     for path in folder.iterdir():
-        path.chmod(0o600 if path.suffix == ".key" else 0o644)
+        path.chmod(0o600 if path.suffix == ".key" or path.name == "key-password" else 0o644)
     return pki
+
+
+def valid_for_a_day(certificate: Path) -> bool:
+    done = subprocess.run(
+        ["openssl", "x509", "-checkend", "86400", "-noout", "-in", str(certificate)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def cached_pki(folder: Path) -> Pki:
+    """The PKI kept in `folder`, made (in a temporary folder, then moved into place) when
+    it is missing, incomplete or expires within a day."""
+    if all((folder / name).is_file() for name in FILES) and all(
+        valid_for_a_day(folder / name)
+        for name in ("ca.pem", "other-ca.pem", "server.pem", "client.pem", "stranger.pem")
+    ):
+        return Pki(folder, key_password=(folder / "key-password").read_text())
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix="pki-", dir=folder.parent))
+    make_pki(fresh)
+    fresh.chmod(0o700)
+    if folder.exists():
+        shutil.rmtree(folder)
+    fresh.rename(folder)
+    return Pki(folder, key_password=(folder / "key-password").read_text())

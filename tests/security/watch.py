@@ -57,7 +57,7 @@ class SecretsWatch:
                 self._noted += [repr(obj), str(obj)]
 
     def report(self, line: str) -> None:
-        """Print a figure of the test past the capture (seen with `pytest -s`)."""
+        """Print a figure of the test past the capture (on the terminal, as it runs)."""
         with self._capfd.disabled():
             print(line)
 
