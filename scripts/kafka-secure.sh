@@ -122,7 +122,8 @@ reformat() {
 ensure_running() {
   mkdir -p "$CACHE"
   ensure_pkgs kcat
-  (CACHE="$KAFKA_CACHE"; ensure_libs)  # scripts/kafka.sh's jars, in its cache
+  # scripts/kafka.sh's jars, fetched into its own cache when missing
+  (CACHE="$KAFKA_CACHE"; mkdir -p "$CACHE"; ensure_libs)
   local changed=0
   if [ -n "${1:-}" ]; then
     install_material "$1" && changed=1

@@ -121,6 +121,7 @@ render_configs() {
 
 # --- storage: format once (KRaft, standalone controller quorum); arguments are passed
 # on to StorageTool format (scripts/kafka-secure.sh adds its SCRAM users)
+# shellcheck disable=SC2120  # kafka.sh itself passes none
 ensure_formatted() {
   [ -f "$DATA/meta.properties" ] && return 0
   if [ ! -s "$CACHE/cluster.id" ]; then
@@ -176,6 +177,7 @@ ensure_running() {
   ensure_libs
   local conf_changed=0
   render_configs && conf_changed=1
+  # shellcheck disable=SC2119
   ensure_formatted
   if kafka_answers; then
     if [ "$conf_changed" = 1 ] && pid_alive; then
