@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from eventbus import ConfigurationError, EventBus
+from eventbus import ConfigurationError, EventBus, SyncPublisher
 from eventbus.adapters.kafka import KafkaBroker
 from eventbus.testing.conformance import make_events, unique, until
 
@@ -142,3 +142,33 @@ async def test_the_default_trust_store_refuses_our_ca(buses: Buses) -> None:
     text = await refused(buses, **options)
     assert "EVENTBUS_KAFKA_SSL_CA_LOCATION" in text and "the system CAs" in text
     buses.watch.assert_hidden(kafka.password)
+
+
+async def test_the_sync_face_publishes_over_sasl_ssl_and_names_the_setting_when_refused(
+    buses: Buses,
+) -> None:
+    kafka = buses.kafka
+    Created = make_events(unique("sasl")).Created
+    seen: list[int] = []
+    bus = buses.bus(**kafka.options(partitions=1))
+
+    @bus.subscribe(group="billing")
+    async def billing(event: Created) -> None:  # type: ignore[valid-type]
+        seen.append(event.n)  # type: ignore[attr-defined]
+
+    def publish(n: int, **changes: Any) -> None:
+        with SyncPublisher(kafka.url, **kafka.options(partitions=1, **changes)) as publisher:
+            buses.watch.note(publisher)
+            publisher.publish(Created(order_id=f"o-{n}", n=n), key=f"o-{n}")
+
+    async with bus:
+        await asyncio.to_thread(publish, 1)
+        await until(lambda: seen == [1], 60, "the sync face's event")
+    wrong = "WrongScramPw-0b77c3"
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError) as info:
+        await asyncio.to_thread(publish, 2, sasl_password=wrong)
+    assert time.monotonic() - started < PROMPT
+    buses.watch.note(info.value)
+    assert "EVENTBUS_KAFKA_SASL_PASSWORD" in str(info.value)
+    buses.watch.assert_hidden(wrong, kafka.password)

@@ -15,7 +15,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from eventbus import ConfigurationError, EventBus
+from eventbus import ConfigurationError, EventBus, SyncPublisher
 from eventbus.adapters.rabbitmq.settings import load_rabbitmq_settings, parse_url, tls_context
 from eventbus.testing.conformance import make_events, unique, until
 
@@ -235,3 +235,30 @@ async def test_a_wrong_key_password_is_refused_naming_the_setting(buses: Buses) 
     buses.watch.note(info.value)
     assert "EVENTBUS_RABBITMQ_KEY_PASSWORD" in str(info.value)
     buses.watch.assert_hidden(wrong, rabbit.password, rabbit.pki.key_password)
+
+
+async def test_the_sync_face_publishes_over_amqps_and_names_the_setting_when_refused(
+    buses: Buses,
+) -> None:
+    rabbit = buses.rabbit
+    Created = make_events(buses.stream()).Created
+    seen: list[int] = []
+    bus = buses.bus(rabbit.url(), **options(rabbit))
+
+    @bus.subscribe(group="billing")
+    async def billing(event: Created) -> None:  # type: ignore[valid-type]
+        seen.append(event.n)  # type: ignore[attr-defined]
+
+    def publish(n: int, **changes: Any) -> None:
+        with SyncPublisher(rabbit.url(), **options(rabbit, **changes)) as publisher:
+            buses.watch.note(publisher)
+            publisher.publish(Created(order_id=f"o-{n}", n=n), key=f"o-{n}")
+
+    async with bus:
+        await asyncio.to_thread(publish, 1)
+        await until(lambda: seen == [1], 30, "the sync face's event")
+    with pytest.raises(ConfigurationError) as info:
+        await asyncio.to_thread(publish, 2, ca_file=str(rabbit.pki.other_ca))
+    buses.watch.note(info.value)
+    assert "EVENTBUS_RABBITMQ_CA_FILE" in str(info.value)
+    hidden(buses)
