@@ -143,9 +143,12 @@ install_users() {
 }
 
 # Every user of amqp-users can log in to node N with its password (made or updated).
+# Node N's users.applied is the amqp-users last applied there (its data keeps them).
 ensure_users() {
-  local n="$1" name password
+  local n="$1" name password applied
+  applied="$(node_dir "$n")/users.applied"
   [ -s "$BASE/amqp-users" ] || return 0
+  cmp -s "$BASE/amqp-users" "$applied" && return 0
   while read -r name password; do
     ctl "$n" -q authenticate_user "$name" "$password" >/dev/null 2>&1 && continue
     if ctl "$n" -q list_users 2>/dev/null | cut -f1 | grep -qxF "$name"; then
@@ -158,6 +161,7 @@ ensure_users() {
     ctl "$n" -q set_permissions -p / "$name" '.*' '.*' '.*' >/dev/null ||
       die "set_permissions $name failed on $(node_name "$n")"
   done <"$BASE/amqp-users"
+  install -m 0600 "$BASE/amqp-users" "$applied"
 }
 
 have_certs() {
@@ -241,13 +245,15 @@ launch() {
   vm_up "$n" && return 0
   port_open "$HOST" "$(amqps_port "$n")" &&
     die "something other than node $(node_name "$n") listens on $HOST:$(amqps_port "$n")"
-  rm -f "$(node_dir "$n")/rabbit.pid"
+  rm -f "$(node_dir "$n")/rabbit.pid" "$(node_dir "$n")/users.applied"
   as_node "$n" rabbitmq-server -detached >"$(node_dir "$n")/log/startup.out" 2>&1 ||
     die "rabbitmq-server -detached failed for node $(node_name "$n")"
 }
 
 await_node() {
   local n="$1" deadline=$((SECONDS + START_TIMEOUT))
+  # a running node serving AMQPS has booted (its listeners start last): nothing to wait for
+  vm_up "$n" && amqps_open "$n" && return 0
   until vm_up "$n"; do
     [ $SECONDS -lt $deadline ] || die "node $(node_name "$n") did not start within ${START_TIMEOUT}s"
     sleep 0.5
