@@ -32,6 +32,7 @@ OUT="$CACHE/kafka.out"
 SERVER_LOG="$CACHE/server.log"
 HOST=127.0.0.1
 PORT=9092
+CONTROLLER_PORT=9093
 BOOTSTRAP="$HOST:$PORT"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
@@ -118,7 +119,9 @@ render_configs() {
   return $changed
 }
 
-# --- storage: format once (KRaft, standalone controller quorum)
+# --- storage: format once (KRaft, standalone controller quorum); arguments are passed
+# on to StorageTool format (scripts/kafka-secure.sh adds its SCRAM users)
+# shellcheck disable=SC2120  # kafka.sh itself passes none
 ensure_formatted() {
   [ -f "$DATA/meta.properties" ] && return 0
   if [ ! -s "$CACHE/cluster.id" ]; then
@@ -129,15 +132,15 @@ ensure_formatted() {
     echo "$id" >"$CACHE/cluster.id"
   fi
   mkdir -p "$DATA"
-  run_tool kafka.tools.StorageTool format --standalone -t "$(cat "$CACHE/cluster.id")" -c "$CONF" \
+  run_tool kafka.tools.StorageTool format --standalone -t "$(cat "$CACHE/cluster.id")" -c "$CONF" "$@" \
     >>"$CACHE/tools.log" 2>&1 || die "StorageTool format failed"
   [ -f "$DATA/meta.properties" ] || die "StorageTool format did not write $DATA/meta.properties"
 }
 
 start_broker() {
   need_cmd java "install a JDK 17+"
-  if port_open "$PORT" || port_open 9093; then
-    die "port $PORT or 9093 is in use by something that is not answering as our broker"
+  if port_open "$PORT" || port_open "$CONTROLLER_PORT"; then
+    die "port $PORT or $CONTROLLER_PORT is in use by something that is not answering as our broker"
   fi
   : >"$OUT"
   # setsid: own session, survives the calling shell; pid written by the child itself.
@@ -174,6 +177,7 @@ ensure_running() {
   ensure_libs
   local conf_changed=0
   render_configs && conf_changed=1
+  # shellcheck disable=SC2119
   ensure_formatted
   if kafka_answers; then
     if [ "$conf_changed" = 1 ] && pid_alive; then
@@ -194,6 +198,9 @@ ensure_running() {
   fi
   start_broker
 }
+
+# Sourced (scripts/kafka-secure.sh reuses the functions above with its own paths): stop here.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
 cmd="${1:-start}"
 case "$cmd" in

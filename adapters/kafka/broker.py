@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from confluent_kafka import KafkaException
-
 from eventbus.toolkit import (
     Capabilities,
     ConfigurationError,
@@ -40,6 +38,7 @@ from .dlq import (
     kept_record,
     replay_record,
 )
+from .link import check_cluster
 from .names import dlq_topic, replay_topic, retry_topic
 from .producer import AsyncProducer, Record, record_of
 from .replies import REPLY_PRODUCER, KafkaReplyChannel, is_reply_topic, refuse
@@ -89,16 +88,7 @@ class KafkaBroker:
         self.producer.start()
 
     def _check_cluster(self) -> None:
-        try:
-            self.topics.admin.describe_cluster(
-                request_timeout=self.settings.connect_timeout
-            ).result()
-        except KafkaException as exc:
-            raise ConnectionError(
-                f"cannot reach Kafka at {self.configs.target.redacted} within "
-                f"{self.settings.connect_timeout}s: {self.configs.scrub(str(exc))}; is the broker "
-                "running, and are EVENTBUS_URL and the SASL/SSL options right?"
-            ) from None
+        check_cluster(self.configs, self.settings.connect_timeout)
 
     def state(self) -> LinkState:
         """The producer's link to the cluster, as librdkafka last reported it (no I/O):

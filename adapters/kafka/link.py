@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 
-from eventbus.toolkit import LinkState
+from eventbus.toolkit import ConfigurationError, LinkState
 
-from .settings import ClientConfigs
+from .settings import ClientConfigs, config_error
 
 #: a broker (`"host:port/id: text"`, `"GroupCoordinator: text"`) could not be reached
 CONNECTION_ERRORS = frozenset(
@@ -70,6 +72,65 @@ def nodes_up(stats: dict[str, Any]) -> frozenset[str]:
 def _named(text: str) -> str:
     """The broker a librdkafka error text names (`"127.0.0.1:9092/1: Connect to ..."`)."""
     return text.partition(": ")[0]
+
+
+def check_cluster(configs: ClientConfigs, timeout: float) -> None:
+    """The start-up check: the cluster answers a DescribeCluster request within `timeout`
+    seconds. A refused login or broker certificate raises ConfigurationError as soon as
+    librdkafka reports it (retrying would not help, and librdkafka retries forever); no
+    answer raises ConnectionError with the last connection error. The probe client is
+    gone when this returns, so a refused one does not go on retrying."""
+    errors: list[KafkaError] = []
+    config = configs.admin()
+    config["error_cb"] = errors.append  # served by `poll`, on this thread
+    try:
+        admin = AdminClient(config)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise config_error(configs, exc, "admin client") from None
+    future = admin.describe_cluster(request_timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while not future.done() and (left := deadline - time.monotonic()) > 0:
+        admin.poll(min(left, 0.1))
+        for error in errors:
+            refusal = security_refusal(configs, error)
+            if refusal is not None:
+                raise ConfigurationError(refusal)
+    try:
+        if not future.done():
+            raise TimeoutError
+        future.result()
+    except (KafkaException, TimeoutError) as exc:
+        last = [configs.scrub(e.str()) for e in errors if e.code() in CONNECTION_ERRORS]
+        why = last[-1] if last else configs.scrub(str(exc)) or "no answer"
+        raise ConnectionError(
+            f"cannot reach Kafka at {configs.target.redacted} within {timeout}s: {why}; is "
+            "the broker running, and are EVENTBUS_URL and the SASL/SSL options right?"
+        ) from None
+
+
+def security_refusal(configs: ClientConfigs, error: KafkaError) -> str | None:
+    """What a librdkafka error says about the security settings, naming the ones to
+    change; None when it is no refused login or broker certificate."""
+    text = configs.scrub(error.str())
+    where = f"Kafka at {configs.target.redacted}"
+    common = configs.common
+    if error.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+        return (
+            f"{where} refused the SASL login of user {common.get('sasl.username')!r} "
+            f"({common.get('sasl.mechanism')}): {text}; check EVENTBUS_KAFKA_SASL_USERNAME, "
+            "EVENTBUS_KAFKA_SASL_PASSWORD (or the user:password in EVENTBUS_URL) and "
+            "EVENTBUS_KAFKA_SASL_MECHANISM"
+        )
+    if error.code() == KafkaError._SSL and "certificate verify failed" in text:
+        ca = common.get("ssl.ca.location")
+        return (
+            f"the TLS certificate of {where} could not be verified with "
+            f"{'the CA file ' + repr(ca) if ca else 'the system CAs'}: {text}; set "
+            "EVENTBUS_KAFKA_SSL_CA_LOCATION to the CA that signed the brokers' certificates "
+            "(and, if the host name does not match, connect to one the certificate names: "
+            "EVENTBUS_URL, or EVENTBUS_KAFKA_SSL_VERIFY_HOSTNAME=false, never in production)"
+        )
+    return None
 
 
 class Link:

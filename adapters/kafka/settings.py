@@ -35,6 +35,9 @@ MiB = 1024 * 1024
 #: dead-letter copies of any record a stream topic stores (their topics are made to take
 #: them); what a stream topic does not take, the broker refuses (a clear PublishError)
 PRODUCER_MAX_BYTES = 64 * MiB
+#: properties `is_secret_key` flags (`sasl.*`) whose values are no secret: scrubbing them
+#: would mask every mention of the user name or the mechanism in error texts
+NOT_SECRET = frozenset({"sasl.username", "sasl.mechanism", "sasl.mechanisms"})
 SecurityProtocol = Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
@@ -240,7 +243,8 @@ class ClientConfigs:
         self.user_consumer = _plain(settings.consumer_config)
         for values in (common, self.user, self.user_producer, self.user_consumer):
             for prop, value in values.items():
-                if is_secret_key(prop) and isinstance(value, str) and value:
+                secret = is_secret_key(prop) and prop not in NOT_SECRET
+                if secret and isinstance(value, str) and value:
                     secrets.append(value)
         self.common = {**common, **self.user}
         self.secrets = tuple(sorted(set(secrets), key=len, reverse=True))

@@ -9,6 +9,7 @@ from eventbus.toolkit import (
     Settings,
 )
 
+from .link import check_cluster
 from .producer import SyncProducer, record_of
 from .settings import client_configs
 from .topics import Topics
@@ -23,8 +24,13 @@ class KafkaSyncTransport:
         self.configs = client_configs(settings)
         self.topics = Topics(self.configs)
         self._producer = SyncProducer(self.configs)
+        #: the cluster answered the start-up check (`check_cluster`, on the first publish)
+        self._checked = False
 
     def publish(self, messages: Sequence[Message]) -> None:
+        if not self._checked:  # a refused login or certificate fails here, naming the setting
+            check_cluster(self.configs, self.configs.settings.connect_timeout)
+            self._checked = True
         missing = {m.stream for m in messages if m.stream not in self.topics.known}
         if missing:
             self.topics.ensure({s: self.configs.settings.partitions for s in missing})

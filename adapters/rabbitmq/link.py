@@ -28,7 +28,7 @@ from eventbus.toolkit import (
     get_logger,
 )
 
-from .settings import RabbitMQSettings, Target
+from .settings import RabbitMQSettings, Target, tls_hint, tls_refusal
 
 #: what a lost connection or channel looks like (the operation may be retried)
 LOST = (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError)
@@ -77,9 +77,13 @@ class Link:
             ) from None
         except (TimeoutError, *LOST) as exc:
             self._error = _describe(exc)
+            refusal = tls_refusal(exc, self.target, self.settings)
+            if refusal is not None:
+                raise ConfigurationError(refusal) from None
             raise ConnectionError(
                 f"cannot connect to RabbitMQ at {self.target.redacted}: {_describe(exc)} "
                 "(is the broker running? scripts/rabbitmq.sh starts one)"
+                f"{tls_hint(exc, self.target, self.settings)}"
             ) from None
 
     async def connection(self) -> AbstractConnection:

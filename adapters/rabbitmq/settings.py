@@ -144,15 +144,109 @@ def tls_context(target: Target, settings: RabbitMQSettings) -> ssl.SSLContext | 
         return None
     try:
         context = ssl.create_default_context(cafile=settings.ca_file)
-        if settings.cert_file:
-            password = settings.key_password.get_secret_value() if settings.key_password else None
-            context.load_cert_chain(settings.cert_file, settings.key_file, password)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigurationError(
-            "EVENTBUS_RABBITMQ_CA_FILE / CERT_FILE / KEY_FILE: cannot load TLS material: "
-            f"{type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) else exc}"
+            f"EVENTBUS_RABBITMQ_CA_FILE ({settings.ca_file}): cannot load the CA "
+            f"certificates: {_load_error(exc)}"
         ) from None
+    if settings.cert_file:
+        password = settings.key_password.get_secret_value() if settings.key_password else None
+        try:
+            context.load_cert_chain(settings.cert_file, settings.key_file, password)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"EVENTBUS_RABBITMQ_CERT_FILE ({settings.cert_file}) / KEY_FILE "
+                f"({settings.key_file or 'in the CERT_FILE'}): cannot load the client "
+                f"certificate and key: {_load_error(exc)} (a wrong or missing "
+                "EVENTBUS_RABBITMQ_KEY_PASSWORD for an encrypted key, or a key that does not "
+                "belong to the certificate, fails like this)"
+            ) from None
+    elif settings.key_file:
+        raise ConfigurationError(
+            "EVENTBUS_RABBITMQ_KEY_FILE is set but EVENTBUS_RABBITMQ_CERT_FILE is not: a "
+            "client key needs its certificate"
+        )
     if not settings.verify_tls:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _load_error(exc: OSError | ssl.SSLError) -> str:
+    """Why TLS material did not load (never a password: OpenSSL does not echo it)."""
+    if isinstance(exc, ssl.SSLError):
+        return f"{type(exc).__name__}: {exc.reason or exc}"
+    return f"{type(exc).__name__}: {exc.strerror or exc}"
+
+
+def tls_refusal(exc: BaseException, target: Target, settings: RabbitMQSettings) -> str | None:
+    """What a failed first connection says about the TLS settings, naming the one to
+    change; None when it is no TLS refusal (a broker that is down, say).
+
+    aiormq wraps the `ssl` error in its own (keeping only its text), so this reads the
+    OpenSSL reason in the texts of the exception and of its chain."""
+    if not target.tls:
+        return None
+    texts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(texts) < 10:
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(texts)
+    where = f"RabbitMQ at {target.redacted}"
+    reason = _openssl_reason(text)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        if "mismatch" in text:
+            return (
+                f"the TLS certificate of {where} is not valid for the host {target.host!r} "
+                f"({reason}): connect to a host name the certificate names (the host in "
+                "EVENTBUS_URL), or turn verification off with EVENTBUS_RABBITMQ_VERIFY_TLS="
+                "false (never in production)"
+            )
+        return (
+            f"the TLS certificate of {where} could not be verified ({reason}) with "
+            f"{'the CA file ' + repr(settings.ca_file) if settings.ca_file else 'the system CAs'}: "
+            "set EVENTBUS_RABBITMQ_CA_FILE to the CA that signed the broker's certificate"
+        )
+    if "CERTIFICATE_REQUIRED" in text or "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text:
+        return (
+            f"{where} requires a client certificate ({reason}): set "
+            "EVENTBUS_RABBITMQ_CERT_FILE and EVENTBUS_RABBITMQ_KEY_FILE (and "
+            "EVENTBUS_RABBITMQ_KEY_PASSWORD for an encrypted key)"
+        )
+    if any(alert in text for alert in ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN")):
+        return (
+            f"{where} rejected the client certificate EVENTBUS_RABBITMQ_CERT_FILE "
+            f"({settings.cert_file}) ({reason}): it must be signed by a CA the broker trusts"
+        )
+    return None
+
+
+def tls_hint(exc: BaseException, target: Target, settings: RabbitMQSettings) -> str:
+    """A hint for a first TLS connection the broker closed without saying why. Under TLS
+    1.3 a broker that requires client certificates checks them after the client finished
+    its handshake, so its alert often reaches the client as a mere reset."""
+    if not target.tls:
+        return ""
+    text = str(exc)
+    if not any(word in text for word in ("reset", "EOF", "closed")):
+        return ""
+    if settings.cert_file:
+        return (
+            "; the broker closed the TLS connection: if it checks client certificates, it "
+            f"rejected EVENTBUS_RABBITMQ_CERT_FILE ({settings.cert_file}): it must be signed "
+            "by a CA the broker trusts"
+        )
+    return (
+        "; the broker closed the TLS connection: if it requires a client certificate, set "
+        "EVENTBUS_RABBITMQ_CERT_FILE and EVENTBUS_RABBITMQ_KEY_FILE"
+    )
+
+
+def _openssl_reason(text: str) -> str:
+    """The OpenSSL part of an error text: `[SSL: CODE] reason` up to its `(_ssl.c:...)`."""
+    start = text.find("[SSL")
+    if start < 0:
+        return "TLS handshake failed"
+    end = text.find(" (_ssl.c", start)
+    return text[start : end if end > 0 else start + 200]

@@ -34,7 +34,15 @@ from eventbus.toolkit import (
 )
 
 from .limits import DEFAULT_FRAME_MAX, check_publish
-from .settings import RabbitMQSettings, Target, load_rabbitmq_settings, parse_url, tls_context
+from .settings import (
+    RabbitMQSettings,
+    Target,
+    load_rabbitmq_settings,
+    parse_url,
+    tls_context,
+    tls_hint,
+    tls_refusal,
+)
 
 _LOST = (
     pika.exceptions.AMQPConnectionError,
@@ -170,8 +178,12 @@ class RabbitMQSyncTransport:
                 f"{t.vhost!r}: check the user, password and vhost in EVENTBUS_URL"
             ) from None
         except _LOST as exc:
+            refusal = tls_refusal(exc, t, self.settings)
+            if refusal is not None:
+                raise ConfigurationError(refusal) from None
             raise ConnectionError(
                 f"cannot connect to RabbitMQ at {t.redacted}: {type(exc).__name__}"
+                f"{tls_hint(exc, t, self.settings)}"
             ) from None
 
     def _drop(self) -> None:
