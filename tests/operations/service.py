@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 
 from eventbus import Event
+from eventbus.testing.conformance import unique
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ class Service:
 
     def __init__(self, url: str, stream: str | None = None) -> None:
         self.url = url
-        self.stream = stream or f"ops{uuid.uuid4().hex[:8]}"
+        self.stream = stream or unique("ops")
         self.lines: list[dict[str, Any]] = []
         self.proc = subprocess.Popen(
             [

@@ -1,5 +1,4 @@
 """The order system's end-to-end tests run once per (bus, store) combination."""
-
 from __future__ import annotations
 
 import socket
@@ -8,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from eventbus.testing.conformance import unique
 from tests.sourcing.conftest import POSTGRES_DSN
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -58,7 +58,7 @@ async def store_url(combo: tuple[str, str], tmp_path: object) -> AsyncIterator[s
 
 @pytest.fixture
 def stream() -> str:
-    return f"orders-{uuid.uuid4().hex[:8]}"
+    return unique("orders-")
 
 
 def free_port() -> int:

@@ -5,12 +5,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from eventbus import Event, EventBus, Reject, RetryPolicy
+from eventbus.testing.conformance import unique
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,7 +88,7 @@ def test_dlq_with_bad_url_is_a_clear_error() -> None:
 )
 def test_dlq_list_and_replay_on_a_real_broker(url: str) -> None:
     """Dead letters made by one process are listed and replayed by `eventbus dlq`."""
-    stream = f"cli{uuid.uuid4().hex[:8]}"
+    stream = unique("cli")
 
     class Job(Event, stream=stream, type="job.requested"):
         name: str

@@ -14,7 +14,7 @@ An adapter's test module runs it in a few lines::
 Needs pytest and pytest-asyncio (`pip install 'eventbus[testing]'`).
 """
 
-from .harness import Harness, unique
+from .harness import Harness, made_names, unique
 from .hostile import HostileInputTests
 from .requests import RequestReplyTests
 from .suite import ConformanceTests
@@ -45,6 +45,7 @@ __all__ = [
     "dead_letters",
     "make_events",
     "settle",
+    "made_names",
     "unique",
     "until",
     "wait_dead",

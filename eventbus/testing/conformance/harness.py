@@ -19,8 +19,21 @@ from typing import Any
 from eventbus import Capabilities, EventBus
 
 
+#: every name `unique` made in this process
+_MADE: set[str] = set()
+
+
 def unique(prefix: str = "t") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
+    """A fresh stream or group name. It is remembered (`made_names`), so that a test
+    session can delete, at its end, whatever a broker still holds named after it."""
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
+    _MADE.add(name)
+    return name
+
+
+def made_names() -> frozenset[str]:
+    """Every name `unique` made in this process."""
+    return frozenset(_MADE)
 
 
 class Harness(ABC):
