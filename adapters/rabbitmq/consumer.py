@@ -118,7 +118,8 @@ class GroupConsumer:
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
-        self._wait_queues: set[str] = {name for name, _ in topology.tier_queues()}
+        #: wait queues this consumer declared (the first retry that needs one does)
+        self._wait_queues: set[str] = set()
         #: exchanges a message comes back through from the group's own channels (wait
         #: queues, replays, id stamps): the attempt count is trusted only on those
         self.trusted_exchanges = frozenset(

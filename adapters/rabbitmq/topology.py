@@ -16,6 +16,7 @@
     dead letters               queue `<stream>.<group>.dlq`
     delayed retry, tier n      wait queue `<stream>.<group>.retry.<n>` with `x-message-ttl`
                                = the tier's delay, dead-lettering back into the group
+                               (declared by the first retry that needs it)
     a delay off the tiers      wait queue `<stream>.<group>.delay.<ms>ms` (`Retry(after=)`)
 
 Quorum queues expire messages only at their head, so a wait queue holds one delay only.
@@ -125,9 +126,10 @@ class GroupTopology:
         return args
 
     async def declare(self, channel: AbstractChannel) -> None:
-        """Declare the stream exchange, the group's queues and bindings, its dead-letter
-        queue and its retry tiers. Idempotent; a queue that exists with other arguments
-        raises ConfigurationError naming it."""
+        """Declare the stream exchange, the group's queues and bindings and its
+        dead-letter queue. Idempotent; a queue that exists with other arguments raises
+        ConfigurationError naming it. A wait queue is declared when the first retry needs
+        it (`declare_wait_queue`): a group that never retries holds two queues."""
         await declare_stream(channel, self.stream)
         await _queue(channel, self.dlq, {"x-queue-type": self.queue_type})
         if self.partitions is None:
@@ -136,8 +138,6 @@ class GroupTopology:
                 await channel.queue_bind(self.base, self.stream, routing_key=pattern)
         else:
             await self._declare_partitions(channel)
-        for name, delay in self.tier_queues():
-            await _queue(channel, name, self.wait_arguments(delay))
 
     async def _declare_partitions(self, channel: AbstractChannel) -> None:
         hashed, spread = self.hash_exchange, self.spread_exchange

@@ -21,6 +21,7 @@ from eventbus.testing.conformance import make_events, until
 from eventbus.testing.conformance.telemetry import Spans
 
 from .conftest import Broker
+from .support import list_names
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -62,16 +63,25 @@ async def test_topology_names_and_queue_arguments(rabbit: Broker, pika_channel: 
     ev = make_events(rabbit.stream())
     bus = rabbit.bus()
 
+    tries: list[int] = []
+
     @bus.subscribe(group="billing", retry=RetryPolicy(attempts=3, backoff=0.5, delayed=True))
-    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
-        pass
+    async def handle(event: ev.Created, ctx: Context) -> None:  # type: ignore[name-defined]
+        tries.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("once")
 
     async with bus:
         s = ev.stream
-        for queue in (f"{s}.billing", f"{s}.billing.dlq", f"{s}.billing.retry.1",
-                      f"{s}.billing.retry.2"):
+        for queue in (f"{s}.billing", f"{s}.billing.dlq"):
             pika_channel.queue_declare(queue, passive=True)  # raises if missing
         pika_channel.exchange_declare(s, passive=True)
+        # a group that never retried holds two queues: the wait queues come with the
+        # first retry that needs them
+        assert not [q for q in list_names("list_queues") if q.startswith(f"{s}.billing.retry")]
+        await bus.publish(ev.Created(order_id="r"))
+        await until(lambda: tries == [1, 2], what="the retry through the first wait queue")
+        pika_channel.queue_declare(f"{s}.billing.retry.1", passive=True)
         # redeclaring with other arguments is refused: the queue is quorum + SAC
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
             pika_channel.queue_declare(f"{s}.billing", durable=True)
