@@ -18,8 +18,10 @@
 #                                               (a node that was killed rejoins by itself)
 #   scripts/rabbitmq-cluster.sh stop-node N     graceful stop of node N (rabbitmqctl stop)
 #   scripts/rabbitmq-cluster.sh restart-node N  stop-node N, start-node N (a rolling restart step)
-#   scripts/rabbitmq-cluster.sh pid N           the OS pid of node N's Erlang VM (beam.smp),
-#                                               for tests that SIGKILL or SIGSTOP it
+#   scripts/rabbitmq-cluster.sh kill-node N     SIGKILL node N's Erlang VM (a crash)
+#   scripts/rabbitmq-cluster.sh pause-node N    SIGSTOP it (a hung node: TCP still accepts)
+#   scripts/rabbitmq-cluster.sh resume-node N   SIGCONT it
+#   scripts/rabbitmq-cluster.sh pid N           the OS pid of node N's Erlang VM (beam.smp)
 #   scripts/rabbitmq-cluster.sh ctl N ARGS...   rabbitmqctl ARGS on node N (e.g. list_queues)
 #   scripts/rabbitmq-cluster.sh queues N ARGS...  rabbitmq-queues ARGS on node N
 #
@@ -30,10 +32,13 @@
 # log/ and rabbit.pid. Nothing reads or writes /etc/rabbitmq or the main node
 # rabbit@localhost (scripts/rabbitmq.sh, 5672/25672).
 #
-# Cluster settings: cluster_partition_handling = pause_minority (a node cut off from the
-# other two pauses until it sees them again, the choice for three nodes), net_ticktime =
+# Cluster settings: cluster_partition_handling = autoheal (a node the others declared
+# down while it hung, SIGSTOP, comes back into a partitioned cluster without having noticed
+# anything, its own clock stood still: pause_minority would never pause it, autoheal
+# restarts it so it rejoins; quorum queues need a majority either way), net_ticktime =
 # 10 s (a hung peer is declared down after 10-13 s instead of 60-75), the open-file limit
-# raised to 65536 before a node starts (RabbitMQ's production checklist).
+# raised to 65536 before a node starts (RabbitMQ's production checklist). `start` waits
+# until all three nodes run in one cluster (an autoheal restart included).
 # Env: RABBITMQ_CLUSTER_START_TIMEOUT (default 120 s).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -135,7 +140,7 @@ listeners.tcp.default = $HOST:$(amqp_port "$n")
 distribution.listener.interface = $HOST
 distribution.listener.port_range.min = $(dist_port "$n")
 distribution.listener.port_range.max = $(dist_port "$n")
-cluster_partition_handling = pause_minority
+cluster_partition_handling = autoheal
 net_ticktime = 10
 log.console = false
 log.file.level = info" && changed=0
@@ -191,8 +196,11 @@ raise_nofile() {
 }
 
 launch() {
-  local n="$1"
-  vm_up "$n" && return 0
+  local n="$1" pid
+  if pid="$(pid_of "$n")"; then
+    kill -CONT "$pid" 2>/dev/null || true  # a node a test left paused runs again
+    return 0
+  fi
   amqp_open "$n" && die "something other than node $(node_name "$n") listens on $HOST:$(amqp_port "$n")"
   rm -f "$(node_dir "$n")/rabbit.pid"
   raise_nofile
@@ -229,6 +237,7 @@ join_seed() {
 stop_one() {
   local n="$1" pid
   pid="$(pid_of "$n")" || return 0
+  kill -CONT "$pid" 2>/dev/null || true  # a paused node cannot stop
   ctl "$n" -q stop >/dev/null 2>&1 || true
   terminate_pid "rabbitmq-cluster: node $(node_name "$n")" "$pid" 60
 }
@@ -244,10 +253,24 @@ ensure_running() {
   for n in "${NODES[@]}"; do launch "$n"; done
   for n in "${NODES[@]}"; do await_node "$n"; done
   for n in "${NODES[@]}"; do join_seed "$n"; done
-  local running
-  running="$(running_nodes "$SEED" | sort | tr '\n' ' ')"
-  [ "$running" = "$(for n in "${NODES[@]}"; do node_name "$n"; done | sort | tr '\n' ' ')" ] ||
-    die "the cluster runs only: $running"
+  await_cluster
+}
+
+# Wait until every node runs the app and sees all of them running (a node autoheal is
+# restarting, or one that just came back, takes a few seconds).
+await_cluster() {
+  local n running all deadline=$((SECONDS + START_TIMEOUT))
+  all="$(for n in "${NODES[@]}"; do node_name "$n"; done | sort | tr '\n' ' ')"
+  while :; do
+    running=""
+    for n in "${NODES[@]}"; do
+      running="$(running_nodes "$n" | sort | tr '\n' ' ')"
+      [ "$running" = "$all" ] || break
+    done
+    [ "$running" = "$all" ] && return 0
+    [ $SECONDS -lt $deadline ] || die "the cluster does not come together: node $n sees running: $running"
+    sleep 1
+  done
 }
 
 check_node_arg() {
@@ -319,6 +342,20 @@ case "$cmd" in
     await_node "$2"
     echo "rabbitmq-cluster: $(node_name "$2") restarted, running on $HOST:$(amqp_port "$2")"
     ;;
+  kill-node|pause-node|resume-node)
+    check_node_arg "${2:-}"
+    pid="$(pid_of "$2")" || { echo "rabbitmq-cluster: $(node_name "$2") is not running" >&2; exit 1; }
+    case "$cmd" in
+      kill-node) sig=KILL; did=killed ;;
+      pause-node) sig=STOP; did=paused ;;
+      *) sig=CONT; did=resumed ;;
+    esac
+    kill -s "$sig" "$pid"
+    if [ "$sig" = KILL ]; then
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    fi
+    echo "rabbitmq-cluster: $(node_name "$2") $did (pid $pid)"
+    ;;
   pid)
     check_node_arg "${2:-}"
     pid_of "$2" || { echo "rabbitmq-cluster: $(node_name "$2") is not running" >&2; exit 1; }
@@ -334,6 +371,6 @@ case "$cmd" in
     as_node "$n" rabbitmq-queues -n "$(node_name "$n")" "$@"
     ;;
   *)
-    echo "usage: $0 [start|stop|restart|status|reset|start-node N|stop-node N|restart-node N|pid N|ctl N ARGS|queues N ARGS]" >&2
+    echo "usage: $0 [start|stop|restart|status|reset|start-node N|stop-node N|restart-node N|kill-node N|pause-node N|resume-node N|pid N|ctl N ARGS|queues N ARGS]" >&2
     exit 2 ;;
 esac
