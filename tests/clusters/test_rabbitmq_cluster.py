@@ -140,6 +140,7 @@ async def _group_queue_on(bus: EventBus, queue: str) -> int:
     return node
 
 
+@pytest.mark.timeout(420)  # the cluster's start (first test) and a loaded machine
 async def test_sigkill_of_the_node_with_the_leader_and_the_connection(
     streams: list[str],
 ) -> None:
@@ -195,6 +196,7 @@ async def test_sigkill_of_the_node_with_the_leader_and_the_connection(
     figures.check(max_recovery_s=CRASH_BOUND, min_confirmed=3000)
 
 
+@pytest.mark.timeout(420)
 async def test_a_hung_node_is_detected_and_nothing_is_lost(streams: list[str]) -> None:
     stream, side = unique("rc-hang"), unique("rc-pin")
     streams.extend([stream, side])
@@ -268,6 +270,7 @@ async def test_a_hung_node_is_detected_and_nothing_is_lost(streams: list[str]) -
     figures.check(max_recovery_s=HANG_BOUND, min_confirmed=3000)
 
 
+@pytest.mark.timeout(480)
 async def test_rolling_restart_of_all_three_nodes_loses_nothing(streams: list[str]) -> None:
     stream = unique("rc-roll")
     streams.append(stream)
