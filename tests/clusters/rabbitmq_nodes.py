@@ -104,28 +104,11 @@ def quorum_queues(names: Iterable[str], ask: Iterable[int] = NODES) -> dict[str,
     wanted = set(names)
     errors = []
     for n in ask:
-        done = subprocess.run(
-            [
-                "bash",
-                str(SCRIPT),
-                "ctl",
-                str(n),
-                "-q",
-                "list_queues",
-                "name",
-                "leader",
-                "members",
-                "online",
-                "--formatter",
-                "json",
-                "--timeout",
-                "30",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        try:
+            done = _list_queues(n)
+        except subprocess.TimeoutExpired:
+            errors.append(f"node {n}: no answer within 60s")
+            continue
         if done.returncode:
             errors.append(f"node {n}: {done.stderr.strip()[:300]}")
             continue
@@ -141,6 +124,31 @@ def quorum_queues(names: Iterable[str], ask: Iterable[int] = NODES) -> dict[str,
             if row["name"] in wanted
         }
     raise AssertionError(f"no node answered list_queues: {errors}")
+
+
+def _list_queues(n: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "bash",
+            str(SCRIPT),
+            "ctl",
+            str(n),
+            "-q",
+            "list_queues",
+            "name",
+            "leader",
+            "members",
+            "online",
+            "--formatter",
+            "json",
+            "--timeout",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def wait_replicas_online(names: Iterable[str], timeout: float = 120.0) -> float:
