@@ -104,8 +104,10 @@ async def streams(rabbitmq_cluster: None) -> AsyncIterator[list[str]]:
     try:
         yield names
     finally:
-        await asyncio.to_thread(ensure_cluster)
-        await asyncio.to_thread(_delete_topology, names)
+        try:
+            await asyncio.to_thread(ensure_cluster)
+        finally:
+            await asyncio.to_thread(_delete_topology, names)
 
 
 def _delete_topology(streams: list[str]) -> None:
