@@ -1,5 +1,13 @@
 """One AMQP connection (aio-pika), kept alive: reconnects with backoff after any loss.
 
+Several nodes (a URL naming a cluster's nodes): `start` tries them in the URL's order
+(or a random order drawn once, `shuffle_hosts`) and keeps the first that accepts the
+login. After a loss, the reconnection tries the node after the one it lost first, then
+the others in turn, the lost one last (it is the likeliest to be down): one round
+through all of them, then a pause (exponential backoff up to `max_reconnect_backoff`)
+before the next round. Each attempt is bounded by `connect_timeout`, so a hung node
+(accepting TCP, answering nothing) costs one timeout, not a stall.
+
 Users of the link ask for `await link.connection()` whenever they need to open a channel;
 it waits while the link is reconnecting. Channels are not restored by the link: the
 publisher and every consumer notice their channel closed and reopen their own, which
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import ssl
 from typing import Any
 from urllib.parse import quote
@@ -28,7 +37,14 @@ from eventbus.toolkit import (
     get_logger,
 )
 
-from .settings import RabbitMQSettings, Target, tls_hint, tls_refusal
+from .settings import (
+    Address,
+    RabbitMQSettings,
+    Target,
+    describe_address,
+    tls_hint,
+    tls_refusal,
+)
 
 #: what a lost connection or channel looks like (the operation may be retried)
 LOST = (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError)
@@ -57,34 +73,57 @@ class Link:
         self._error = "not started"
         #: where the link is connected (host:port, the server's product and cluster)
         self._node = ""
+        #: the nodes to try, in order (the URL's, or shuffled once)
+        self._addresses: list[Address] = list(target.addresses)
+        if settings.shuffle_hosts:
+            random.shuffle(self._addresses)
+        #: index in `_addresses` of the node of the current (or last) connection
+        self._current = 0
 
     def __repr__(self) -> str:
         return f"Link({self.target.redacted!r}, up={self._up.is_set()})"
 
     async def start(self) -> None:
-        """First connection: fail fast with a clear error (no retry loop)."""
-        try:
-            self._attach(await self._connect())
-        except ConfigurationError as exc:
-            self._error = _describe(exc)
-            raise
-        except aiormq.exceptions.ProbableAuthenticationError:
-            self._error = "login refused (check the user, password and vhost)"
-            raise ConfigurationError(
-                f"RabbitMQ at {self.target.redacted} refused the login of user "
-                f"{self.target.user!r} on vhost {self.target.vhost!r}: check the user, "
-                "password and vhost in EVENTBUS_URL"
-            ) from None
-        except (TimeoutError, *LOST) as exc:
-            self._error = _describe(exc)
-            refusal = tls_refusal(exc, self.target, self.settings)
-            if refusal is not None:
-                raise ConfigurationError(refusal) from None
-            raise ConnectionError(
-                f"cannot connect to RabbitMQ at {self.target.redacted}: {_describe(exc)} "
-                "(is the broker running? scripts/rabbitmq.sh starts one)"
-                f"{tls_hint(exc, self.target, self.settings)}"
-            ) from None
+        """First connection: each node once, in order; fail fast with a clear error (no
+        retry loop) if none accepts. A TLS refusal (wrong CA, host name or client
+        certificate) is a configuration error at once: every node would refuse the same."""
+        failures: list[str] = []
+        hint = ""
+        for index, address in enumerate(self._addresses):
+            try:
+                connection = await self._connect(address)
+            except ConfigurationError as exc:
+                self._error = _describe(exc)
+                raise
+            except aiormq.exceptions.ProbableAuthenticationError:
+                self._error = "login refused (check the user, password and vhost)"
+                raise ConfigurationError(
+                    f"RabbitMQ at {self.target.redacted} refused the login of user "
+                    f"{self.target.user!r} on vhost {self.target.vhost!r}: check the user, "
+                    "password and vhost in EVENTBUS_URL"
+                ) from None
+            except (TimeoutError, *LOST) as exc:
+                refusal = tls_refusal(exc, self.target, self.settings, address[0])
+                if refusal is not None:
+                    self._error = _describe(exc)
+                    raise ConfigurationError(refusal) from None
+                hint = tls_hint(exc, self.target, self.settings)
+                failures.append(f"{describe_address(address)}: {_describe(exc)}")
+                if len(self._addresses) > 1:
+                    self._log.warning(
+                        "rabbitmq.node_unreachable",
+                        node=describe_address(address),
+                        error=_describe(exc),
+                    )
+                continue
+            self._current = index
+            self._attach(connection)
+            return
+        self._error = "; ".join(failures)
+        raise ConnectionError(
+            f"cannot connect to RabbitMQ at {self.target.redacted}: {self._error} "
+            f"(is the broker running? scripts/rabbitmq.sh starts one){hint}"
+        )
 
     async def connection(self) -> AbstractConnection:
         """The live connection (waits while reconnecting)."""
@@ -135,14 +174,15 @@ class Link:
 
     # --- internals ---------------------------------------------------------------------
 
-    async def _connect(self) -> AbstractConnection:
+    async def _connect(self, address: Address) -> AbstractConnection:
         t = self.target
+        host, port = address
         url = URL.build(
             scheme="amqps" if t.tls else "amqp",
             user=t.user,
             password=t.password.get_secret_value(),
-            host=t.host,
-            port=t.port,
+            host=host,
+            port=port,
             path="/" + quote(t.vhost, safe=""),
             encoded=False,
         ).with_query(
@@ -155,7 +195,7 @@ class Link:
 
     def _attach(self, connection: AbstractConnection) -> None:
         self._connection = connection
-        self._node = _node(self.target, connection)
+        self._node = _node(self._addresses[self._current], connection)
         self.generation += 1
         connection.close_callbacks.add(self._on_close)
         self._up.set()
@@ -165,7 +205,11 @@ class Link:
             return
         self._up.clear()
         self._error = f"connection lost ({_describe(exc)}), reconnecting"
-        self._log.warning("rabbitmq.connection_lost", error=_describe(exc))
+        self._log.warning(
+            "rabbitmq.connection_lost",
+            node=describe_address(self._addresses[self._current]),
+            error=_describe(exc),
+        )
         now = asyncio.get_running_loop().time()
         for blocked in list(self.blocked):
             if blocked.when() is None:
@@ -176,39 +220,49 @@ class Link:
             )
 
     async def _reconnect(self) -> None:
+        """Round after round through the nodes, the lost one last, until one accepts."""
         delay = 0.1
         attempts = 0
         lost = self._error
+        count = len(self._addresses)
         while not self._closed:
-            attempts += 1
-            try:
-                connection = await self._connect()
-            except (TimeoutError, *LOST) as exc:
-                self._error = f"{lost}; attempt {attempts} failed: {_describe(exc)}"
-                if attempts == 1 or attempts % 10 == 0:
-                    self._log.warning(
-                        "rabbitmq.reconnect_failed",
-                        attempts=attempts,
-                        retry_in=delay,
-                        error=_describe(exc),
+            for step in range(1, count + 1):
+                index = (self._current + step) % count
+                address = self._addresses[index]
+                attempts += 1
+                try:
+                    connection = await self._connect(address)
+                except (TimeoutError, *LOST) as exc:
+                    self._error = (
+                        f"{lost}; attempt {attempts} ({describe_address(address)}) failed: "
+                        f"{_describe(exc)}"
                     )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.max_reconnect_backoff)
-                continue
-            if self._closed:
-                await connection.close()
+                    if attempts <= count or attempts % 10 == 0:
+                        self._log.warning(
+                            "rabbitmq.reconnect_failed",
+                            attempts=attempts,
+                            node=describe_address(address),
+                            error=_describe(exc),
+                        )
+                    continue
+                if self._closed:
+                    await connection.close()
+                    return
+                self.reconnects += 1
+                self._current = index
+                self._attach(connection)
+                self._log.info(
+                    "rabbitmq.reconnected", attempts=attempts, node=describe_address(address)
+                )
                 return
-            self.reconnects += 1
-            self._attach(connection)
-            self._log.info("rabbitmq.reconnected", attempts=attempts)
-            return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.max_reconnect_backoff)
 
 
-def _node(target: Target, connection: AbstractConnection) -> str:
-    """Where a connection goes: the URL's host and port (never its credentials), and what
-    the server said it is (product, version, cluster name)."""
-    host = f"[{target.host}]" if ":" in target.host else target.host  # IPv6
-    where = f"{host}:{target.port}"
+def _node(address: Address, connection: AbstractConnection) -> str:
+    """Where a connection goes: the node's host and port (never the URL's credentials),
+    and what the server said it is (product, version, cluster name)."""
+    where = describe_address(address)
     transport = getattr(connection, "transport", None)
     properties = getattr(getattr(transport, "connection", None), "server_properties", None)
     if not isinstance(properties, dict):

@@ -24,6 +24,10 @@ writes all pending publishes again, oldest first, before it lets anything else t
 So a publish issued after another one of the same key never overtakes it, even across a
 broker restart; a publish that reached the broker before the loss may be stored twice
 (a duplicate is possible, a loss is not). The caller waits up to `publish_timeout`.
+
+A nack fails its publish with `PublishError` (the broker did not store it; retrying it
+here could put it behind later publishes of its key) and replaces the channel the same
+way (`_nacked`).
 """
 
 from __future__ import annotations
@@ -230,10 +234,7 @@ class Publisher:
                         _unroutable(properties, exchange, routing_key, stream)
                     ) from None
                 except aiormq.exceptions.DeliveryError:
-                    raise PublishError(
-                        f"RabbitMQ did not store event {properties.message_id} "
-                        f"({_where(exchange, routing_key)}): the broker nacked it"
-                    ) from None
+                    raise self._nacked(entry, exchange, routing_key) from None
                 except aiormq.exceptions.ChannelAccessRefused as exc:
                     raise PublishError(
                         f"RabbitMQ refused the publish to {_where(exchange, routing_key)}: {exc}"
@@ -253,16 +254,29 @@ class Publisher:
                     attempt = await self._written_again(entry, attempt, deadline)
                     continue
                 if isinstance(confirm, spec.Basic.Nack):
-                    raise PublishError(
-                        f"RabbitMQ did not store event {properties.message_id} "
-                        f"({_where(exchange, routing_key)}): the broker nacked it"
-                    )
+                    raise self._nacked(entry, exchange, routing_key)
                 return
         finally:
             del self._pending[ticket]
             resend = entry.resend
             if resend is not None and not resend.done():
                 resend.cancel()
+
+    def _nacked(self, entry: _Pending, exchange: str, routing_key: str) -> PublishError:
+        """The broker nacked `entry`: it was not stored, and the caller is told so. The
+        channel is replaced (the recovery writes what it still has pending again, in
+        order): a RabbitMQ 3.10 channel that published to a quorum queue while its leader
+        was being elected may go on nacking every later publish to that queue, and a fresh
+        channel does not."""
+        if not self._closed and entry.channel is self._channel:
+            self._log.warning(
+                "publish.nacked", event_id=entry.properties.message_id, action="new channel"
+            )
+            self._recover(entry.channel)
+        return PublishError(
+            f"RabbitMQ did not store event {entry.properties.message_id} "
+            f"({_where(exchange, routing_key)}): the broker nacked it"
+        )
 
     # --- turns: the wire order is the order of the calls ------------------------------------
 

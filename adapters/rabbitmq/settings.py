@@ -1,6 +1,12 @@
 """RabbitMQ settings: the URL, `EVENTBUS_RABBITMQ_*` options and per-subscription options.
 
     amqp://user:password@host:5672/vhost        amqps://user:password@host:5671/vhost
+    amqp://user:password@host1:5672,host2:5672,[::1]:5672/vhost      (nodes of a cluster)
+
+A URL may name several nodes of one cluster (same credentials and vhost): the connection
+goes to the first that answers, in the order given (`shuffle_hosts=True`: a random order
+per process, to spread many clients), and a lost connection moves on to the next node
+(see `link.py`).
 
 Options come from `EventBus(url, prefetch=300)` or the environment
 (`EVENTBUS_RABBITMQ_PREFETCH=300`); explicit options win. Per subscription,
@@ -48,8 +54,11 @@ class RabbitMQSettings(BaseSettings):
     heartbeat: int = Field(default=30, ge=0, le=65535)
     #: connection name shown in the management UI
     connection_name: str = "eventbus"
-    #: seconds to wait for the first connection at start
+    #: seconds one connection attempt to one node may take (at start and when reconnecting)
     connect_timeout: float = Field(default=15.0, gt=0)
+    #: a URL naming several nodes: try them in a random order (drawn once per process)
+    #: instead of the order given
+    shuffle_hosts: bool = False
     #: upper bound of the exponential backoff between reconnection attempts (seconds)
     max_reconnect_backoff: float = Field(default=5.0, gt=0)
     #: seconds a publish may take, reconnections included, before it raises PublishError
@@ -98,12 +107,16 @@ def load_rabbitmq_settings(options: dict[str, Any]) -> RabbitMQSettings:
     return settings
 
 
+#: one node: (host, port); an IPv6 host without brackets
+Address = tuple[str, int]
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Target(RedactedTarget):
     """Where to connect, parsed from the URL. `repr` never shows the password."""
 
-    host: str
-    port: int
+    #: the nodes, in the URL's order (at least one)
+    addresses: tuple[Address, ...]
     vhost: str
     user: str
     password: SecretStr
@@ -112,30 +125,61 @@ class Target(RedactedTarget):
 
 
 def parse_url(url: str) -> Target:
+    """`amqp[s]://[user[:password]@]host[:port][,host[:port]...][/vhost]` -> `Target`."""
+    redacted = redact_url(url)
     try:
         parts = urlsplit(url)
-        port = parts.port
-        host = parts.hostname
     except ValueError as exc:
         raise ConfigurationError(
-            f"EVENTBUS_URL {redact_url(url)!r} is not a valid amqp:// URL: {exc}"
+            f"EVENTBUS_URL {redacted!r} is not a valid amqp:// URL: {exc}"
         ) from None
     tls = parts.scheme.lower() == "amqps"
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     if "/" in path:
         raise ConfigurationError(
-            f"EVENTBUS_URL {redact_url(url)!r}: the path is the vhost; encode a '/' in a "
-            "vhost name as %2F"
+            f"EVENTBUS_URL {redacted!r}: the path is the vhost; encode a '/' in a vhost name as %2F"
         )
+    userinfo, at, hostlist = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    default_port = 5671 if tls else 5672
+    items = [item.strip() for item in hostlist.split(",")]
+    if len(items) > 1 and not all(items):
+        raise ConfigurationError(f"EVENTBUS_URL {redacted!r}: an empty host in the host list")
+    addresses = tuple(_address(item, default_port, redacted) for item in items)
     return Target(
-        host=host or "localhost",
-        port=port or (5671 if tls else 5672),
+        addresses=addresses,
         vhost=unquote(path) or "/",
-        user=unquote(parts.username) if parts.username else "guest",
-        password=SecretStr(unquote(parts.password) if parts.password else "guest"),
+        user=unquote(user) if at and user else "guest",
+        password=SecretStr(unquote(password) if at and colon and password else "guest"),
         tls=tls,
-        redacted=redact_url(url),
+        redacted=redacted,
     )
+
+
+def _address(item: str, default_port: int, redacted: str) -> Address:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` -> (host, port)."""
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ConfigurationError(f"EVENTBUS_URL {redacted!r}: bad IPv6 host {item!r}")
+        port_text = rest[1:]
+    elif item.count(":") > 1:
+        raise ConfigurationError(
+            f"EVENTBUS_URL {redacted!r}: write the IPv6 host {item!r} in brackets"
+        )
+    else:
+        host, _, port_text = item.partition(":")
+    if not port_text:
+        return (unquote(host) or "localhost", default_port)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigurationError(f"EVENTBUS_URL {redacted!r}: {item!r} has a bad port")
+    return (unquote(host) or "localhost", int(port_text))
+
+
+def describe_address(address: Address) -> str:
+    """`host:port` (an IPv6 host in brackets), for log lines and health."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def tls_context(target: Target, settings: RabbitMQSettings) -> ssl.SSLContext | None:
@@ -179,9 +223,12 @@ def _load_error(exc: OSError | ssl.SSLError) -> str:
     return f"{type(exc).__name__}: {exc.strerror or exc}"
 
 
-def tls_refusal(exc: BaseException, target: Target, settings: RabbitMQSettings) -> str | None:
-    """What a failed first connection says about the TLS settings, naming the one to
-    change; None when it is no TLS refusal (a broker that is down, say).
+def tls_refusal(
+    exc: BaseException, target: Target, settings: RabbitMQSettings, host: str | None = None
+) -> str | None:
+    """What a failed first connection (to `host`: the first node if None) says about the
+    TLS settings, naming the one to change; None when it is no TLS refusal (a broker that
+    is down, say).
 
     aiormq wraps the `ssl` error in its own (keeping only its text), so this reads the
     OpenSSL reason in the texts of the exception and of its chain."""
@@ -198,7 +245,8 @@ def tls_refusal(exc: BaseException, target: Target, settings: RabbitMQSettings) 
     if "CERTIFICATE_VERIFY_FAILED" in text:
         if "mismatch" in text:
             return (
-                f"the TLS certificate of {where} is not valid for the host {target.host!r} "
+                f"the TLS certificate of {where} is not valid for the host "
+                f"{host or target.addresses[0][0]!r} "
                 f"({reason}): connect to a host name the certificate names (the host in "
                 "EVENTBUS_URL), or turn verification off with EVENTBUS_RABBITMQ_VERIFY_TLS="
                 "false (never in production)"

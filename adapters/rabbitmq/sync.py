@@ -6,8 +6,9 @@ Thread-safety: pika's blocking connection must not be used by two threads at onc
 busy thread its own `SyncPublisher` for parallelism). pika confirms one message at a
 time here (no pipelining in `BlockingChannel`); use the async bus for throughput.
 A lost connection is re-opened once and the unconfirmed message sent again (a duplicate
-is possible, a loss is not). A message that cannot travel (a routing key over 255 bytes,
-headers larger than a frame) is refused with `PublishError` before it is sent
+is possible, a loss is not); a URL naming several nodes: pika tries them in the URL's
+order, the node of the last loss last. A message that cannot travel (a routing key over
+255 bytes, headers larger than a frame) is refused with `PublishError` before it is sent
 (`limits`): RabbitMQ would close the connection over it.
 """
 
@@ -35,6 +36,7 @@ from eventbus.toolkit import (
 
 from .limits import DEFAULT_FRAME_MAX, check_publish
 from .settings import (
+    Address,
     RabbitMQSettings,
     Target,
     load_rabbitmq_settings,
@@ -65,6 +67,9 @@ class RabbitMQSyncTransport:
         self._channel: BlockingChannel | None = None
         self._declared: set[str] = set()
         self._frame_max = DEFAULT_FRAME_MAX
+        #: the node of the current connection, and of the last one lost (tried last)
+        self._node: Address | None = None
+        self._lost: Address | None = None
 
     def __repr__(self) -> str:
         return f"RabbitMQSyncTransport({self.target.redacted!r})"
@@ -155,23 +160,16 @@ class RabbitMQSyncTransport:
         return channel
 
     def _connect(self) -> pika.BlockingConnection:
+        """A connection to the first node that accepts, in the URL's order (pika tries
+        each once); the node of the last loss is tried last."""
         t = self.target
-        tls: dict[str, Any] = (
-            {"ssl_options": pika.SSLOptions(self._context, t.host)} if self._context else {}
-        )
-        params = pika.ConnectionParameters(
-            host=t.host,
-            port=t.port,
-            virtual_host=t.vhost,
-            credentials=pika.PlainCredentials(t.user, t.password.get_secret_value()),
-            heartbeat=self.settings.heartbeat,
-            blocked_connection_timeout=self.settings.publish_timeout,
-            socket_timeout=self.settings.connect_timeout,
-            client_properties={"connection_name": self.settings.connection_name},
-            **tls,
-        )
+        addresses = list(t.addresses)
+        if self._lost is not None and self._lost in addresses and len(addresses) > 1:
+            addresses.remove(self._lost)
+            addresses.append(self._lost)
+        params = [self._parameters(address) for address in addresses]
         try:
-            return pika.BlockingConnection(params)
+            connection = pika.BlockingConnection(params)
         except pika.exceptions.ProbableAuthenticationError:
             raise ConfigurationError(
                 f"RabbitMQ at {t.redacted} refused the login of user {t.user!r} on vhost "
@@ -185,8 +183,31 @@ class RabbitMQSyncTransport:
                 f"cannot connect to RabbitMQ at {t.redacted}: {type(exc).__name__}"
                 f"{tls_hint(exc, t, self.settings)}"
             ) from None
+        params_used = getattr(getattr(connection, "_impl", None), "params", None)
+        host, port = getattr(params_used, "host", None), getattr(params_used, "port", None)
+        self._node = (host, port) if isinstance(host, str) and isinstance(port, int) else None
+        return connection
+
+    def _parameters(self, address: Address) -> pika.ConnectionParameters:
+        t = self.target
+        host, port = address
+        tls: dict[str, Any] = (
+            {"ssl_options": pika.SSLOptions(self._context, host)} if self._context else {}
+        )
+        return pika.ConnectionParameters(
+            host=host,
+            port=port,
+            virtual_host=t.vhost,
+            credentials=pika.PlainCredentials(t.user, t.password.get_secret_value()),
+            heartbeat=self.settings.heartbeat,
+            blocked_connection_timeout=self.settings.publish_timeout,
+            socket_timeout=self.settings.connect_timeout,
+            client_properties={"connection_name": self.settings.connection_name},
+            **tls,
+        )
 
     def _drop(self) -> None:
+        self._lost = self._node
         connection, self._connection, self._channel = self._connection, None, None
         self._declared.clear()
         if connection is not None and connection.is_open:

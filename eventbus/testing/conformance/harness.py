@@ -18,7 +18,6 @@ from typing import Any
 
 from eventbus import Capabilities, EventBus
 
-
 #: every name `unique` made in this process
 _MADE: set[str] = set()
 
