@@ -162,7 +162,14 @@ class AsyncProducer:
     def _poll(self) -> None:
         producer = self.producer
         while not self._stop.is_set():
-            producer.poll(0.05)
+            try:
+                producer.poll(0.05)
+            except Exception as exc:
+                # A callback raised (e.g. its log line could not be written: stderr closed).
+                # The next poll serves the reports behind it; a dead poll thread would
+                # leave every publish waiting for a report forever.
+                with contextlib.suppress(Exception):
+                    _log.error("kafka.producer_callback_failed", error=repr(exc))
             self._hand_over()
 
     def _hand_over(self) -> None:
