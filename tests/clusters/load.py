@@ -93,6 +93,8 @@ class Figures:
     errors: dict[str, int] = field(default_factory=dict)
     #: the longest time no publish was confirmed while publishing (s)
     publish_gap_s: float = 0.0
+    #: the longest any single publish took to return or raise (s)
+    slowest_publish_s: float = 0.0
     #: seconds of publishing
     duration_s: float = 0.0
     #: what happened when, seconds after publishing started (`Load.note`)
@@ -107,6 +109,7 @@ class Figures:
             f"lost={self.lost} duplicates={self.duplicates} "
             f"order_violations={self.order_violations} recovery_s={self.recovery_s:.2f} "
             f"publish_gap_s={self.publish_gap_s:.2f} "
+            f"slowest_publish_s={self.slowest_publish_s:.2f} "
             f"stored_unconfirmed={self.stored_unconfirmed} "
             f"duration_s={self.duration_s:.1f}{errors}"
         )
@@ -116,10 +119,17 @@ class Figures:
         values = asdict(self)
         return {**{k: values.pop(k) for k in ROW_KEYS}, **values}
 
-    def check(self, *, max_recovery_s: float, min_confirmed: int = 1) -> None:
+    def check(
+        self,
+        *,
+        max_recovery_s: float,
+        max_publish_s: float | None = None,
+        min_confirmed: int = 1,
+    ) -> None:
         """The assertions every fault scenario makes: nothing confirmed is lost, the key
-        order holds, no publish failed with anything but PublishError, and the group never
-        stood still for longer than `max_recovery_s`."""
+        order holds, no publish failed with anything but PublishError, the group never
+        stood still for longer than `max_recovery_s`, and (if given) no publish took
+        longer than `max_publish_s` to return or raise."""
         assert self.confirmed >= min_confirmed, f"too few confirmed publishes: {self.line()}"
         assert self.lost == 0, f"confirmed events were lost: {self.line()}"
         assert self.order_violations == 0, f"per-key order broken: {self.line()}"
@@ -165,6 +175,7 @@ class Load:
         self._seen: set[tuple[str, int]] = set()
         self.confirmed_at: list[float] = []
         self.errors: Counter[str] = Counter()
+        self.slowest_publish = 0.0
         #: a few PublishError texts (what the caller was told)
         self.failure_texts: list[str] = []
         self.notes: list[tuple[float, str]] = []
@@ -275,6 +286,7 @@ class Load:
         await asyncio.gather(*in_flight)
 
     async def _publish(self, bus: EventBus, key: str, n: int) -> None:
+        started = time.monotonic()
         try:
             await bus.publish(self.events.Created(order_id=key, n=n), key=key)
         except PublishError as exc:
@@ -289,6 +301,8 @@ class Load:
         else:
             self.outcomes[(key, n)] = "confirmed"
             self.confirmed_at.append(time.monotonic())
+        finally:
+            self.slowest_publish = max(self.slowest_publish, time.monotonic() - started)
 
     def note(self, what: str) -> None:
         """Remember a moment of the scenario (a kill, a restart) for the report."""
@@ -330,6 +344,7 @@ class Load:
             stored_unconfirmed=stored_unconfirmed,
             errors=dict(self.errors),
             publish_gap_s=round(longest_gap(self.confirmed_at, stopped), 3),
+            slowest_publish_s=round(self.slowest_publish, 3),
             duration_s=round(stopped - started, 3),
             notes=[f"{at - started:.1f}s {what}" for at, what in self.notes],
         )
