@@ -313,13 +313,7 @@ class Load:
     def figures(self) -> Figures:
         """The figures of the run so far (call after `publishing` and `drain`)."""
         states = Counter(self.outcomes.values())
-        per_key: dict[str, list[int]] = defaultdict(list)
-        for key, n in self.deliveries:
-            per_key[key].append(n)
-        violations = 0
-        for ns in per_key.values():
-            first_seen = list(dict.fromkeys(ns))  # duplicates removed, first occurrence kept
-            violations += sum(1 for a, b in itertools.pairwise(first_seen) if b < a)
+        violations = len(self.order_breaks())
         lost = sum(
             1
             for item, state in self.outcomes.items()
@@ -349,6 +343,17 @@ class Load:
             notes=[f"{at - started:.1f}s {what}" for at, what in self.notes],
         )
 
+    def handled_sequences(self) -> dict[str, list[int]]:
+        """Per key, the sequence numbers in the order the handler saw them."""
+        per_key: dict[str, list[int]] = defaultdict(list)
+        for key, n in self.deliveries:
+            per_key[key].append(n)
+        return dict(per_key)
+
+    def order_breaks(self) -> list[tuple[str, int, int]]:
+        """The key-order violations of the handled sequence (see `order_breaks`)."""
+        return order_breaks(self.handled_sequences())
+
     def report(self) -> Figures:
         """Print the scenario's line (and notes, and a few failure texts), append its JSON
         row to `report_path()`; -> the figures."""
@@ -362,6 +367,16 @@ class Load:
         with path.open("a", encoding="utf-8") as file:
             file.write(json.dumps(figures.row()) + "\n")
         return figures
+
+
+def order_breaks(sequences: dict[str, list[int]]) -> list[tuple[str, int, int]]:
+    """`(key, a, b)` for every step back (`b` right after `a`, `b < a`) in each key's
+    sequence with duplicates removed (first occurrences kept)."""
+    breaks = []
+    for key, ns in sorted(sequences.items()):
+        first_seen = list(dict.fromkeys(ns))
+        breaks += [(key, a, b) for a, b in itertools.pairwise(first_seen) if b < a]
+    return breaks
 
 
 def longest_gap(times: list[float], until_time: float) -> float:
