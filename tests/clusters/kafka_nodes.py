@@ -79,7 +79,7 @@ def admin(bootstrap: str = BOOTSTRAP) -> AdminClient:
 
 def _describe(client: AdminClient, topics: Iterable[str]) -> dict[str, Any]:
     futures = client.describe_topics(TopicCollection(list(topics)), request_timeout=15)
-    return {name: future.result() for name, future in futures.items()}
+    return {name: future.result(timeout=30) for name, future in futures.items()}
 
 
 def leaders(topics: Iterable[str], client: AdminClient | None = None) -> Counter[int]:
@@ -128,8 +128,9 @@ def wait_in_sync(topics: Iterable[str], timeout: float = 120.0) -> float:
 
 def coordinator(group: str) -> int:
     """The node that coordinates consumer group `group`."""
-    futures = admin().describe_consumer_groups([group], request_timeout=15)
-    description: Any = futures[group].result()
+    client = admin()  # alive until the answer is in
+    futures = client.describe_consumer_groups([group], request_timeout=15)
+    description: Any = futures[group].result(timeout=30)
     return int(description.coordinator.id)
 
 
@@ -144,7 +145,7 @@ def topic_config(topic: str, name: str) -> str | None:
     resource = ConfigResource(ResourceType.TOPIC, topic)
     client = admin()  # alive until the answer is in
     futures = client.describe_configs([resource], request_timeout=15)
-    entries: dict[str, Any] = futures[resource].result()
+    entries: dict[str, Any] = futures[resource].result(timeout=30)
     entry = entries.get(name)
     return None if entry is None else str(entry.value)
 

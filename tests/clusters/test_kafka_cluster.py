@@ -105,6 +105,7 @@ def buses(pool: list[EventBus], url: str, **publisher: Any) -> tuple[EventBus, E
     return consumer, producer
 
 
+@pytest.mark.timeout(120)
 async def test_the_cluster_serves_a_bus_through_all_three_nodes(
     cluster: list[EventBus],
 ) -> None:
@@ -124,6 +125,7 @@ async def test_the_cluster_serves_a_bus_through_all_three_nodes(
     assert await asyncio.to_thread(nodes.topic_config, stream, "min.insync.replicas") == "2"
 
 
+@pytest.mark.timeout(240)
 async def test_sigkill_of_the_busiest_leader_mid_stream_loses_nothing(
     cluster: list[EventBus],
 ) -> None:
@@ -152,6 +154,7 @@ async def test_sigkill_of_the_busiest_leader_mid_stream_loses_nothing(
     figures.check(max_recovery_s=FAILOVER_BOUND_S)
 
 
+@pytest.mark.timeout(200)
 async def test_a_hung_node_is_detected_and_nothing_is_lost(cluster: list[EventBus]) -> None:
     """Scenario 3: the group's coordinator is SIGSTOPped for 20 s (longer than the
     cluster's 6 s broker session and the group's 10 s session), then SIGCONTed. Clients
@@ -187,6 +190,7 @@ async def test_a_hung_node_is_detected_and_nothing_is_lost(cluster: list[EventBu
     )
 
 
+@pytest.mark.timeout(300)
 async def test_a_rolling_restart_of_all_three_nodes_loses_nothing(
     cluster: list[EventBus],
 ) -> None:
@@ -214,6 +218,7 @@ async def test_a_rolling_restart_of_all_three_nodes_loses_nothing(
     assert figures.failed == 0, figures.line()
 
 
+@pytest.mark.timeout(240)
 async def test_a_restart_of_the_single_test_broker_mid_stream_loses_nothing(
     single_broker: None,
 ) -> None:
