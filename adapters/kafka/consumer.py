@@ -216,6 +216,8 @@ class KafkaConsumer:
         self._halted = False  # kernel called pause(): start nothing new
         self._closing = False
         self._stop_thread = False
+        #: asynchronous commits (the interval's) not answered yet (poll thread only)
+        self._async_commits = 0
         self.assignments = 0  # rebalances seen (tests)
         # loop side
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -251,6 +253,7 @@ class KafkaConsumer:
             self.spec.group, self._config, self._buffer_bytes, statistics=True
         )
         config["error_cb"] = self._client_error
+        config["on_commit"] = self._committed
         self.link.start(config)
         if self.link.tracking:
             config["stats_cb"] = self._statistics
@@ -554,7 +557,9 @@ class KafkaConsumer:
                 if released:
                     self._hand_over(released)
                 if time.monotonic() >= next_commit:
-                    self._commit(None)
+                    # asynchronous: a hung group coordinator must not stop the fetching
+                    # (its result arrives through `_committed`)
+                    self._commit(None, asynchronous=True)
                     next_commit = time.monotonic() + self._commit_interval
                 # block for the first record only, then take what is already there: a
                 # batch consume with a timeout would hold early records back under low load
@@ -675,8 +680,10 @@ class KafkaConsumer:
                 self._log.warning("kafka.seek_failed", error=self.configs.scrub(str(exc)))
         return wait
 
-    def _commit(self, parts: list[PartitionState] | None) -> None:
-        """Commit the contiguously finished prefix of `parts` (None: every partition)."""
+    def _commit(self, parts: list[PartitionState] | None, *, asynchronous: bool = False) -> None:
+        """Commit the contiguously finished prefix of `parts` (None: every partition).
+        Synchronous (revoke, stop): returns once the coordinator answered; asynchronous
+        (the interval's): returns at once, `_committed` takes the answer."""
         consumer = self._consumer
         assert consumer is not None
         if self.transactions is not None:
@@ -692,10 +699,31 @@ class KafkaConsumer:
         if not offsets:
             return
         try:
+            if asynchronous:
+                consumer.commit(offsets=offsets, asynchronous=True)
+                self._async_commits += 1
+                return
             result = consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             self._log.warning("kafka.commit_failed", error=self.configs.scrub(str(exc)))
             return
+        self._note_committed(result)
+
+    def _committed(self, error: KafkaError | None, offsets: list[TopicPartition]) -> None:
+        """`on_commit` (poll thread): the answer to an asynchronous commit. librdkafka
+        may call it for synchronous ones too, whose answer `_commit` took already: it is
+        then left alone (should the count mix the two up, a log line or a bookkeeping
+        update is missed: the next commit repeats the offsets, nothing is lost)."""
+        if self._async_commits <= 0:
+            return
+        self._async_commits -= 1
+        if error is not None:
+            self._log.warning("kafka.commit_failed", error=self.configs.scrub(str(error)))
+            return
+        self._note_committed(offsets)
+
+    def _note_committed(self, result: list[TopicPartition] | None) -> None:
+        """Remember what a commit stored, per partition; log the partitions it did not."""
         with self._lock:
             for tp in result or ():
                 if tp.error is not None:
