@@ -45,6 +45,13 @@ FAILOVER_BOUND_S = 25.0
 #: take beyond it to be reported (librdkafka scans for timeouts once a second)
 HUNG_PUBLISH_TIMEOUT = 8.0
 PUBLISH_SLACK_S = 5.0
+#: a hung group coordinator: the group notices after its 10 s session, the node is
+#: fenced after 6 s and its coordination moves; rejoin and assignment take a few
+#: seconds more, and 2 loaded cores half as much again
+HUNG_BOUND_S = 30.0
+#: how long the hung node stays stopped: longer than that bound, so a client that waits
+#: for the hung node instead of failing over fails the scenario
+HANG_S = 40.0
 
 
 @pytest.fixture(scope="session")
@@ -156,14 +163,15 @@ async def test_sigkill_of_the_busiest_leader_mid_stream_loses_nothing(
 
 @pytest.mark.timeout(200)
 async def test_a_hung_node_is_detected_and_nothing_is_lost(cluster: list[EventBus]) -> None:
-    """Scenario 3: the group's coordinator is SIGSTOPped for 20 s (longer than the
-    cluster's 6 s broker session and the group's 10 s session), then SIGCONTed. Clients
+    """Scenario 3: the group's coordinator is SIGSTOPped for 40 s (longer than the
+    cluster's 6 s broker session, the group's 10 s session and the bound), then
+    SIGCONTed. Clients
     neither hang nor stall silently: publishes to its partitions either confirm or raise
     PublishError within `publish_timeout`, handling resumes within the failover bound,
     and nothing confirmed is lost."""
     stream = unique("kc")
     group = unique("g")
-    load = Load(stream, scenario="kafka SIGSTOP coordinator 20s", broker="kafka-3", group=group)
+    load = Load(stream, scenario="kafka SIGSTOP coordinator 40s", broker="kafka-3", group=group)
     consumer, producer = buses(cluster, nodes.URL, publish_timeout=HUNG_PUBLISH_TIMEOUT)
     load.attach(consumer, config=GROUP_CONFIG)
     async with consumer, producer:
@@ -173,9 +181,9 @@ async def test_a_hung_node_is_detected_and_nothing_is_lost(cluster: list[EventBu
             load.note(f"SIGSTOP node {victim} (coordinator of the group)")
             await asyncio.to_thread(nodes.pause, victim)
             try:
-                took = await load.progress(1000, timeout=60, what="handling past the hung node")
+                took = await load.progress(1000, timeout=HANG_S, what="handling past the hung node")
                 load.note(f"1000 events handled beside the hung node in {took:.1f}s")
-                await asyncio.sleep(max(0.0, 20.0 - took))  # the fault's length, not a sync
+                await asyncio.sleep(max(0.0, HANG_S - took))  # the fault's length, not a sync
             finally:
                 await asyncio.to_thread(nodes.resume, victim)
             load.note(f"SIGCONT node {victim}")
@@ -185,7 +193,7 @@ async def test_a_hung_node_is_detected_and_nothing_is_lost(cluster: list[EventBu
         await load.drain(timeout=120)
     figures = await report(load)
     figures.check(
-        max_recovery_s=FAILOVER_BOUND_S,
+        max_recovery_s=HUNG_BOUND_S,
         max_publish_s=HUNG_PUBLISH_TIMEOUT + PUBLISH_SLACK_S,
     )
 
