@@ -19,11 +19,9 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-SRC_DIR="$SCRIPT_DIR/kafka"
+SRC_DIR="$KAFKA_SRC_DIR"
 CACHE_ROOT="${EVENTBUS_CACHE:-${HOME:-/root}/.cache/eventbus}"
 CACHE="$CACHE_ROOT/kafka"
-LIBS="$CACHE/libs"
 DATA="$CACHE/data"
 CONF="$CACHE/server.properties"
 LOG4J_CONF="$CACHE/log4j2.properties"
@@ -57,9 +55,6 @@ die() {
   exit 1
 }
 
-
-need_cmd() { command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH ($2)"; }
-
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # Real readiness check: a Kafka Metadata request that lists broker 1.
@@ -72,10 +67,7 @@ kafka_answers() {
   fi
 }
 
-run_tool() {
-  java -Xmx256m -Dkafka.logs.dir="$CACHE" -Dkafka.log.file=tools.log \
-    -Dlog4j2.configurationFile="$LOG4J_CONF" -cp "$LIBS/*" "$@"
-}
+run_tool() { kafka_tool "$CACHE" "$LOG4J_CONF" "$@"; }
 
 pid_alive() {
   local pid
@@ -83,28 +75,6 @@ pid_alive() {
   pid="$(cat "$PIDFILE")"
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka'
-}
-
-# --- libs: mvn copy-dependencies, only when the pom changed or libs are missing
-ensure_libs() {
-  local stamp want
-  want="$(sha256sum "$SRC_DIR/pom.xml" | cut -d' ' -f1)"
-  stamp="$CACHE/libs.stamp"
-  if [ -d "$LIBS" ] && [ -s "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-     compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then
-    return 0
-  fi
-  need_cmd mvn "install Maven"
-  need_cmd java "install a JDK 17+"
-  rm -rf "$LIBS.tmp"
-  if ! mvn -B -q -f "$SRC_DIR/pom.xml" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" >"$CACHE/mvn.log" 2>&1; then
-    tail -n 40 "$CACHE/mvn.log" >&2
-    die "mvn dependency:copy-dependencies failed (full log: $CACHE/mvn.log)"
-  fi
-  rm -rf "$LIBS"
-  mv "$LIBS.tmp" "$LIBS"
-  echo "$want" >"$stamp"
 }
 
 # --- config files rendered into the cache dir; returns 0 if any changed
@@ -142,14 +112,7 @@ start_broker() {
   if port_open "$PORT" || port_open "$CONTROLLER_PORT"; then
     die "port $PORT or $CONTROLLER_PORT is in use by something that is not answering as our broker"
   fi
-  : >"$OUT"
-  # setsid: own session, survives the calling shell; pid written by the child itself.
-  # shellcheck disable=SC2086,SC2016
-  setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
-    java $HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
-    -Dkafka.logs.dir="$CACHE" -Dlog4j2.configurationFile="$LOG4J_CONF" \
-    -cp "$LIBS/*" kafka.Kafka "$CONF" \
-    </dev/null >>"$OUT" 2>&1 &
+  kafka_launch "$PIDFILE" "$OUT" "$HEAP_OPTS" "$CACHE" "$LOG4J_CONF" "$CONF"
   local deadline=$((SECONDS + START_TIMEOUT))
   sleep 1
   until kafka_answers; do
@@ -174,7 +137,7 @@ stop_broker() {
 ensure_running() {
   mkdir -p "$CACHE"
   ensure_pkgs kcat
-  ensure_libs
+  ensure_kafka_libs
   local conf_changed=0
   render_configs && conf_changed=1
   # shellcheck disable=SC2119

@@ -40,3 +40,60 @@ terminate_pid() {
     sleep 0.5
   done
 }
+
+# ---- Apache Kafka (scripts/kafka.sh, scripts/kafka-cluster.sh) ----
+# Both run the same jars, fetched once into KAFKA_LIBS from scripts/kafka/pom.xml.
+KAFKA_SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kafka"
+KAFKA_LIBS="${EVENTBUS_CACHE:-${HOME:-/root}/.cache/eventbus}/kafka/libs"
+
+need_cmd() { command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH ($2)"; }
+
+# Fetch the broker's jars (mvn copy-dependencies) into KAFKA_LIBS, only when the pom
+# changed or the jars are missing. Maven's log goes to the jars' parent dir (mvn.log).
+ensure_kafka_libs() {
+  local stamp want cache
+  cache="$(dirname "$KAFKA_LIBS")"
+  mkdir -p "$cache"
+  want="$(sha256sum "$KAFKA_SRC_DIR/pom.xml" | cut -d' ' -f1)"
+  stamp="$cache/libs.stamp"
+  if [ -d "$KAFKA_LIBS" ] && [ -s "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
+     compgen -G "$KAFKA_LIBS/kafka_2.13-*.jar" >/dev/null; then
+    return 0
+  fi
+  need_cmd mvn "install Maven"
+  need_cmd java "install a JDK 17+"
+  rm -rf "$KAFKA_LIBS.tmp"
+  if ! mvn -B -q -f "$KAFKA_SRC_DIR/pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.tmp" >"$cache/mvn.log" 2>&1; then
+    tail -n 40 "$cache/mvn.log" >&2
+    die "mvn dependency:copy-dependencies failed (full log: $cache/mvn.log)"
+  fi
+  rm -rf "$KAFKA_LIBS"
+  mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
+  echo "$want" >"$stamp"
+}
+
+# Run a Kafka tool class (StorageTool, TopicCommand) with a small heap, logging to
+# LOGDIR/tools.log through the log4j2 config LOG4J.
+#   kafka_tool LOGDIR LOG4J CLASS ARGS...
+kafka_tool() {
+  local logdir="$1" log4j="$2"
+  shift 2
+  java -Xmx256m -Dkafka.logs.dir="$logdir" -Dkafka.log.file=tools.log \
+    -Dlog4j2.configurationFile="$log4j" -cp "$KAFKA_LIBS/*" "$@"
+}
+
+# Start a Kafka server JVM in its own session (it survives the calling shell); the child
+# writes its pid to PIDFILE itself. Its stdout/stderr are appended to OUT, its log goes
+# to LOGDIR (server.log) through the log4j2 config LOG4J.
+#   kafka_launch PIDFILE OUT "HEAP OPTS" LOGDIR LOG4J SERVER_PROPERTIES
+kafka_launch() {
+  local pidfile="$1" out="$2" heap="$3" logdir="$4" log4j="$5" conf="$6"
+  : >"$out"
+  # shellcheck disable=SC2086,SC2016
+  setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" \
+    java $heap -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dkafka.logs.dir="$logdir" -Dlog4j2.configurationFile="$log4j" \
+    -cp "$KAFKA_LIBS/*" kafka.Kafka "$conf" \
+    </dev/null >>"$out" 2>&1 &
+}

@@ -9,6 +9,7 @@ letters to `<stream>.<group>.dlq`, replayed dead letters to `<stream>.<group>.re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 from eventbus.toolkit import (
@@ -75,6 +76,9 @@ class KafkaBroker:
         self.producer = AsyncProducer(self.configs)
         self._consumers: list[KafkaConsumer] = []
         self._topic_locks: dict[str, asyncio.Lock] = {}
+        #: stream -> publishes waiting for its topic; while any waits, a later publish of
+        #: that stream queues behind them (`_publish_in_order`)
+        self._topic_waiters: dict[str, int] = {}
         #: topic -> the largest record it and the producer take (exactly-once staging)
         self._record_limits: dict[str, int] = {}
         #: the responder's reply producer (`send_reply`), started on the first reply
@@ -167,15 +171,48 @@ class KafkaBroker:
         return limit
 
     async def publish(self, message: Message) -> None:
-        if message.stream not in self.topics.known:
-            await self._ensure({message.stream: self.settings.partitions})
-        await self.producer.send(record_of(message))
+        stream = message.stream
+        if stream in self.topics.known and stream not in self._topic_waiters:
+            await self.producer.send(record_of(message))
+        else:
+            await (await self._publish_in_order([stream], [record_of(message)]))
 
     async def publish_many(self, messages: Sequence[Message]) -> None:
-        streams = {m.stream for m in messages if m.stream not in self.topics.known}
-        if streams:
-            await self._ensure({s: self.settings.partitions for s in streams})
-        await self.producer.send_many([record_of(m) for m in messages])
+        streams = sorted({m.stream for m in messages})
+        waiters = self._topic_waiters
+        records = [record_of(m) for m in messages]
+        if all(s in self.topics.known and s not in waiters for s in streams):
+            await self.producer.send_many(records)
+        else:
+            await (await self._publish_in_order(streams, records))
+
+    async def _publish_in_order(
+        self, streams: list[str], records: list[Record]
+    ) -> asyncio.Future[None]:
+        """Make the topics of `streams` exist, then hand `records` to the producer, in
+        the order the publishes were called; -> the future of their reports. The topics
+        become known in a worker thread a moment before the publishes that waited for
+        them wake up: a publish called in that moment queues behind them (the topic's
+        lock is fair) instead of overtaking them, which would break per-key order."""
+        waiters = self._topic_waiters
+        for stream in streams:
+            waiters[stream] = waiters.get(stream, 0) + 1
+        try:
+            async with contextlib.AsyncExitStack() as locks:
+                for stream in streams:  # sorted: no two publishes wait for each other
+                    await locks.enter_async_context(
+                        self._topic_locks.setdefault(stream, asyncio.Lock())
+                    )
+                missing = {s: self.settings.partitions for s in streams}
+                missing = {s: n for s, n in missing.items() if s not in self.topics.known}
+                if missing:
+                    await asyncio.to_thread(self.topics.ensure, missing, None)
+                return await self.producer.submit_many(records)
+        finally:
+            for stream in streams:
+                waiters[stream] -= 1
+                if not waiters[stream]:
+                    del waiters[stream]
 
     # --- request/reply: a reply topic per requesting bus (`replies`) ----------------------
 

@@ -349,7 +349,7 @@ class DeadLetterWriter:
         self.topic = dlq_topic(stream, group)
         self.timeout = configs.settings.admin_timeout
         self.transactional_id = f"eventbus-dlq.{stream}.{group}"
-        config = {**configs.producer(), "transactional.id": self.transactional_id}
+        config = {**configs.producer(transactional=True), "transactional.id": self.transactional_id}
         try:
             self._producer = Producer(config)
         except (KafkaException, ValueError, TypeError) as exc:

@@ -162,7 +162,14 @@ class AsyncProducer:
     def _poll(self) -> None:
         producer = self.producer
         while not self._stop.is_set():
-            producer.poll(0.05)
+            try:
+                producer.poll(0.05)
+            except Exception as exc:
+                # A callback raised (e.g. its log line could not be written: stderr closed).
+                # The next poll serves the reports behind it; a dead poll thread would
+                # leave every publish waiting for a report forever.
+                with contextlib.suppress(Exception):
+                    _log.error("kafka.producer_callback_failed", error=repr(exc))
             self._hand_over()
 
     def _hand_over(self) -> None:
@@ -222,16 +229,21 @@ class AsyncProducer:
 
     async def send_many(self, records: Sequence[Record]) -> None:
         """Produce all records, then wait for all reports; the first failure is raised."""
-        if not records:
-            return
+        await (await self.submit_many(records))
+
+    async def submit_many(self, records: Sequence[Record]) -> asyncio.Future[None]:
+        """Produce all records; -> the future of all their reports (the first failure)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not records:
+            future.set_result(None)
+            return future
         batch = _Batch(future, len(records))
         on_batch = self._on_batch
         for record in records:  # no coroutine per record: the loop is yielded only when full
             callback = partial(on_batch, batch, record)
             if not self._try_produce(record, callback):
                 await self._produce(record, callback)
-        await future
+        return future
 
     async def close(self, timeout: float = 30.0) -> None:
         """Wait for outstanding reports (up to `timeout`), then stop the poll thread."""

@@ -61,6 +61,10 @@ class KafkaSettings(BaseSettings):
     #: librdkafka properties for the producer only / the consumers only
     producer_config: dict[str, Any] = Field(default_factory=dict)
     consumer_config: dict[str, Any] = Field(default_factory=dict)
+    #: seconds a publish may wait for the broker's confirmation, retries and leader
+    #: changes included, before it raises PublishError (the producer's
+    #: `message.timeout.ms`; transactional producers follow `transaction_timeout`)
+    publish_timeout: float = Field(default=120.0, ge=0.01, le=2_000_000)
     #: producer batching delay (ms) and compression
     linger_ms: float = Field(default=5.0, ge=0, le=900_000)
     compression: Compression = "none"
@@ -255,11 +259,13 @@ class ClientConfigs:
             text = text.replace(secret, "***")
         return text
 
-    def producer(self, *, statistics: bool = False) -> dict[str, Any]:
+    def producer(self, *, statistics: bool = False, transactional: bool = False) -> dict[str, Any]:
         """The producer's config; with `statistics` (a producer that polls all the time
-        and reads them), librdkafka's statistics every `statistics_interval_ms`."""
+        and reads them), librdkafka's statistics every `statistics_interval_ms`. A
+        `transactional` producer's delivery timeout is left to librdkafka, which bounds
+        it by `transaction.timeout.ms`; the others' is `publish_timeout`."""
         s = self.settings
-        config = {
+        config: dict[str, Any] = {
             **self.common,
             "acks": "all",
             "enable.idempotence": True,
@@ -269,6 +275,8 @@ class ClientConfigs:
             "allow.auto.create.topics": False,  # topics are made by eventbus, not by accident
             "message.max.bytes": PRODUCER_MAX_BYTES,
         }
+        if not transactional:
+            config["message.timeout.ms"] = max(int(s.publish_timeout * 1000), 1)
         if statistics:
             config["statistics.interval.ms"] = s.statistics_interval_ms
         config.update(self.user)

@@ -66,7 +66,7 @@ class TransactionalProducer:
     def __init__(self, configs: ClientConfigs, transactional_id: str) -> None:
         self.configs = configs
         self.transactional_id = transactional_id
-        config = configs.producer()
+        config = configs.producer(transactional=True)
         config["transactional.id"] = transactional_id
         # a transaction left open by a crashed instance blocks read_committed readers and
         # the group's offset fetches until the broker aborts it: no longer than one commit

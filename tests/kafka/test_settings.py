@@ -164,3 +164,20 @@ def test_subscription_byte_buffer_is_validated() -> None:
     with pytest.raises(ConfigurationError, match="PARTITION_BUFFER_BYTES"):
         options(-1)
     assert options(1 << 20).partition_buffer_bytes
+
+
+def test_publish_timeout_bounds_the_producer_delivery_timeout() -> None:
+    configs = ClientConfigs(parse_url("kafka://h:1"), load_kafka_settings({}))
+    assert configs.producer()["message.timeout.ms"] == 120_000
+    assert "message.timeout.ms" not in configs.producer(transactional=True), (
+        "librdkafka bounds a transactional producer's by transaction.timeout.ms"
+    )
+    short = ClientConfigs(parse_url("kafka://h:1"), load_kafka_settings({"publish_timeout": 2.5}))
+    assert short.producer()["message.timeout.ms"] == 2500
+    mine = ClientConfigs(
+        parse_url("kafka://h:1"),
+        load_kafka_settings({"producer_config": {"message.timeout.ms": 7000}}),
+    )
+    assert mine.producer()["message.timeout.ms"] == 7000, "explicit settings win"
+    with pytest.raises(ConfigurationError, match="EVENTBUS_KAFKA_PUBLISH_TIMEOUT"):
+        EventBus("kafka://127.0.0.1:9092", publish_timeout=0)

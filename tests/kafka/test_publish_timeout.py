@@ -1,0 +1,56 @@
+"""`publish_timeout`: a publish the cluster does not confirm in time raises PublishError."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from eventbus import PublishError
+from eventbus.adapters.kafka import producer as producer_module
+from eventbus.adapters.kafka.producer import AsyncProducer, Record
+from eventbus.adapters.kafka.settings import ClientConfigs, load_kafka_settings, parse_url
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_a_publish_nobody_confirms_raises_publish_error_after_publish_timeout() -> None:
+    """Nothing listens on the port: the delivery report says the record timed out, and
+    the publish raises PublishError once `publish_timeout` has passed, not later."""
+    configs = ClientConfigs(
+        parse_url("kafka://127.0.0.1:9"), load_kafka_settings({"publish_timeout": 1.0})
+    )
+    producer = AsyncProducer(configs)
+    producer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(PublishError, match="timed out"):
+            await asyncio.wait_for(producer.send(Record("t", b"{}", b"k", [], "e-1")), 30)
+        took = time.monotonic() - started
+        assert 0.9 <= took < 10, took
+    finally:
+        await producer.close(timeout=1)
+
+
+async def test_a_failing_callback_does_not_stop_the_producer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The producer's error callback logs each connection failure; if writing that log
+    line raises (stderr closed), the poll thread lives on and the publish still gets its
+    outcome instead of waiting forever."""
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("I/O operation on closed file.")
+
+    monkeypatch.setattr(producer_module._log, "warning", broken)
+    configs = ClientConfigs(
+        parse_url("kafka://127.0.0.1:9"), load_kafka_settings({"publish_timeout": 1.0})
+    )
+    producer = AsyncProducer(configs)
+    producer.start()
+    try:
+        with pytest.raises(PublishError, match="timed out"):
+            await asyncio.wait_for(producer.send(Record("t", b"{}", b"k", [], "e-1")), 30)
+    finally:
+        await producer.close(timeout=1)
