@@ -52,9 +52,24 @@ def configure(log_format: str = "console", level: str = "INFO", *, force: bool =
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_STDERR),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+
+
+class _CurrentStderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was configured:
+    a stream swapped in meanwhile (a test's capture, a daemon's redirect) and closed
+    since must not make every later log line raise."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR = _CurrentStderr()
 
 
 def get_logger(**bound: Any) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -253,7 +254,7 @@ class AsyncProducer:
         self._stop.set()  # one thread serves reports at a time: stop polling, then flush
         if thread is not None:
             await asyncio.to_thread(thread.join)
-        await asyncio.to_thread(producer.flush, timeout)
+        await asyncio.to_thread(_flush, producer, timeout)
         self._hand_over()
         self.link.closed = True
         self._producer = None
@@ -324,3 +325,18 @@ class SyncProducer:
         if self._producer is not None:
             self._producer.flush(timeout)
             self._producer = None
+
+
+def _flush(producer: Producer, timeout: float) -> None:
+    """`producer.flush(timeout)`, going on past a callback that raises (as `_poll` does):
+    the reports behind it are still served, and a close never fails for a log line."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            producer.flush(max(deadline - time.monotonic(), 0.0))
+            return
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                _log.error("kafka.producer_callback_failed", error=repr(exc))
+            if time.monotonic() >= deadline:
+                return
