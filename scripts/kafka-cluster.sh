@@ -209,6 +209,19 @@ stop_node() {
   fi
 }
 
+# Stop every node. SIGTERM goes to all of them first: a node stopped alone after the
+# others cannot finish its controlled shutdown without a controller quorum.
+stop_all() {
+  local n pid
+  for n in "${NODES[@]}"; do
+    if pid="$(node_pid "$n")"; then
+      kill -CONT "$pid" 2>/dev/null || true
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+  for n in "${NODES[@]}"; do stop_node "$n"; done
+}
+
 # Prepare node N (configs, storage); stop it if its config changed.
 prepare_node() {
   local n="$1"
@@ -237,12 +250,12 @@ case "$cmd" in
     echo "kafka-cluster: ready on $BOOTSTRAP (3 KRaft nodes, controllers $HOST:29192-29194, data in $CACHE)"
     ;;
   restart)
-    for n in "${NODES[@]}"; do stop_node "$n"; done
+    stop_all
     ensure_running
     echo "kafka-cluster: restarted, ready on $BOOTSTRAP"
     ;;
   stop)
-    for n in "${NODES[@]}"; do stop_node "$n"; done
+    stop_all
     echo "kafka-cluster: stopped"
     ;;
   status)
@@ -256,7 +269,7 @@ case "$cmd" in
     fi
     ;;
   reset)
-    for n in "${NODES[@]}"; do stop_node "$n"; done
+    stop_all
     rm -rf "$CACHE"
     echo "kafka-cluster: stopped, data deleted"
     ;;
