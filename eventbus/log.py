@@ -52,24 +52,31 @@ def configure(log_format: str = "console", level: str = "INFO", *, force: bool =
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(_STDERR),  # type: ignore[arg-type]
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 
 
-class _CurrentStderr:
-    """Whatever `sys.stderr` is when a line is written, not when logging was configured:
-    a stream swapped in meanwhile (a test's capture, a daemon's redirect) and closed
-    since must not make every later log line raise."""
+class _Stderr:
+    """The `sys.stderr` of the moment logging was configured, until it is closed: then the
+    process's own stderr. A stream swapped in meanwhile and closed since (a test's
+    capture, say) must not make every later log line raise."""
+
+    def __init__(self) -> None:
+        self.stream = sys.stderr
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        try:
+            return self.stream.write(text)
+        except ValueError:  # closed
+            self.stream = sys.__stderr__ or sys.stderr
+            return self.stream.write(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
-
-
-_STDERR = _CurrentStderr()
+        try:
+            self.stream.flush()
+        except ValueError:
+            self.stream = sys.__stderr__ or sys.stderr
 
 
 def get_logger(**bound: Any) -> Any:
