@@ -31,7 +31,7 @@ set -euo pipefail
 # shellcheck source=scripts/kafka.sh
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kafka.sh"
 
-# kafka.sh's functions (ensure_libs, run_tool, pid_alive, start_broker, stop_broker,
+# kafka.sh's functions (run_tool, pid_alive, start_broker, stop_broker,
 # ensure_formatted) work on these globals: point them at this broker (LIBS stays).
 KAFKA_CACHE="$CACHE"
 CACHE="$CACHE_ROOT/kafka-secure"
@@ -123,7 +123,7 @@ ensure_running() {
   mkdir -p "$CACHE"
   ensure_pkgs kcat
   # scripts/kafka.sh's jars, fetched into its own cache when missing
-  (CACHE="$KAFKA_CACHE"; mkdir -p "$CACHE"; ensure_libs)
+  ensure_kafka_libs
   local changed=0
   if [ -n "${1:-}" ]; then
     install_material "$1" && changed=1
