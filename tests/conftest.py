@@ -34,26 +34,13 @@ def _ours(name: str, streams: frozenset[str]) -> bool:
     return base in streams or any(name.startswith(f"{s}-") for s in streams)
 
 
-def _sweep_rabbitmq(streams: frozenset[str]) -> int:
-    from tests.rabbitmq.support import list_names, raw_connection
+def _sweep_rabbitmq(streams: frozenset[str]) -> None:
+    from tests.rabbitmq.support import delete_topology
 
-    queues = [q for q in list_names("list_queues") if _ours(q, streams)]
-    exchanges = [e for e in list_names("list_exchanges") if _ours(e, streams)]
-    if not queues and not exchanges:
-        return 0
-    connection = raw_connection()
-    try:
-        channel = connection.channel()
-        for queue in queues:
-            channel.queue_delete(queue)
-        for exchange in exchanges:
-            channel.exchange_delete(exchange)
-    finally:
-        connection.close()
-    return len(queues) + len(exchanges)
+    delete_topology(streams)
 
 
-def _sweep_kafka(streams: frozenset[str]) -> int:
+def _sweep_kafka(streams: frozenset[str]) -> None:
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": f"{KAFKA[0]}:{KAFKA[1]}"})
@@ -61,7 +48,6 @@ def _sweep_kafka(streams: frozenset[str]) -> int:
     if topics:
         for future in admin.delete_topics(topics, operation_timeout=30).values():
             future.result()
-    return len(topics)
 
 
 @pytest.fixture(scope="session", autouse=True)
