@@ -297,14 +297,14 @@ class RabbitMQ(Place):
         pass's prefetch unacknowledged (the CLI waits on the full pipe meanwhile)."""
         import pika
 
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile("w+") as errors:
             report = Path(tmp, "report.json")
             args = ["dlq", "list", "--url", self.url, "--stream", stream, "--group", group]
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.unit.dlq_probe", *args, "--json"],
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=errors,
                 text=True,
                 env={**os.environ, REPORT: str(report)},
             )
@@ -316,10 +316,15 @@ class RabbitMQ(Place):
             finally:
                 connection.close()
             unacked = N - int(declared.method.message_count or 0)  # at least the broker's unacked
-            out, err = proc.communicate(timeout=300)
+            # the rest through the same buffered reader: `communicate` would read the pipe
+            # past what `readline` already buffered, and lose those lines
+            lines.append(proc.stdout.read())
+            proc.wait(timeout=300)
+            errors.seek(0)
+            err = errors.read()
             probe = json.loads(report.read_text()) if report.exists() else {}
         assert unacked <= self.held_bound, f"{unacked} dead letters unacknowledged at once"
-        return Ran(proc.returncode, "".join(lines) + out, err, probe)
+        return Ran(proc.returncode, "".join(lines), err, probe)
 
     def left(self, stream: str, group: str) -> list[str]:
         """What the queue holds, read with a plain client (and removed: the test ends)."""
