@@ -259,6 +259,9 @@ class KafkaConsumer:
         config = self.configs.consumer(
             self.spec.group, self._config, self._buffer_bytes, statistics=True
         )
+        instance = self.configs.settings.instance_id
+        if instance is not None and "group.instance.id" not in config:
+            config["group.instance.id"] = f"{instance}.{self.spec.stream}"
         config["error_cb"] = self._client_error
         config["on_commit"] = self._committed
         self.link.start(config)
@@ -906,12 +909,15 @@ class KafkaConsumer:
         error = message.error()
         if error is None or error.code() in _QUIET_ERRORS:
             return
+        fatal = error.fatal() or error.code() == KafkaError._FATAL
+        if fatal:  # e.g. fenced by a member with the same `instance_id`: never ready again
+            self.link.fatal = self.configs.scrub(error.str())
         key = (error.code(), str(message.topic()))
         now = time.monotonic()
         if now - self._error_seen.get(key, -1e9) < 10:
             return
         self._error_seen[key] = now
-        if error.fatal():
+        if fatal:
             self._log.error("kafka.consume_error", error=self.configs.scrub(str(error)))
         else:
             self._log.warning("kafka.consume_error", error=self.configs.scrub(str(error)))

@@ -61,6 +61,16 @@ class KafkaSettings(BaseSettings):
     #: librdkafka properties for the producer only / the consumers only
     producer_config: dict[str, Any] = Field(default_factory=dict)
     consumer_config: dict[str, Any] = Field(default_factory=dict)
+    #: static group membership (KIP-345): a stable name of this process (a pod's name),
+    #: unique among the members of its groups. Each subscription joins its group as
+    #: `<instance_id>.<stream>`. A member that restarts (crashed or stopped) within its
+    #: group's `session.timeout.ms` takes its partitions back at once, with no
+    #: rebalance: the others never pause, and their commits are never held up by one.
+    #: The price: a member that stops for good (scaled down) holds its partitions
+    #: until that session runs out, and two processes given one name fence each other.
+    instance_id: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$"
+    )
     #: seconds a publish may wait for the broker's confirmation, retries and leader
     #: changes included, before it raises PublishError (the producer's
     #: `message.timeout.ms`; transactional producers follow `transaction_timeout`)

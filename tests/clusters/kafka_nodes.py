@@ -183,3 +183,18 @@ def stored_sequences(
     finally:
         consumer.close()
     return dict(found)
+
+
+def delete_named_after(streams: Iterable[str], bootstrap: str = BOOTSTRAP) -> None:
+    """Delete every topic named after one of `streams` (`<stream>` and `<stream>.*`)."""
+    names = set(streams)
+    if not names:
+        return
+    prefixes = tuple(f"{s}." for s in names)
+    client = admin(bootstrap)
+    topics = [
+        t for t in client.list_topics(timeout=30).topics if t in names or t.startswith(prefixes)
+    ]
+    if topics:
+        for future in client.delete_topics(topics, operation_timeout=30).values():
+            future.result()

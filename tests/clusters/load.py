@@ -168,8 +168,10 @@ class Load:
         self.concurrency = concurrency
         #: (key, n) -> "pending" | "confirmed" | "failed" | "error"
         self.outcomes: dict[tuple[str, int], str] = {}
-        #: every delivery, in the order the handler saw them, and when
+        #: every delivery, in the order the handler saw them, and when (monotonic clock:
+        #: one clock for every process of the machine)
         self.deliveries: list[tuple[str, int]] = []
+        self.delivered_at: list[float] = []
         #: when each distinct event was handled the first time
         self.first_handled_at: list[float] = []
         self._seen: set[tuple[str, int]] = set()
@@ -191,7 +193,7 @@ class Load:
         `options` go to `bus.subscribe` (adapter options included)."""
 
         async def handle(envelope: Envelope) -> None:
-            self._handled(envelope.key or "", int(envelope.data["n"]))
+            self.record(envelope.key or "", int(envelope.data["n"]))
 
         bus.subscribe(
             self.stream,
@@ -201,12 +203,16 @@ class Load:
             **options,
         )(handle)
 
-    def _handled(self, key: str, n: int) -> None:
+    def record(self, key: str, n: int, at: float | None = None) -> None:
+        """One delivery of event `n` of `key`, handled `at` (`time.monotonic()`, default
+        now): the attached handler's, or one a consumer in another process reported."""
+        at = time.monotonic() if at is None else at
         item = (key, n)
         self.deliveries.append(item)
+        self.delivered_at.append(at)
         if item not in self._seen:
             self._seen.add(item)
-            self.first_handled_at.append(time.monotonic())
+            self.first_handled_at.append(at)
 
     @property
     def handled(self) -> int:
@@ -344,9 +350,11 @@ class Load:
         )
 
     def handled_sequences(self) -> dict[str, list[int]]:
-        """Per key, the sequence numbers in the order the handler saw them."""
+        """Per key, the sequence numbers in the order they were handled (by time: records
+        from several processes may arrive out of it)."""
         per_key: dict[str, list[int]] = defaultdict(list)
-        for key, n in self.deliveries:
+        timed = sorted(range(len(self.deliveries)), key=self.delivered_at.__getitem__)
+        for key, n in (self.deliveries[i] for i in timed):
             per_key[key].append(n)
         return dict(per_key)
 

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pika
+
 from eventbus import EventBus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,3 +170,40 @@ def wait_replicas_online(names: Iterable[str], timeout: float = 120.0) -> float:
         if time.monotonic() - started > timeout:
             raise AssertionError(f"replicas of {wanted} not all online after {timeout}s: {queues}")
         time.sleep(0.5)
+
+
+def delete_named_after(streams: Iterable[str]) -> None:
+    """Delete every queue and exchange of the cluster named after one of `streams`
+    (`<stream>` itself and `<stream>.*`), asked of the first node that answers."""
+    names = set(streams)
+    if not names:
+        return
+    prefixes = tuple(f"{s}." for s in names)
+    connection = pika.BlockingConnection(
+        [pika.ConnectionParameters("127.0.0.1", PORTS[n]) for n in NODES]
+    )
+    try:
+        channel = connection.channel()
+        for what, delete in (
+            ("list_queues", channel.queue_delete),
+            ("list_exchanges", channel.exchange_delete),
+        ):
+            for name in _names(what):
+                if name in names or name.startswith(prefixes):
+                    delete(name)
+    finally:
+        connection.close()
+
+
+def _names(what: str) -> list[str]:
+    for n in NODES:
+        done = subprocess.run(
+            ["bash", str(SCRIPT), "ctl", str(n), "-q", what, "name", "--no-table-headers"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode == 0:
+            return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    raise AssertionError(f"no node answered {what}")

@@ -40,7 +40,7 @@ def test_figures_count_losses_duplicates_and_order_breaks() -> None:
     load.outcomes[("b", 0)] = "failed"  # stored although unconfirmed
     load.outcomes[("b", 1)] = "failed"
     for key, n in [("a", 0), ("a", 2), ("a", 1), ("a", 2), ("b", 0)]:
-        load._handled(key, n)
+        load.record(key, n)
     figures = load.figures()
     assert (figures.published, figures.confirmed, figures.failed) == (6, 4, 2)
     assert (figures.handled, figures.lost, figures.duplicates) == (4, 1, 1)
@@ -55,3 +55,15 @@ def test_longest_gap_runs_until_handling_caught_up_with_the_end_of_publishing() 
     assert longest_gap([1.0, 2.0, 6.0, 6.5], 3.0) == 4.0  # 6.0 is the first at/after 3.0
     assert longest_gap([1.0, 2.0, 6.0, 16.0], 3.0) == 4.0  # later gaps: after publishing
     assert longest_gap([1.0, 1.5], 30.0) == 0.5
+
+
+def test_deliveries_reported_by_several_processes_count_in_the_order_they_were_handled() -> None:
+    """Records may arrive out of time order (one pipe read after another): key order is
+    judged on when each was handled."""
+    load = Load(unique("load"), scenario="synthetic", broker="none", keys=1)
+    load.record("a", 1, at=2.0)
+    load.record("a", 0, at=1.0)  # handled first, reported second
+    assert load.order_breaks() == []
+    load.record("a", 3, at=3.0)
+    load.record("a", 2, at=4.0)  # handled after 3
+    assert load.order_breaks() == [("a", 3, 2)]

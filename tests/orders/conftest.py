@@ -1,4 +1,5 @@
 """The order system's end-to-end tests run once per (bus, store) combination."""
+
 from __future__ import annotations
 
 import socket

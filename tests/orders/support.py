@@ -1,8 +1,13 @@
-"""Checks shared by the order tests: the read model against the event store."""
+"""Shared by the order tests: services as processes, and the read model checked against
+the event store."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from eventbus.sourcing import Database, EventStore, SqliteDatabase
 from eventbus.sourcing.transactional import output_stream
@@ -11,6 +16,27 @@ from examples.orders.demo import rebuild_and_compare, stored_counts
 from examples.orders.events import NotificationQueued, OrderCreated, OrderPaid
 from examples.orders.notifications import MAILER
 from examples.orders.read_model import PROJECTIONS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def start(service: str, env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """`python -m examples.orders service args...` as a process of its own; returns once
+    it says it runs (fails if it exits first)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "examples.orders", service, *args,
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    async with asyncio.timeout(120):
+        while not (line := await proc.stdout.readline()).startswith(b"orders: running"):
+            assert line, f"{service} exited with {await proc.wait()}"
+    return proc
+
+
+async def kill(proc: asyncio.subprocess.Process) -> None:
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
 
 
 async def expected_summaries(store: EventStore) -> dict[str, tuple[int, int]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,30 +19,11 @@ from eventbus.sourcing import open_store
 from examples.orders.demo import client, drive, settled
 
 from .conftest import free_port
-from .support import assert_read_model_is_exact
+from .support import assert_read_model_is_exact, kill, start
 
 #: four SIGKILL scenarios of about a minute each (Kafka + PostgreSQL 2.5 min): the soak
 #: suite, which CI runs after the default one
 pytestmark = pytest.mark.soak
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-async def start(service: str, env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "examples.orders", service, *args,
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    async with asyncio.timeout(120):
-        while not (line := await proc.stdout.readline()).startswith(b"orders: running"):
-            assert line, f"{service} exited with {await proc.wait()}"
-    return proc
-
-
-async def kill(proc: asyncio.subprocess.Process) -> None:
-    proc.send_signal(signal.SIGKILL)
-    await proc.wait()
 
 
 async def test_killed_relay_and_projection_processes(
