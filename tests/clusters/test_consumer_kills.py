@@ -10,9 +10,10 @@ clusters stay healthy.
   the in-flight window of the killed members (below).
 - `test_killed_order_consumers_keep_the_inbox_read_model_exact`: the order system of
   `examples.orders` on the cluster (command API, relay, projection and notification
-  processes; PostgreSQL store); the projection and notification processes are SIGKILLed
-  five times while orders are placed. With the `Inbox`, the read model equals the one
-  replayed from the store, and every e-mail was sent once.
+  processes; PostgreSQL store; on Kafka once with static membership, once without); the
+  projection and notification processes are SIGKILLed five times while orders are placed.
+  With the `Inbox`, the read model equals the one replayed from the store, and every
+  e-mail was sent once.
 
 Duplicates: a delivery the handler finished but the broker had not been told of yet comes
 again after the kill (the in-flight window of the killed member):
@@ -234,10 +235,15 @@ async def test_killed_order_consumers_keep_the_inbox_read_model_exact(
         "ORDERS_PROJECTION_SOURCE": "bus",
         "EVENTBUS_LOG_LEVEL": "WARNING",
     }
+
+    def env_of(service: str) -> dict[str, str]:
+        """Static membership: each service process its own stable name."""
+        return {**env, "EVENTBUS_KAFKA_INSTANCE_ID": service} if where.static else env
+
     consumers = ["projection", "notification"]
-    procs = {"command": await start("command", env), "relay": await start("relay", env)}
+    procs = {name: await start(name, env_of(name)) for name in ("command", "relay")}
     for name in consumers:
-        procs[name] = await start(name, env)
+        procs[name] = await start(name, env_of(name))
     command = client(port)
     store = open_store(store_url)
     await store.open()
@@ -257,7 +263,7 @@ async def test_killed_order_consumers_keep_the_inbox_read_model_exact(
                 await kill(procs[name])
             await driving
             for name in consumers:
-                procs[name] = await start(name, env)
+                procs[name] = await start(name, env_of(name))
         await settled(store, db, timeout=180)
         print(
             f"[order system on {where.name}] {KILLS} rounds of 24 orders, projection and "
