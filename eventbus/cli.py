@@ -336,6 +336,26 @@ def _run(args: argparse.Namespace) -> int:
         args.log_level or bus.settings.log_level,
         force=True,
     )
+    if args.workers is not None:
+        from .supervisor import supervise
+
+        if args.http is not None:
+            _, _, port = args.http.rpartition(":")
+            if not port.isdigit():
+                raise ConfigurationError(
+                    f"--http expects host:port, e.g. 0.0.0.0:8000; got {args.http!r}"
+                )
+        run_args = [args.target]
+        if args.log_format:
+            run_args += ["--log-format", args.log_format]
+        if args.log_level:
+            run_args += ["--log-level", args.log_level]
+        return supervise(
+            run_args,
+            args.workers,
+            http=args.http,
+            shutdown_timeout=bus.settings.shutdown_timeout,
+        )
     if args.http is None:
         asyncio.run(bus.run())
         return 0
@@ -373,6 +393,12 @@ def _asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventbus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -384,6 +410,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         default=None,
         help="serve /healthz, /readyz and /metrics (needs eventbus[http]), e.g. 0.0.0.0:8000",
+    )
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        default=None,
+        help="run N worker processes under a supervisor that restarts a crashed one and "
+        "forwards SIGTERM (worker i serves --http on PORT+i)",
     )
     run.add_argument(
         "--log-format", choices=["console", "json"], default=None, help="default: the bus's"
@@ -436,6 +470,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EventBusError as exc:
         print(f"eventbus: error: {exc}", file=sys.stderr)
         return 2
+    except ConnectionError as exc:  # the broker cannot be reached: may pass (exit 1, not 2)
+        print(f"eventbus: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 1
