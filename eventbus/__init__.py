@@ -3,6 +3,7 @@
 The public API is what this module exports; everything else is private.
 """
 
+from .batch import BatchContext
 from .bus import EventBus, Subscription
 from .context import Context, correlation_scope
 
@@ -45,6 +46,7 @@ from .types import HandleMiddleware, HandleNext, PublishMiddleware, PublishNext
 
 __all__ = [
     "Aggregate",
+    "BatchContext",
     "BusClosed",
     "Capabilities",
     "CommandBus",

@@ -11,6 +11,7 @@ from functools import partial
 from time import time as _now
 from typing import Any, TypeVar, overload
 
+from .batch import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TIMEOUT, BatchDispatcher, batch_endpoint
 from .context import correlate_attributes
 from .dispatch import Dispatcher
 from .errors import (
@@ -79,6 +80,10 @@ class Subscription:
     options: dict[str, Any] = field(default_factory=dict)
     #: consume-transform-produce in broker transactions (see `EventBus.subscribe`)
     exactly_once: bool = False
+    #: a batch handler (`list[...]` of events): the most events per call, and how long
+    #: a batch waits to fill (None: a handler of one event)
+    batch_size: int | None = None
+    batch_timeout: float = DEFAULT_BATCH_TIMEOUT
 
     @property
     def name(self) -> str:
@@ -125,7 +130,7 @@ class EventBus:
         #: without user publish middleware, `correlate` is inlined into `publish`
         self._fast_publish = not publish_middleware
         self._consumers: list[Consumer] = []
-        self._dispatchers: list[Dispatcher] = []
+        self._dispatchers: list[Dispatcher | BatchDispatcher] = []
         self._stopping = asyncio.Event()
         self._running = False
         self._stop_task: asyncio.Task[None] | None = None
@@ -232,6 +237,14 @@ class EventBus:
                 )
             patterns = tuple(validate_pattern(p) for p in patterns) or ("#",)
         validate_name("stream", stream)
+        batch_size, batch_timeout = _batch_options(handler, shape.batch, options)
+        if batch_size is not None and concurrency != 1:
+            raise SubscriptionError(
+                "a batch handler runs one batch at a time (key order holds across batches): "
+                "leave concurrency at 1 and size the batch with batch_size"
+            )
+        if batch_size is not None and exactly_once:
+            raise SubscriptionError("exactly_once does not take batch handlers (yet)")
         for existing in self._subscriptions:
             if existing.stream == stream and existing.group == group:
                 raise SubscriptionError(
@@ -251,6 +264,8 @@ class EventBus:
             is_async=shape.is_async,
             options=options,
             exactly_once=exactly_once,
+            batch_size=batch_size,
+            batch_timeout=batch_timeout,
         )
         self._subscriptions.append(sub)
         return sub
@@ -319,6 +334,9 @@ class EventBus:
             concurrency=concurrency,
             **options,
         )
+        if sub.batch_size is not None:
+            self._subscriptions.remove(sub)
+            raise SubscriptionError("a responder answers one request at a time: no batch handler")
         sub.handler = responder_endpoint(
             handler,
             wants_context=sub.wants_context,
@@ -452,6 +470,11 @@ class EventBus:
         self._running = True
         try:
             for sub in self._subscriptions:
+                batch = (
+                    batch_endpoint(sub.handler, sub.is_async, sub.wants_context)
+                    if sub.batch_size is not None
+                    else None
+                )
                 pipeline = Pipeline(
                     self,
                     group=sub.group,
@@ -465,11 +488,18 @@ class EventBus:
                     max_message_bytes=self._max_bytes,
                     stopping=self._stopping,
                     exactly_once=sub.exactly_once,
+                    batch=batch,
                 )
                 process: Callable[[Delivery], Awaitable[object]] = pipeline.process
                 if observer is not None:
                     process = observer.process(pipeline, sub.stream)
-                dispatcher = Dispatcher(process, sub.concurrency)
+                dispatcher: Dispatcher | BatchDispatcher
+                if batch is not None and sub.batch_size is not None:
+                    dispatcher = BatchDispatcher(
+                        process, batch, sub.batch_size, sub.batch_timeout
+                    )
+                else:
+                    dispatcher = Dispatcher(process, sub.concurrency)
                 spec = SubscriptionSpec(
                     stream=sub.stream,
                     group=sub.group,
@@ -890,3 +920,27 @@ async def _quietly(op: Any, what: str) -> None:
         await op
     except Exception as exc:
         _log.warning(f"{what}.failed", error=repr(exc))
+
+
+def _batch_options(
+    handler: Callable[..., Any], batch: bool, options: dict[str, Any]
+) -> tuple[int | None, float]:
+    """Take `batch_size` and `batch_timeout` out of a subscription's options: (size or
+    None for a handler of one event, timeout)."""
+    size = options.pop("batch_size", None)
+    timeout = options.pop("batch_timeout", None)
+    name = getattr(handler, "__qualname__", handler)
+    if not batch:
+        if size is not None or timeout is not None:
+            raise SubscriptionError(
+                f"batch_size and batch_timeout are for batch handlers; {name!r} takes one "
+                "event (annotate it `events: list[MyEvent]` to receive batches)"
+            )
+        return None, DEFAULT_BATCH_TIMEOUT
+    size = DEFAULT_BATCH_SIZE if size is None else size
+    timeout = DEFAULT_BATCH_TIMEOUT if timeout is None else timeout
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise SubscriptionError(f"batch_size must be a whole number >= 1, got {size!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise SubscriptionError(f"batch_timeout must be seconds > 0, got {timeout!r}")
+    return size, float(timeout)

@@ -52,7 +52,9 @@ def configure(log_format: str = "console", level: str = "INFO", *, force: bool =
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
+        # one write per line (PrintLogger writes the newline apart): processes sharing a
+        # stderr (`eventbus run --workers N`) never splice their lines together
+        logger_factory=structlog.WriteLoggerFactory(_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
+from .batch import BatchCall, call_in_batch
 from .context import Context, current_context
 from .deadletter import dead_letter_info, describe
 from .event import Envelope, Event
@@ -62,6 +63,7 @@ class Pipeline:
         max_message_bytes: int,
         stopping: asyncio.Event,
         exactly_once: bool = False,
+        batch: BatchCall | None = None,
     ) -> None:
         self.bus = bus
         #: exactly-once: `ctx.publish` stages events on the delivery (see `Delivery.stage`)
@@ -72,8 +74,14 @@ class Pipeline:
         self.retry = retry
         self.max_message_bytes = max_message_bytes
         self.stopping = stopping
-        self._call: HandleNext = chain(middleware, _endpoint(handler, wants_context, is_async))
-        self._direct = handler if (is_async and wants_context and not middleware) else None
+        endpoint = (
+            _endpoint(handler, wants_context, is_async)
+            if batch is None
+            else partial(call_in_batch, batch)  # a batch handler: the item's round
+        )
+        self._call: HandleNext = chain(middleware, endpoint)
+        fast = is_async and wants_context and not middleware and batch is None
+        self._direct = handler if fast else None
         #: unix time of the last delivery a handler finished (for `bus.health()`)
         self.last_handled: float | None = None
         #: called for every failed handler attempt when telemetry is on

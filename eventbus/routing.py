@@ -76,6 +76,8 @@ class HandlerShape:
     stream: str | None
     wants_context: bool
     is_async: bool
+    #: it takes a `list[...]` of events (a batch handler, `eventbus.batch`)
+    batch: bool = False
 
 
 def _event_classes(annotation: Any) -> list[type[Event]] | None:
@@ -131,12 +133,16 @@ def inspect_handler(handler: Callable[..., Any]) -> HandlerShape:
             "event classes defined inside a function are not)"
         ) from exc
     annotation = hints.get(params[0].name, inspect.Parameter.empty)
+    batch = annotation is list or typing.get_origin(annotation) is list
+    if batch:  # list[OrderCreated], list[A | B], list[Envelope] or list
+        members = typing.get_args(annotation)
+        annotation = members[0] if members else inspect.Parameter.empty
     classes = _event_classes(annotation)
     is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
         getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
     )
     if classes is None:
-        return HandlerShape(None, None, len(params) == 2, is_async)
+        return HandlerShape(None, None, len(params) == 2, is_async, batch)
     streams = {c.__stream__ for c in classes}
     if len(streams) != 1:
         raise SubscriptionError(
@@ -144,5 +150,5 @@ def inspect_handler(handler: Callable[..., Any]) -> HandlerShape:
             f"{sorted(streams)}: one subscription reads one stream; subscribe one handler each"
         )
     return HandlerShape(
-        {c.__event_type__: c for c in classes}, streams.pop(), len(params) == 2, is_async
+        {c.__event_type__: c for c in classes}, streams.pop(), len(params) == 2, is_async, batch
     )

@@ -50,3 +50,28 @@ def test_failure_retry_and_dead_letter_lines(capsys: pytest.CaptureFixture[str])
     assert [f["attempt"] for f in failures] == [1, 2]
     started = next(line for line in lines if line["event"] == "bus.started")
     assert "hunter2" not in started["url"]
+
+
+def test_each_line_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes share a stderr (`eventbus run --workers N`): a line written in two
+    parts (the text, then its newline) can be spliced with another process's line."""
+    import io
+    import sys
+
+    writes: list[str] = []
+
+    class Recording(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    monkeypatch.setattr(sys, "stderr", Recording())
+    configure("json", "INFO", force=True)
+    try:
+        structlog.get_logger().info("one.line", n=1)
+        structlog.get_logger().info("two.lines", n=2)
+    finally:
+        monkeypatch.undo()
+        configure("console", "INFO", force=True)
+    assert len(writes) == 2 and all(w.endswith("}\n") and w.count("\n") == 1 for w in writes)
+    assert [json.loads(w)["event"] for w in writes] == ["one.line", "two.lines"]

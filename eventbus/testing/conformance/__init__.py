@@ -14,6 +14,7 @@ An adapter's test module runs it in a few lines::
 Needs pytest and pytest-asyncio (`pip install 'eventbus[testing]'`).
 """
 
+from .batches import BatchTests
 from .harness import Harness, made_names, unique
 from .hostile import HostileInputTests
 from .requests import RequestReplyTests
@@ -24,17 +25,23 @@ from .transactions import ExactlyOnceTests
 
 
 class AdapterTests(
-    ConformanceTests, HostileInputTests, TelemetryTests, RequestReplyTests, ExactlyOnceTests
+    ConformanceTests,
+    HostileInputTests,
+    TelemetryTests,
+    RequestReplyTests,
+    ExactlyOnceTests,
+    BatchTests,
 ):
     """Every test of the suite: the guarantees, the hostile-input section, telemetry
-    (traces, metrics, health), request/reply (skipped by `Capabilities.request_reply`)
-    and exactly-once subscriptions (by `Capabilities.transactions`: committed with the
-    settlement, or refused at start). Subclass it as `Test<YourAdapter>` with
-    `harness_class = YourHarness`."""
+    (traces, metrics, health), request/reply (skipped by `Capabilities.request_reply`),
+    exactly-once subscriptions (by `Capabilities.transactions`: committed with the
+    settlement, or refused at start) and batch handlers. Subclass it as
+    `Test<YourAdapter>` with `harness_class = YourHarness`."""
 
 
 __all__ = [
     "AdapterTests",
+    "BatchTests",
     "ConformanceTests",
     "Events",
     "ExactlyOnceTests",
