@@ -314,6 +314,7 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
 def scenarios(quick: bool) -> list[Scenario]:
     from .batches import scenarios as batch_scenarios
     from .transform import scenarios as transform_scenarios
+    from .workers import scenarios as worker_scenarios
 
     return broker_scenarios(
         "kafka",
@@ -327,4 +328,4 @@ def scenarios(quick: bool) -> list[Scenario]:
         {1_000: 1_000 if quick else 5_000, 10_000: 3_000 if quick else 20_000},
         "produce with acks=all + idempotence, delivery confirmed",
         "produce acks=all -> typed handler -> explicit commit, 3 partitions",
-    ) + transform_scenarios(quick) + batch_scenarios(quick)
+    ) + transform_scenarios(quick) + batch_scenarios(quick) + worker_scenarios(quick)

@@ -19,17 +19,20 @@ a group subscribed with `partitions=`. The supervisor only starts, watches and s
 Worker `i` (0-based) runs with `EVENTBUS_WORKER=i`, and, where they are set,
 `EVENTBUS_KAFKA_INSTANCE_ID=<id>-<i>` (static membership needs one name per process) and
 `--http HOST:PORT+i` (each worker serves its own probes and metrics; port 0 stays 0).
-Worker output goes straight to the supervisor's stdout and stderr.
+Worker output goes straight to the supervisor's stdout and stderr (one write per log
+line, so lines never splice). On Linux a worker gets SIGTERM when the supervisor dies,
+even by SIGKILL: none outlives it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .log import get_logger
@@ -98,7 +101,9 @@ class Supervisor:
 
     async def _start(self, worker: _Worker) -> None:
         worker.process = await asyncio.create_subprocess_exec(
-            *self.argv(worker.index), env=self.env(worker.index)
+            *self.argv(worker.index),
+            env=self.env(worker.index),
+            preexec_fn=_die_with(os.getpid()) if sys.platform.startswith("linux") else None,
         )
         worker.started_at = time.monotonic()
         worker.runs += 1
@@ -183,6 +188,23 @@ class Supervisor:
                 process.kill()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+#: prctl(2) option: the signal a process gets when its parent dies
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """A worker's `preexec_fn` (Linux): SIGTERM to the worker when the supervisor dies,
+    even by SIGKILL, so no worker outlives it and goes on consuming unsupervised."""
+
+    def arrange() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the prctl: stop now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange
 
 
 def supervise(

@@ -111,6 +111,29 @@ def test_workers_are_restarted_when_killed_and_stop_gracefully_on_sigterm(
     assert stopped["returncodes"] == [0, 0] and stopped["status"] == 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_workers_stop_when_the_supervisor_is_killed(runs: list[Run]) -> None:
+    run = Run("--workers", "2")
+    runs.append(run)
+    run.wait(lambda: len(run.events("bus.started")) == 2, "two workers running")
+    pids = [r["pid"] for r in run.events("supervisor.worker_started")]
+    run.proc.kill()
+    run.proc.wait(30)
+    run.wait(lambda: len(run.events("bus.stopped")) == 2, "both workers stopped gracefully")
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids):  # reaped by init: polled
+        assert time.monotonic() < deadline, f"workers {pids} outlived their supervisor"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_a_bad_setting_is_refused_before_any_worker_starts(runs: list[Run]) -> None:
     run = Run(
         "--workers", "2", env={"EVENTBUS_URL": "amqp://u:p@h/", "EVENTBUS_RABBITMQ_PREFETCH": "x"}

@@ -1,0 +1,110 @@
+"""Worker processes on Kafka: `eventbus run benchmarks.worker_app:bus --workers N` consumes
+orders that were produced before the run, with a handler that spends about 0.1 ms of CPU
+per order. One worker is bound by its one core; two share the topic's 4 partitions.
+
+Timed from the first offsets the group committed to the moment it committed every order
+(commits come every 500 ms: runs are long enough for that not to matter). CPU per event
+is the supervisor's and the workers' user + system time (`RUSAGE_CHILDREN`).
+"""
+
+import asyncio
+import os
+import resource
+import signal
+import sys
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .core import Scenario
+from .kafka import BOOTSTRAP, _delete, _raw_produce, _raw_producer
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 4
+GROUP = "bench-workers"
+
+
+def _topic() -> str:
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    name = f"bench{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    for future in admin.create_topics([NewTopic(name, PARTITIONS, 1)]).values():
+        future.result(30)
+    return name
+
+
+def _committed(topic: str) -> int:
+    """Offsets the group has committed on the topic, summed over its partitions."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    request = ConsumerGroupTopicPartitions(
+        GROUP, [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    )
+    result = admin.list_consumer_group_offsets([request])[GROUP].result(10)
+    return sum(max(tp.offset, 0) for tp in result.topic_partitions)
+
+
+async def workers_run(count: int, workers: int) -> dict[str, Any]:
+    topic = _topic()
+    producer = await asyncio.to_thread(_raw_producer, topic)  # produces one record
+    await asyncio.to_thread(_raw_produce, producer, topic, count - 1, None, "CloudEvents")
+    env = {
+        **os.environ,
+        "EVENTBUS_URL": f"kafka://{BOOTSTRAP}",
+        "EVENTBUS_BENCH_WORKERS_TOPIC": topic,
+        "EVENTBUS_LOG_LEVEL": "ERROR",
+    }
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "eventbus", "run", "benchmarks.worker_app:bus",
+        "--workers", str(workers), cwd=ROOT, env=env,
+    )  # fmt: skip
+    try:
+        first_at = first = 0.0
+        committed = 0
+        deadline = time.monotonic() + 600
+        while committed < count:
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{committed} of {count} committed; supervisor exit {proc.returncode}"
+                )
+            await asyncio.sleep(0.1)  # a poll of the group's offsets, not a sync
+            committed = await asyncio.to_thread(_committed, topic)
+            if committed and not first_at:
+                first_at, first = time.perf_counter(), committed
+        seconds = time.perf_counter() - first_at
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await asyncio.to_thread(_delete, topic)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {
+        "throughput": (count - first) / seconds if seconds > 0 else 0.0,
+        "cpu_us_per_event": cpu * 1e6 / count,
+    }
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    count = 10_000 if quick else 100_000
+    return [
+        Scenario(
+            "kafka",
+            "worker processes",
+            f"{count:,} orders produced first -> `eventbus run --workers N` -> a handler "
+            f"with ~0.1 ms of CPU per order, {PARTITIONS} partitions; eventbus = 2 workers",
+            {
+                "eventbus": partial(workers_run, count, 2),
+                "eventbus, 1 worker": partial(workers_run, count, 1),
+            },
+        )
+    ]
