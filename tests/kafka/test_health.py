@@ -191,7 +191,10 @@ async def test_state_follows_the_broker_going_down_and_back(kafka: KafkaHarness)
         assert broker.state().reconnects >= 1
         assert broker.state().detail == ""
         await bus.publish(Ping(n=1))
-        await until(lambda: handled == [0, 1], timeout=60, what="an event after the outage")
+        await until(lambda: 1 in handled, timeout=60, what="an event after the outage")
+        # event 0 may come again: the broker can stop before its offset commit (every
+        # commit_interval_ms) reached it, and at-least-once hands it out once more
+        assert handled[-1] == 1 and set(handled) == {0, 1} and handled.count(1) == 1, handled
         assert await backlog_until(
             subscription, lambda b: bool(b) and not any(b.values()), "no backlog"
         )

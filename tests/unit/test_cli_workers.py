@@ -62,10 +62,12 @@ class Run:
         ]
 
     def wait(self, condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-        """Poll the collected lines until `condition()` holds (the processes' own pace)."""
+        """Poll the collected lines until `condition()` holds (the processes' own pace);
+        give up early once the output ended (every writer exited) without it."""
         deadline = time.monotonic() + timeout
         while not condition():
-            if time.monotonic() > deadline or (self.proc.poll() is not None and not condition()):
+            ended = not self._reader.is_alive()
+            if time.monotonic() > deadline or (ended and not condition()):
                 raise AssertionError(f"{what}: not seen; output:\n{''.join(self.text)[-3000:]}")
             time.sleep(0.05)
 
