@@ -1,18 +1,27 @@
-"""Event-store append (batched) and replay rates, SQLite and PostgreSQL.
+"""Event-store append (batched) and replay rates, SQLite and PostgreSQL, beside the
+`eventsourcing` library (PyPI) storing the same events with its own recorders.
 
 Append: `batch` events per `append` call (one transaction each), one stream per batch.
 Replay: `read_all` pages of 5,000 over everything appended, rows turned into StoredEvent.
+The peer: `SQLiteApplicationRecorder` / `PostgresApplicationRecorder`, `insert_events`
+of the same batches (one aggregate per batch, versions 1..100), replayed with
+`select_notifications` in pages of 5,000 (its global order). Its API is synchronous: it
+runs in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from functools import partial
+from importlib.metadata import version
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from eventbus.sourcing import EventStore, NewEvent, SqliteEventStore
 
@@ -23,6 +32,8 @@ PG_URL = os.environ.get(
 )
 BODY = b'{"order_id":"o-123456","customer_id":"c-42","email":"c42@example.com","total_cents":1999}'
 BATCH = 100
+#: the peer baseline's name in the reports
+PEER = f"eventsourcing {version('eventsourcing')}"
 
 
 @asynccontextmanager
@@ -73,6 +84,84 @@ async def measure(backend: str, events: int, which: str) -> dict[str, float]:
     return {"throughput": stored / seconds}
 
 
+def peer_measure(backend: str, events: int, which: str) -> dict[str, float]:
+    """The same batches through the `eventsourcing` library's application recorder."""
+    from eventsourcing.persistence import StoredEvent
+
+    batches = []
+    for _ in range(events // BATCH):  # one aggregate per batch, versions 1..BATCH
+        owner = uuid.uuid4()
+        batches.append(
+            [StoredEvent(owner, v + 1, "bench:OrderCreated", BODY) for v in range(BATCH)]
+        )
+    with _peer_recorder(backend) as recorder:
+        started = time.perf_counter()
+        for chunk in batches:
+            recorder.insert_events(chunk)
+        append_s = time.perf_counter() - started
+        started = time.perf_counter()
+        position, replayed = 1, 0
+        while page := recorder.select_notifications(start=position, limit=5000):
+            replayed += len(page)
+            position = page[-1].id + 1
+        replay_s = time.perf_counter() - started
+    stored = len(batches) * BATCH
+    if replayed != stored:
+        raise AssertionError(f"eventsourcing replayed {replayed} of {stored} events")
+    seconds = append_s if which == "append" else replay_s
+    return {"throughput": stored / seconds}
+
+
+def _peer_recorder(backend: str) -> AbstractContextManager[Any]:
+    return _sqlite_peer() if backend == "sqlite" else _postgres_peer()
+
+
+@contextmanager
+def _sqlite_peer() -> Iterator[Any]:
+    from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        datastore = SQLiteDatastore(f"{tmp}/peer.db")
+        recorder = SQLiteApplicationRecorder(datastore)
+        recorder.create_table()
+        try:
+            yield recorder
+        finally:
+            datastore.close()
+
+
+@contextmanager
+def _postgres_peer() -> Iterator[Any]:
+    import psycopg
+    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+    from psycopg import sql
+
+    schema = f"bench_es_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(PG_URL)
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    datastore = PostgresDatastore(
+        (parts.path or "/eventbus").lstrip("/"),
+        parts.hostname or "127.0.0.1",
+        parts.port or 5432,
+        unquote(parts.username or "eventbus"),
+        unquote(parts.password or ""),
+        schema=schema,
+    )
+    try:
+        recorder = PostgresApplicationRecorder(datastore)
+        recorder.create_table()
+        yield recorder
+    finally:
+        datastore.close()
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+async def peer_run(backend: str, events: int, which: str) -> dict[str, float]:
+    return await asyncio.to_thread(peer_measure, backend, events, which)
+
+
 def scenarios(quick: bool) -> list[Scenario]:
     n = 20_000 if quick else 200_000
     result = []
@@ -82,7 +171,10 @@ def scenarios(quick: bool) -> list[Scenario]:
                 backend,
                 "append (batched)",
                 f"append {BATCH} events per call, one transaction each",
-                {"eventbus": partial(measure, backend, n, "append")},
+                {
+                    "eventbus": partial(measure, backend, n, "append"),
+                    PEER: partial(peer_run, backend, n, "append"),
+                },
             )
         )
         result.append(
@@ -90,7 +182,10 @@ def scenarios(quick: bool) -> list[Scenario]:
                 backend,
                 "replay",
                 "read_all in pages of 5,000, in global order",
-                {"eventbus": partial(measure, backend, n, "replay")},
+                {
+                    "eventbus": partial(measure, backend, n, "replay"),
+                    PEER: partial(peer_run, backend, n, "replay"),
+                },
             )
         )
     return result
