@@ -65,6 +65,7 @@ def test_each_line_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
             writes.append(text)
             return len(text)
 
+    saved = structlog.get_config()
     monkeypatch.setattr(sys, "stderr", Recording())
     configure("json", "INFO", force=True)
     try:
@@ -72,6 +73,6 @@ def test_each_line_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
         structlog.get_logger().info("two.lines", n=2)
     finally:
         monkeypatch.undo()
-        configure("console", "INFO", force=True)
+        structlog.configure(**saved)  # as the session had it
     assert len(writes) == 2 and all(w.endswith("}\n") and w.count("\n") == 1 for w in writes)
     assert [json.loads(w)["event"] for w in writes] == ["one.line", "two.lines"]
