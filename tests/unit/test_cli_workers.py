@@ -31,7 +31,18 @@ class Run:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "eventbus", "run", APP, "--log-format", "json", *args],
+            [
+                sys.executable,
+                "-m",
+                "eventbus",
+                "run",
+                APP,
+                "--log-format",
+                "json",
+                "--log-level",
+                "INFO",
+                *args,
+            ],
             cwd=ROOT,
             env={**os.environ, "EVENTBUS_URL": "memory://", **(env or {})},
             stdout=subprocess.DEVNULL,
