@@ -83,11 +83,17 @@ def test_readiness_follows_the_broker_without_a_restart(
 
         asyncio.run(_publish(url, service.stream, "o-2"))
         wait(
-            lambda: service.metric("eventbus_handled_total", group="service") == 2,
+            lambda: any(
+                line.get("event") == "service.handled" and line.get("order_id") == "o-2"
+                for line in list(service.lines)
+            ),
             120,
             "the event published after the outage handled",
             service,
         )
+        # o-1 may have been handled again: its ack or offset commit can miss a broker
+        # that stops at once, and at-least-once hands it out once more
+        assert service.metric("eventbus_handled_total", group="service") >= 2
         assert service.stop() == 0, service.log_tail()
         assert any(line.get("event") == "bus.stopped" for line in service.lines)
     finally:
