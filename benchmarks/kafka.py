@@ -55,13 +55,13 @@ async def _windows(count: int, batch: Callable[[int], Awaitable[None]]) -> None:
         await asyncio.gather(*(batch(first) for first in starts[i : i + WINDOWS]))
 
 
-def _topic() -> str:
+def _topic(partitions: int = PARTITIONS) -> str:
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
     name = f"bench{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
-    for future in admin.create_topics([NewTopic(name, PARTITIONS, 1)]).values():
+    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
         future.result(30)
     return name
 
@@ -316,16 +316,21 @@ def scenarios(quick: bool) -> list[Scenario]:
     from .transform import scenarios as transform_scenarios
     from .workers import scenarios as worker_scenarios
 
-    return broker_scenarios(
-        "kafka",
-        {
-            "eventbus": eventbus_run,
-            RAW_KAFKA: raw_run,
-            f"{RAW_KAFKA} (CloudEvents headers)": partial(raw_run, headers="CloudEvents"),
-            f"{FASTSTREAM} {version('faststream')}": faststream_run,
-        },
-        5_000 if quick else 50_000,
-        {1_000: 1_000 if quick else 5_000, 10_000: 3_000 if quick else 20_000},
-        "produce with acks=all + idempotence, delivery confirmed",
-        "produce acks=all -> typed handler -> explicit commit, 3 partitions",
-    ) + transform_scenarios(quick) + batch_scenarios(quick) + worker_scenarios(quick)
+    return (
+        broker_scenarios(
+            "kafka",
+            {
+                "eventbus": eventbus_run,
+                RAW_KAFKA: raw_run,
+                f"{RAW_KAFKA} (CloudEvents headers)": partial(raw_run, headers="CloudEvents"),
+                f"{FASTSTREAM} {version('faststream')}": faststream_run,
+            },
+            5_000 if quick else 50_000,
+            {1_000: 1_000 if quick else 5_000, 10_000: 3_000 if quick else 20_000},
+            "produce with acks=all + idempotence, delivery confirmed",
+            "produce acks=all -> typed handler -> explicit commit, 3 partitions",
+        )
+        + transform_scenarios(quick)
+        + batch_scenarios(quick)
+        + worker_scenarios(quick)
+    )

@@ -13,28 +13,16 @@ import resource
 import signal
 import sys
 import time
-import uuid
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .core import Scenario
-from .kafka import BOOTSTRAP, _delete, _raw_produce, _raw_producer
+from .kafka import BOOTSTRAP, _delete, _raw_produce, _raw_producer, _topic
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
 GROUP = "bench-workers"
-
-
-def _topic() -> str:
-    from confluent_kafka.admin import AdminClient
-    from confluent_kafka.cimpl import NewTopic
-
-    name = f"bench{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
-    for future in admin.create_topics([NewTopic(name, PARTITIONS, 1)]).values():
-        future.result(30)
-    return name
 
 
 def _committed(topic: str) -> int:
@@ -51,7 +39,7 @@ def _committed(topic: str) -> int:
 
 
 async def workers_run(count: int, workers: int) -> dict[str, Any]:
-    topic = _topic()
+    topic = _topic(PARTITIONS)
     producer = await asyncio.to_thread(_raw_producer, topic)  # produces one record
     await asyncio.to_thread(_raw_produce, producer, topic, count - 1, None, "CloudEvents")
     env = {

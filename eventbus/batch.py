@@ -24,13 +24,13 @@ partition buffers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .context import current_context
+from .dispatch import _quiet_nack
 from .log import get_logger
 from .protocol import Delivery
 from .workers import run_sync
@@ -300,8 +300,3 @@ class BatchDispatcher:
             for task in list(self._flushes):
                 task.cancel()
             await asyncio.gather(*self._flushes, return_exceptions=True)
-
-
-async def _quiet_nack(delivery: Delivery) -> None:
-    with contextlib.suppress(Exception):
-        await delivery.nack()

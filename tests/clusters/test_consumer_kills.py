@@ -57,7 +57,7 @@ from eventbus.testing.conformance import unique
 from eventbus.testing.store_contract import until as polled
 from examples.orders.demo import client, drive, settled
 from tests.orders.conftest import free_port
-from tests.orders.support import assert_read_model_is_exact, kill, start
+from tests.orders.support import assert_read_model_is_exact, kill, start, stop_all
 from tests.sourcing.conftest import POSTGRES_DSN
 
 from . import kafka_nodes, rabbitmq_nodes
@@ -273,13 +273,7 @@ async def test_killed_order_consumers_keep_the_inbox_read_model_exact(
         await assert_read_model_is_exact(store, db, str(tmp_path))
     finally:
         await command.aclose()
-        for proc in procs.values():
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 60)
-                except TimeoutError:
-                    await kill(proc)
+        await stop_all(procs)
         with contextlib.suppress(Exception):
             await db.drop_schema()  # type: ignore[attr-defined]
         await store.close()

@@ -39,6 +39,17 @@ async def kill(proc: asyncio.subprocess.Process) -> None:
     await proc.wait()
 
 
+async def stop_all(procs: dict[str, asyncio.subprocess.Process]) -> None:
+    """SIGTERM to every service still running; SIGKILL to one not gone within 60 s."""
+    for proc in procs.values():
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 60)
+            except TimeoutError:
+                await kill(proc)
+
+
 async def expected_summaries(store: EventStore) -> dict[str, tuple[int, int]]:
     """customer -> (orders, cents spent), computed straight from the store."""
     codec = order_codec()

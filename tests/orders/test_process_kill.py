@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from eventbus.sourcing import open_store
 from examples.orders.demo import client, drive, settled
 
 from .conftest import free_port
-from .support import assert_read_model_is_exact, kill, start
+from .support import assert_read_model_is_exact, kill, start, stop_all
 
 #: four SIGKILL scenarios of about a minute each (Kafka + PostgreSQL 2.5 min): the soak
 #: suite, which CI runs after the default one
@@ -63,10 +62,4 @@ async def test_killed_relay_and_projection_processes(
     finally:
         await command.aclose()
         await store.close()
-        for proc in procs.values():
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 60)
-                except TimeoutError:
-                    await kill(proc)
+        await stop_all(procs)
