@@ -32,6 +32,9 @@ from .workload import TYPE, OrderPayload, make_event_class, payload_fields
 BOOTSTRAP = os.environ.get("EVENTBUS_BENCH_KAFKA", "127.0.0.1:9092")
 PARTITIONS = 3
 _TYPE = TYPE.encode()
+#: eventbus's `dataschema` of the workload's events (`urn:eventbus:schema:<stream>:<type>`:
+#: the stream is a per-run topic name of the same length)
+_SCHEMA = f"urn:eventbus:schema:bench{'0' * 8}:{TYPE}".encode()
 PRODUCER = {
     "bootstrap.servers": BOOTSTRAP,
     "acks": "all",
@@ -100,8 +103,9 @@ async def eventbus_run(
         async with bus:
 
             async def batch(first: int) -> None:
+                # a generator: each event can go once its message is built, as in a loop
                 await bus.publish_many(
-                    [(cls(**payload_fields(i)), f"k{i % 64}") for i in _batch(first, count)]
+                    (cls(**payload_fields(i)), f"k{i % 64}") for i in _batch(first, count)
                 )
 
             async def publish_all() -> None:
@@ -182,6 +186,7 @@ def _cloudevents_headers() -> list[tuple[str, bytes]]:
         ("ce_type", _TYPE),
         ("ce_time", now.encode()),
         ("content-type", b"application/json"),
+        ("ce_dataschema", _SCHEMA),
     ]
 
 

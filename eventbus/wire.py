@@ -53,10 +53,18 @@ class _Ids:
         rand = secrets.randbits(128)
         self.prefix = f"{rand >> 96:08x}-{(rand >> 80) & 0xFFFF:04x}-4{(rand >> 68) & 0xFFF:03x}"
         self.counter = itertools.count(rand & ((1 << 62) - 1))
+        self._head(next(self.counter))
+
+    def _head(self, n: int) -> None:
+        """The fixed part of the ids up to the next change of the counter's high bits."""
+        self.head = "%s-%04x-" % (self.prefix, 0x8000 | ((n >> 48) & 0x3FFF))  # noqa: UP031
+        self.limit = (n | _LOW48) + 1
 
     def __call__(self) -> str:
         n = next(self.counter)
-        return "%s-%04x-%012x" % (self.prefix, 0x8000 | ((n >> 48) & 0x3FFF), n & _LOW48)  # noqa: UP031
+        if n >= self.limit:  # once per 2**48 ids
+            self._head(n)
+        return f"{self.head}{n & _LOW48:012x}"
 
 
 new_id = _Ids()
@@ -103,21 +111,41 @@ def parse_attempt(value: Any) -> int:
 # --- Kafka -----------------------------------------------------------------------------
 
 
-_KAFKA_NAMES: dict[str, str] = {"datacontenttype": KAFKA_CONTENT_TYPE}
+_KAFKA_NAMES: dict[str, str] = {
+    **{
+        name: KAFKA_PREFIX + name
+        for name in (
+            "id", "source", "specversion", "type", "time", "dataschema", "correlationid",
+            "causationid",
+        )
+    },
+    "datacontenttype": KAFKA_CONTENT_TYPE,
+}
 
 
 def _kafka_name(attribute: str) -> str:
-    name = _KAFKA_NAMES[attribute] = KAFKA_PREFIX + attribute
+    name = _KAFKA_NAMES.get(attribute)
+    if name is None:
+        name = KAFKA_PREFIX + attribute
+        if len(_KAFKA_NAMES) < 4096:  # extension names are the users'; never grow unbounded
+            _KAFKA_NAMES[attribute] = name
     return name
 
 
 def to_kafka_headers(attributes: Mapping[str, str], attempt: int = 1) -> list[tuple[str, bytes]]:
     names = _KAFKA_NAMES
-    headers = [
-        (names.get(name) or _kafka_name(name), value.encode())
-        for name, value in attributes.items()
-        if name != "partitionkey"  # the record key carries it (the SDK reads it from there)
-    ]
+    try:  # runs per published record: the attribute names are almost always known
+        headers = [
+            (names[name], value.encode())
+            for name, value in attributes.items()
+            if name != "partitionkey"  # the record key carries it (the SDK reads it there)
+        ]
+    except KeyError:
+        headers = [
+            (_kafka_name(name), value.encode())
+            for name, value in attributes.items()
+            if name != "partitionkey"
+        ]
     if attempt > 1:
         headers.append((ATTEMPT_HEADER, str(attempt).encode()))
     return headers

@@ -180,10 +180,10 @@ class KafkaBroker:
     async def publish_many(self, messages: Sequence[Message]) -> None:
         streams = sorted({m.stream for m in messages})
         waiters = self._topic_waiters
-        records = [record_of(m) for m in messages]
         if all(s in self.topics.known and s not in waiters for s in streams):
-            await self.producer.send_many(records)
+            await self.producer.send_messages(messages)
         else:
+            records = [record_of(m) for m in messages]
             await (await self._publish_in_order(streams, records))
 
     async def _publish_in_order(

@@ -470,21 +470,21 @@ class KafkaConsumer:
                     topic, partition, origin_offset = stream, part.partition, offset
                 if not attributes.get("id"):  # id-less: one stable id from its position
                     attributes["id"] = derived_id("kafka", topic, partition, origin_offset)
-                delivery = KafkaDelivery(
+                delivery = KafkaDelivery(  # positional: this runs once per record
                     self,
                     part,
                     offset,
                     raw_key,
                     raw_headers,
-                    stream=stream,
-                    body=message.value() or b"",
-                    attributes=attributes,
-                    key=attributes.get("partitionkey") if raw_key is not None else None,
-                    attempt=attempt,
-                    partition=partition,
-                    offset=origin_offset,
-                    defect=defect,
-                    epoch=epoch,
+                    stream,
+                    message.value() or b"",
+                    attributes,
+                    attributes.get("partitionkey") if raw_key is not None else None,
+                    attempt,
+                    partition,
+                    origin_offset,
+                    defect,
+                    epoch,
                 )
             except Exception as exc:  # never die of a record: it is bad input
                 defects.clear()

@@ -119,15 +119,49 @@ def _failure(configs: ClientConfigs, record: Record, error: Any) -> PublishError
     )
 
 
-class _Batch:
-    """Delivery reports of several records, resolved as one future."""
+def _reported(configs: ClientConfigs, err: Any, msg: Message) -> PublishError:
+    """The failure of a delivery report, described from the record librdkafka reports
+    (no Python object is kept per record in flight: fewer survivors for the GC to scan)."""
+    headers: Headers = []
+    with contextlib.suppress(Exception):  # names that are not UTF-8 cannot be ours
+        raw = msg.headers() or []
+        headers = list(raw.items()) if isinstance(raw, dict) else list(raw)
+    label = ""
+    for name, value in headers:
+        if name == "ce_id" and value is not None:
+            label = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            break
+    key = msg.key()
+    record = Record(
+        msg.topic() or "?",
+        msg.value() or b"",
+        key.encode() if isinstance(key, str) else key,
+        headers,
+        label,
+    )
+    return _failure(configs, record, err)
 
-    __slots__ = ("error", "future", "remaining")
 
-    def __init__(self, future: asyncio.Future[None], count: int) -> None:
+class _Reports:
+    """The delivery reports of one or several records, resolved as one future: the
+    `on_delivery` callback of each of them (one object per call, none per record)."""
+
+    __slots__ = ("error", "future", "owner", "remaining")
+
+    def __init__(self, owner: AsyncProducer, future: asyncio.Future[None], count: int) -> None:
+        self.owner = owner
         self.future = future
         self.remaining = count
         self.error: PublishError | None = None
+
+    def __call__(self, err: Any, msg: Message) -> None:
+        if err is not None and self.error is None:
+            self.error = _reported(self.owner.configs, err, msg)
+        self.remaining -= 1
+        if not self.remaining:
+            owner = self.owner
+            with owner._done_lock:
+                owner._done.append((self.future, self.error))
 
 
 class AsyncProducer:
@@ -181,21 +215,6 @@ class AsyncProducer:
             with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
                 self._loop.call_soon_threadsafe(_resolve, done)
 
-    def _on_one(
-        self, future: asyncio.Future[None], record: Record, err: Any, _msg: Message
-    ) -> None:
-        failure = _failure(self.configs, record, err) if err is not None else None
-        with self._done_lock:
-            self._done.append((future, failure))
-
-    def _on_batch(self, batch: _Batch, record: Record, err: Any, _msg: Message) -> None:
-        if err is not None and batch.error is None:
-            batch.error = _failure(self.configs, record, err)
-        batch.remaining -= 1
-        if not batch.remaining:
-            with self._done_lock:
-                self._done.append((batch.future, batch.error))
-
     def _try_produce(self, record: Record, callback: Any) -> bool:
         """Hand one record to librdkafka; False if its local queue is full."""
         try:
@@ -217,7 +236,7 @@ class AsyncProducer:
     async def send(self, record: Record) -> None:
         """Produce one record; return once it is stored (raise PublishError otherwise)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._produce(record, partial(self._on_one, future, record))
+        await self._produce(record, _Reports(self, future, 1))
         await future
 
     async def submit(self, record: Record) -> asyncio.Future[None]:
@@ -225,7 +244,7 @@ class AsyncProducer:
         retrieved even if nobody awaits it)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        await self._produce(record, partial(self._on_one, future, record))
+        await self._produce(record, _Reports(self, future, 1))
         return future
 
     async def send_many(self, records: Sequence[Record]) -> None:
@@ -238,13 +257,37 @@ class AsyncProducer:
         if not records:
             future.set_result(None)
             return future
-        batch = _Batch(future, len(records))
-        on_batch = self._on_batch
+        reports = _Reports(self, future, len(records))
+        try_produce = self._try_produce
         for record in records:  # no coroutine per record: the loop is yielded only when full
-            callback = partial(on_batch, batch, record)
-            if not self._try_produce(record, callback):
-                await self._produce(record, callback)
+            if not try_produce(record, reports):
+                await self._produce(record, reports)
         return future
+
+    async def send_messages(self, messages: Sequence[EventMessage]) -> None:
+        """Produce the records of `messages` (the publish path), then wait for all reports;
+        the first failure is raised. Each record's headers are made just before it is
+        produced; no Python object per record stays alive while it is in flight."""
+        if not messages:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        reports = _Reports(self, future, len(messages))
+        produce = self.producer.produce
+        for message in messages:  # no coroutine per record: the loop is yielded only when full
+            try:
+                produce(
+                    message.stream,
+                    message.body,
+                    message.key,
+                    headers=to_kafka_headers(message.attributes, message.attempt),  # type: ignore[arg-type]
+                    on_delivery=reports,
+                )
+            except BufferError:
+                await self._produce(record_of(message), reports)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else exc
+                raise _failure(self.configs, record_of(message), error) from None
+        await future
 
     async def close(self, timeout: float = 30.0) -> None:
         """Wait for outstanding reports (up to `timeout`), then stop the poll thread."""
