@@ -217,7 +217,10 @@ class KafkaConsumer:
         self._types = spec.types
         self._patterns = spec.patterns
         # shared state
-        self._lock = threading.Condition()
+        #: guards the shared state; the hot paths (per record) take the plain lock, which
+        #: is the condition's own (a `Condition`'s `with` is a Python-level call)
+        self._mutex = threading.Lock()
+        self._lock = threading.Condition(self._mutex)
         self._parts: dict[tuple[str, int], PartitionState] = {}
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._halted = False  # kernel called pause(): start nothing new
@@ -421,7 +424,7 @@ class KafkaConsumer:
     async def _pump(self) -> None:
         ready = self._ready
         wake = self._wake
-        lock = self._lock
+        lock = self._mutex
         types = self._types
         patterns = self._patterns
         stream = self.spec.stream
@@ -530,7 +533,7 @@ class KafkaConsumer:
         Exactly-once: `staged` are the records that settle it, committed with its offset.
         A delivery of an older epoch (its partition was rewound since) settles nothing:
         its record runs again."""
-        with self._lock:
+        with self._mutex:
             current = epoch == part.epoch
             if finished and current:
                 if staged and not part.revoked:
@@ -608,7 +611,7 @@ class KafkaConsumer:
         batch: list[tuple[PartitionState, int, Message]] = []
         errors = []
         now_ms = time.time() * 1000
-        with self._lock:
+        with self._mutex:
             parts = self._parts
             share = self._share
             for message in messages:
