@@ -10,6 +10,14 @@ the new consumer already has: per-key order broken.)
 `release()` is the graceful hand-over: stop passing deliveries on (the consumer checks
 `releasing`), wait until every delivery already passed to the kernel is settled, then
 close the channel.
+
+Acks are coalesced: an ack is written at the end of the loop turn in which it was made,
+together with the acks made in the same turn. A run of acked messages that have no
+unsettled message below them on the channel goes as one `basic.ack(multiple=True)` (a
+batch handler's items, for one); any other ack goes alone. A multiple ack never covers
+a message the channel delivered and nobody acked (one held for the channel's close, one
+being rejected): every delivered tag is recorded as it arrives, and a rejected one is
+forgotten only once its reject is written. Closing the channel writes pending acks first.
 """
 
 from __future__ import annotations
@@ -17,11 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from .link import LOST, Link, _describe
+
+if TYPE_CHECKING:
+    from .delivery import RabbitMQDelivery
 
 Sink = Callable[["Attachment", DeliveredMessage], None]
 
@@ -41,6 +52,12 @@ class Attachment:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        #: every tag the channel delivered and that is not acked or rejected yet, in
+        #: delivery order: None while unsettled, the delivery once acked (ack not written)
+        self._tags: dict[int, RabbitMQDelivery | None] = {}
+        #: acks made and not written yet
+        self._pending = 0
+        self._flusher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"Attachment({self.queue!r}, inflight={self._inflight}, live={self.is_live})"
@@ -56,6 +73,7 @@ class Attachment:
         attachment = cls(queue, aio_channel, channel, generation)
 
         async def on_message(message: DeliveredMessage) -> None:
+            attachment._tags[int(message.delivery.delivery_tag or 0)] = None  # type: ignore[union-attr]
             sink(attachment, message)
 
         try:
@@ -106,6 +124,69 @@ class Attachment:
         if not self._inflight:
             self._idle.set()
 
+    # --- acks ---------------------------------------------------------------------------
+
+    def ack(self, tag: int, delivery: RabbitMQDelivery) -> None:
+        """Ack `tag` at the end of this loop turn (with the other acks of the turn)."""
+        if tag in self._tags:
+            self._tags[tag] = delivery
+            self._pending += 1
+            self._schedule()
+
+    def forget(self, tag: int) -> None:
+        """`tag` was rejected (its reject is written): acks above it may now go as one."""
+        if tag in self._tags:
+            del self._tags[tag]
+            if self._pending:
+                self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            leading: list[tuple[int, RabbitMQDelivery]] = []
+            alone: list[tuple[int, RabbitMQDelivery]] = []
+            blocked = False
+            for tag, delivery in self._tags.items():
+                if delivery is None:
+                    blocked = True
+                else:
+                    (alone if blocked else leading).append((tag, delivery))
+            for tag, _ in leading:
+                del self._tags[tag]
+            for tag, _ in alone:
+                del self._tags[tag]
+            self._pending = 0
+            if leading:
+                await self._write_ack(leading[-1][0], len(leading) > 1, leading)
+            for tag, delivery in alone:
+                await self._write_ack(tag, False, [(tag, delivery)])
+
+    async def _write_ack(
+        self, tag: int, multiple: bool, acked: list[tuple[int, RabbitMQDelivery]]
+    ) -> None:
+        delivery = acked[-1][1]
+        try:
+            written = not self.channel.is_closed and await delivery.write(
+                self.channel.basic_ack, tag, multiple=multiple
+            )
+        except LOST:
+            written = False
+        if not written:  # the broker redelivers them
+            for _, each in acked:
+                each.dropped("ack")
+
+    async def flush(self) -> None:
+        """Write the acks made so far (before the channel closes)."""
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(flusher)
+        with contextlib.suppress(Exception):
+            await self._flush()
+
     # --- leaving -----------------------------------------------------------------------
 
     async def release(self) -> None:
@@ -131,5 +212,6 @@ class Attachment:
         """Close the channel: the broker takes back every unacknowledged message (acks
         written before travel first: frames of a connection keep their order)."""
         if self.is_live:
+            await self.flush()
             with contextlib.suppress(*LOST):
                 await self._aio_channel.close()

@@ -154,20 +154,19 @@ class RabbitMQDelivery(Delivery):
             self._attachment.settled()
 
     async def ack(self) -> None:
+        """Coalesced with the other acks of this loop turn (see `attachment`)."""
         try:
-            channel = self._message.channel
-            if channel.is_closed:
-                self._consumer.dropped("ack", self)
-                return
-            try:
-                if not await self._write(channel.basic_ack, self._tag):
-                    self._consumer.dropped("ack", self)
-            except LOST:
-                self._consumer.dropped("ack", self)
+            if self._message.channel.is_closed:
+                self.dropped("ack")
+            elif self._open:
+                self._attachment.ack(self._tag, self)
         finally:
             self._settled()
 
-    async def _write(self, method: Any, tag: int, **options: Any) -> bool:
+    def dropped(self, what: str) -> None:
+        self._consumer.dropped(what, self)
+
+    async def write(self, method: Any, tag: int, **options: Any) -> bool:
         """Send an ack or reject (without waiting for the socket). -> False if the
         connection was lost first. aiormq queues frames in a small bounded queue: when it
         is full, this waits for room, and only the connection's loss ends a wait on a
@@ -200,7 +199,8 @@ class RabbitMQDelivery(Delivery):
             if channel.is_closed or self._consumer.returns_on_close:
                 return
             with contextlib.suppress(*LOST):
-                await self._write(channel.basic_reject, self._tag, requeue=True)
+                await self.write(channel.basic_reject, self._tag, requeue=True)
+            self._attachment.forget(self._tag)  # written: acks above it may go as one
         finally:
             self._settled()
 
