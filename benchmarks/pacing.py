@@ -93,21 +93,28 @@ def broker_scenarios(
     latency_counts: dict[int, int],
     publish_description: str,
     e2e_description: str,
+    variant: str = "",
 ) -> list[Scenario]:
-    """publish, end-to-end and latency-at-rate scenarios of one broker."""
+    """publish, end-to-end and latency-at-rate scenarios of one broker; a `variant`
+    ("(classic queue)") is appended to their names."""
 
     def runners(count: int, rate: float | None, consume: bool) -> dict[str, Runner]:
         return {name: partial(fn, count, rate, consume) for name, fn in impls.items()}
 
+    suffix = f" {variant}" if variant else ""
     result = [
-        Scenario(broker, "publish", publish_description, runners(throughput_count, None, False)),
-        Scenario(broker, "end-to-end", e2e_description, runners(throughput_count, None, True)),
+        Scenario(
+            broker, f"publish{suffix}", publish_description, runners(throughput_count, None, False)
+        ),
+        Scenario(
+            broker, f"end-to-end{suffix}", e2e_description, runners(throughput_count, None, True)
+        ),
     ]
     for rate, count in latency_counts.items():
         result.append(
             Scenario(
                 broker,
-                f"latency@{rate // 1000}k/s",
+                f"latency@{rate // 1000}k/s{suffix}",
                 f"publish -> handler latency at {rate} events/s",
                 runners(count, rate, True),
                 metric="p99_ms",

@@ -2,7 +2,8 @@
 
 Every implementation publishes persistent messages with publisher confirms to a durable
 topic exchange, consumes from a durable quorum queue with prefetch 200 and acks after the
-typed handler returned.
+typed handler returned. The same scenarios run again on a classic queue, which does not
+replicate or fsync each message: there the client, not the broker, is the bottleneck.
 
 No `from __future__ import annotations`: handlers are annotated with per-run event classes.
 """
@@ -11,6 +12,8 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib.metadata import version
 from typing import Any
 
@@ -18,12 +21,13 @@ from eventbus import Context, EventBus
 
 from .core import Scenario
 from .pacing import broker_scenarios, drive
-from .targets import FASTSTREAM, RAW_RABBIT
+from .targets import CLASSIC, FASTSTREAM, RAW_RABBIT
 from .workload import TYPE, OrderPayload, make_event_class, payload_fields
 
 URL = os.environ.get("EVENTBUS_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 PREFETCH = 200
 WINDOW = 256  # outstanding confirms / publish batch, for every implementation
+Impl = Callable[[int, float | None, bool], Awaitable[dict[str, float]]]
 
 
 def _names() -> tuple[str, str]:
@@ -46,7 +50,7 @@ async def _delete(stream: str, queue: str) -> None:
 
 
 async def eventbus_run(
-    count: int, rate: float | None, consume: bool, **options: Any
+    count: int, rate: float | None, consume: bool, queue_type: str = "quorum", **options: Any
 ) -> dict[str, float]:
     """`options`: more EventBus arguments (the telemetry variants)."""
     stream, queue = _names()
@@ -54,7 +58,7 @@ async def eventbus_run(
     bus = EventBus(URL, prefetch=PREFETCH, **options)
     latencies: list[int] = []
 
-    @bus.subscribe(group="bench")
+    @bus.subscribe(group="bench", queue_type=queue_type)
     async def handle(event: cls, ctx: Context) -> None:  # type: ignore[valid-type]
         latencies.append(time.perf_counter_ns() - event.sent_ns)  # type: ignore[attr-defined]
 
@@ -77,7 +81,9 @@ async def eventbus_run(
 # --- raw aio-pika ----------------------------------------------------------------------------
 
 
-async def raw_run(count: int, rate: float | None, consume: bool) -> dict[str, float]:
+async def raw_run(
+    count: int, rate: float | None, consume: bool, queue_type: str = "quorum"
+) -> dict[str, float]:
     import aio_pika
 
     stream, queue_name = _names()
@@ -91,7 +97,7 @@ async def raw_run(count: int, rate: float | None, consume: bool) -> dict[str, fl
         consume_channel = await connection.channel()
         await consume_channel.set_qos(prefetch_count=PREFETCH)
         queue = await consume_channel.declare_queue(
-            queue_name, durable=True, arguments={"x-queue-type": "quorum"}
+            queue_name, durable=True, arguments={"x-queue-type": queue_type}
         )
         await queue.bind(stream, TYPE)
 
@@ -127,7 +133,9 @@ async def raw_run(count: int, rate: float | None, consume: bool) -> dict[str, fl
 # --- FastStream ------------------------------------------------------------------------------
 
 
-async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[str, float]:
+async def faststream_run(
+    count: int, rate: float | None, consume: bool, queue_type: str = "quorum"
+) -> dict[str, float]:
     from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 
     stream, queue_name = _names()
@@ -135,7 +143,7 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
     broker = RabbitBroker(URL, logger=None)
     exchange = RabbitExchange(stream, type=ExchangeType.TOPIC, durable=True)
     queue = RabbitQueue(  # type: ignore[call-overload]  # FastStream's overloads want queue_type
-        queue_name, durable=True, routing_key=TYPE, arguments={"x-queue-type": "quorum"}
+        queue_name, durable=True, routing_key=TYPE, arguments={"x-queue-type": queue_type}
     )
 
     @broker.subscriber(queue, exchange)
@@ -164,15 +172,33 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
 
 
 def scenarios(quick: bool) -> list[Scenario]:
-    return broker_scenarios(
-        "rabbitmq",
-        {
-            "eventbus": eventbus_run,
-            RAW_RABBIT: raw_run,
-            f"{FASTSTREAM} {version('faststream')}": faststream_run,
-        },
-        2_000 if quick else 20_000,
-        {1_000: 1_000 if quick else 5_000, 10_000: 3_000 if quick else 20_000},
-        "persistent publish with confirms (window 256)",
-        "publish with confirms -> typed handler -> ack, quorum queue, prefetch 200",
-    )
+    count = 2_000 if quick else 20_000
+    impls: dict[str, Impl] = {
+        "eventbus": eventbus_run,
+        RAW_RABBIT: raw_run,
+        f"{FASTSTREAM} {version('faststream')}": faststream_run,
+    }
+    classic: dict[str, Impl] = {
+        "eventbus": partial(eventbus_run, queue_type="classic"),
+        RAW_RABBIT: partial(raw_run, queue_type="classic"),
+        f"{FASTSTREAM} {version('faststream')}": partial(faststream_run, queue_type="classic"),
+    }
+    return [
+        *broker_scenarios(
+            "rabbitmq",
+            impls,
+            count,
+            {1_000: 1_000 if quick else 5_000, 10_000: 3_000 if quick else 20_000},
+            "persistent publish with confirms (window 256)",
+            "publish with confirms -> typed handler -> ack, quorum queue, prefetch 200",
+        ),
+        *broker_scenarios(
+            "rabbitmq",
+            classic,
+            count,
+            {},
+            "persistent publish with confirms (window 256), classic queue",
+            "publish with confirms -> typed handler -> ack, classic queue, prefetch 200",
+            variant=CLASSIC,
+        ),
+    ]

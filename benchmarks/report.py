@@ -130,7 +130,7 @@ def to_markdown(outcomes: list[Outcome], mode: str, info: dict[str, Any] | None 
                 + (f"{ratio:.2f}x" if ratio is not None else "")
                 + " |"
             )
-    lines += ["", "| DESIGN §7 target | measured | met |", "|---|---|---|"]
+    lines += ["", "| target (DESIGN §7, issue #13) | measured | met |", "|---|---|---|"]
     for row in evaluate(outcomes):
         value = row["value"]
         shown = "-" if value is None else f"{value:,.2f}"
