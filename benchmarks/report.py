@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .core import Outcome, Scenario
-from .targets import evaluate
+from .targets import CPU, evaluate
 
 
 def _version(package: str) -> str:
@@ -147,23 +147,14 @@ def charts(outcomes: list[Outcome], directory: Path) -> list[Path]:
 
     written: list[Path] = []
     throughput = [o for o in outcomes if o.scenario.metric == "throughput" and o.samples]
-    if throughput:
-        fig, axes = _grid(plt, len(throughput))
-        for ax, o in zip(axes, throughput, strict=False):
-            impls = list(o.samples)
-            values = [o.median(i) or 0 for i in impls]
-            lows = [v - (o.spread(i) or (v, v))[0] for v, i in zip(values, impls, strict=True)]
-            highs = [(o.spread(i) or (v, v))[1] - v for v, i in zip(values, impls, strict=True)]
-            colors = ["#2a6fdb" if i == "eventbus" else "#9aa5b1" for i in impls]
-            ax.bar(range(len(impls)), values, yerr=[lows, highs], color=colors, capsize=4)
-            ax.set_xticks(range(len(impls)), impls, rotation=20, ha="right", fontsize=8)
-            ax.set_title(f"{o.scenario.broker}: {o.scenario.name}", fontsize=9)
-            ax.set_ylabel("events/s")
-        fig.tight_layout()
-        path = directory / "throughput.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+    # what a busy machine barely moves: the client's CPU time per event, beside throughput
+    cpu = [o for o in throughput if any(CPU in m for m in o.samples.values())]
+    for chosen, metric, unit, name in (
+        (throughput, "throughput", "events/s", "throughput.png"),
+        (cpu, CPU, "client CPU, µs/event (lower is better)", "cpu.png"),
+    ):
+        if chosen:
+            written.append(_bars(plt, chosen, metric, unit, directory / name))
     latency = [o for o in outcomes if o.scenario.metric == "p99_ms" and o.samples]
     if latency:
         fig, axes = _grid(plt, len(latency))
@@ -188,6 +179,27 @@ def charts(outcomes: list[Outcome], directory: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _bars(plt: Any, outcomes: list[Outcome], metric: str, unit: str, path: Path) -> Path:
+    """One bar chart per scenario: the median of `metric` per implementation, with its
+    spread over the repetitions."""
+    fig, axes = _grid(plt, len(outcomes))
+    for ax, o in zip(axes, outcomes, strict=False):
+        impls = [i for i in o.samples if o.median(i, metric) is not None]
+        values = [o.median(i, metric) or 0 for i in impls]
+        spreads = [o.spread(i, metric) or (v, v) for v, i in zip(values, impls, strict=True)]
+        lows = [v - low for v, (low, _) in zip(values, spreads, strict=True)]
+        highs = [high - v for v, (_, high) in zip(values, spreads, strict=True)]
+        colors = ["#2a6fdb" if i == "eventbus" else "#9aa5b1" for i in impls]
+        ax.bar(range(len(impls)), values, yerr=[lows, highs], color=colors, capsize=4)
+        ax.set_xticks(range(len(impls)), impls, rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{o.scenario.broker}: {o.scenario.name}", fontsize=9)
+        ax.set_ylabel(unit)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _grid(plt: Any, count: int) -> tuple[Any, list[Any]]:
