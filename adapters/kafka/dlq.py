@@ -56,7 +56,7 @@ from .names import (
     replay_group,
     replay_topic,
 )
-from .producer import Headers, Record
+from .producer import Headers, Record, release
 from .records import headers_of
 from .settings import ClientConfigs, MiB, config_error
 
@@ -417,4 +417,4 @@ class DeadLetterWriter:
                 self._producer.poll(0.05)
 
     def close(self) -> None:
-        self._producer.flush(self.timeout)
+        release(self._producer, self.timeout)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -146,17 +147,29 @@ class _Reports:
     """The delivery reports of one or several records, resolved as one future: the
     `on_delivery` callback of each of them (one object per call, none per record)."""
 
-    __slots__ = ("error", "future", "owner", "remaining")
+    __slots__ = ("error", "future", "owner", "record", "remaining")
 
-    def __init__(self, owner: AsyncProducer, future: asyncio.Future[None], count: int) -> None:
+    def __init__(
+        self,
+        owner: AsyncProducer,
+        future: asyncio.Future[None],
+        count: int,
+        record: Record | None = None,
+    ) -> None:
         self.owner = owner
         self.future = future
         self.remaining = count
+        #: the one record reported (a single send): what a failure describes
+        self.record = record
         self.error: PublishError | None = None
 
     def __call__(self, err: Any, msg: Message) -> None:
         if err is not None and self.error is None:
-            self.error = _reported(self.owner.configs, err, msg)
+            configs, record = self.owner.configs, self.record
+            if record is not None:
+                self.error = _failure(configs, record, err)
+            else:
+                self.error = _reported(configs, err, msg)
         self.remaining -= 1
         if not self.remaining:
             owner = self.owner
@@ -236,7 +249,7 @@ class AsyncProducer:
     async def send(self, record: Record) -> None:
         """Produce one record; return once it is stored (raise PublishError otherwise)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._produce(record, _Reports(self, future, 1))
+        await self._produce(record, _Reports(self, future, 1, record))
         await future
 
     async def submit(self, record: Record) -> asyncio.Future[None]:
@@ -244,7 +257,7 @@ class AsyncProducer:
         retrieved even if nobody awaits it)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        await self._produce(record, _Reports(self, future, 1))
+        await self._produce(record, _Reports(self, future, 1, record))
         return future
 
     async def send_many(self, records: Sequence[Record]) -> None:
@@ -297,8 +310,8 @@ class AsyncProducer:
         self._stop.set()  # one thread serves reports at a time: stop polling, then flush
         if thread is not None:
             await asyncio.to_thread(thread.join)
-        await asyncio.to_thread(_flush, producer, timeout)
-        self._hand_over()
+        await asyncio.to_thread(release, producer, timeout)
+        self._hand_over()  # records purged by `release` fail their publishes
         self.link.closed = True
         self._producer = None
         self._thread = None
@@ -366,8 +379,27 @@ class SyncProducer:
 
     def close(self, timeout: float = 30.0) -> None:
         if self._producer is not None:
-            self._producer.flush(timeout)
+            release(self._producer, timeout)
             self._producer = None
+
+
+def release(producer: Producer, timeout: float = 0.0) -> None:
+    """Wait up to `timeout` for outstanding delivery reports, then let go of librdkafka's
+    handle now, not whenever the GC gets to the object (until then it keeps connecting to
+    its brokers, and logging that it cannot): what is still queued is purged (its
+    delivery reports say so), then the handle is closed."""
+    if timeout > 0:
+        _flush(producer, timeout)
+    with contextlib.suppress(Exception):
+        producer.purge()
+    _flush(producer, 0)  # serves the reports of the purged records
+    close = getattr(producer, "close", None)  # recent confluent-kafka; older: at GC
+    if close is not None:
+        # a fenced transactional producer cannot abort its transaction: confluent-kafka
+        # warns so; the fence itself was reported when it happened
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            close()
 
 
 def _flush(producer: Producer, timeout: float) -> None:

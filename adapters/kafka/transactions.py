@@ -28,7 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from eventbus.toolkit import get_logger
 
-from .producer import Record, client_error
+from .producer import Record, client_error, release
 from .settings import ClientConfigs, config_error
 
 _log = get_logger()
@@ -182,8 +182,7 @@ class TransactionalProducer:
 
     def close(self) -> None:
         """Nothing is pending outside a transaction; drop what a failed one left."""
-        self.producer.purge()
-        self.producer.flush(0)
+        release(self.producer)
 
     def _text(self, exc: BaseException) -> str:
         return self.configs.scrub(str(exc))

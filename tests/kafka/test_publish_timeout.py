@@ -54,3 +54,21 @@ async def test_a_failing_callback_does_not_stop_the_producer(
             await asyncio.wait_for(producer.send(Record("t", b"{}", b"k", [], "e-1")), 30)
     finally:
         await producer.close(timeout=1)
+
+
+async def test_closing_fails_the_publishes_still_waiting() -> None:
+    """A producer closed while a record waits for a broker that never answers: the record
+    is purged, its publish raises PublishError at once (not after `publish_timeout`), and
+    librdkafka's handle is closed (it stops connecting to the dead address)."""
+    configs = ClientConfigs(
+        parse_url("kafka://127.0.0.1:9"), load_kafka_settings({"publish_timeout": 120.0})
+    )
+    producer = AsyncProducer(configs)
+    producer.start()
+    sending = asyncio.ensure_future(producer.send(Record("t", b"{}", b"k", [], "e-1")))
+    await asyncio.sleep(0)  # the record is handed to librdkafka
+    started = time.monotonic()
+    await producer.close(timeout=0.2)
+    with pytest.raises(PublishError, match="e-1"):
+        await asyncio.wait_for(sending, 10)
+    assert time.monotonic() - started < 10
