@@ -87,11 +87,16 @@ _BATCH = 500
 _IDLE_WAIT = 0.1
 _QUIET_ERRORS = (KafkaError._PARTITION_EOF,)
 #: a commit refused while the group rebalances (the next one, or the revoke's, retries it)
+#: a commit refused for a passing reason (a rebalance, the group coordinator moving to
+#: another broker): the next interval's commit carries the same offsets; logged at info
 _REBALANCING = (
     KafkaError.ILLEGAL_GENERATION,
     KafkaError.REBALANCE_IN_PROGRESS,
     KafkaError.UNKNOWN_MEMBER_ID,
     KafkaError._WAIT_COORD,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
 )
 
 
@@ -721,7 +726,12 @@ class KafkaConsumer:
                 return
             result = consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            self._log.warning("kafka.commit_failed", error=self.configs.scrub(str(exc)))
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError):
+                if error.code() != KafkaError._NO_OFFSET:  # nothing new to commit
+                    self._commit_refused(str(error), error.code())
+            else:
+                self._log.warning("kafka.commit_failed", error=self.configs.scrub(str(exc)))
             return
         self._record_commits(None, result or [])
 
