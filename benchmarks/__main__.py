@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print("written: " + ", ".join(str(p) for p in paths.values()))
         return 0
-    repetitions = args.repetitions or (1 if args.quick else 3)
+    repetitions = args.repetitions or (1 if args.quick else 5)
     # the failure scenario fails thousands of times on purpose: one log line each would
     # flood the output (and measure the terminal); warnings and below are off here
     configure_logging("console", "ERROR", force=True)
