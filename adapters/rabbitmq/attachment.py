@@ -29,12 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
+from eventbus.toolkit import get_logger
+
 from .link import LOST, Link, _describe
 
 if TYPE_CHECKING:
     from .delivery import RabbitMQDelivery
 
 Sink = Callable[["Attachment", DeliveredMessage], None]
+_log = get_logger()
 
 
 class Attachment:
@@ -57,6 +60,8 @@ class Attachment:
         self._tags: dict[int, RabbitMQDelivery | None] = {}
         #: acks made and not written yet
         self._pending = 0
+        #: acked tags that were not recorded arriving (written alone)
+        self._loose: list[tuple[int, RabbitMQDelivery]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -130,8 +135,10 @@ class Attachment:
         """Ack `tag` at the end of this loop turn (with the other acks of the turn)."""
         if tag in self._tags:
             self._tags[tag] = delivery
-            self._pending += 1
-            self._schedule()
+        else:  # not seen arriving (never expected): acked alone, never in a multiple ack
+            self._loose.append((tag, delivery))
+        self._pending += 1
+        self._schedule()
 
     def forget(self, tag: int) -> None:
         """`tag` was rejected (its reject is written): acks above it may now go as one."""
@@ -158,6 +165,8 @@ class Attachment:
                 del self._tags[tag]
             for tag, _ in alone:
                 del self._tags[tag]
+            alone += self._loose
+            self._loose = []
             self._pending = 0
             if leading:
                 await self._write_ack(leading[-1][0], len(leading) > 1, leading)
@@ -173,6 +182,9 @@ class Attachment:
                 self.channel.basic_ack, tag, multiple=multiple
             )
         except LOST:
+            written = False
+        except Exception as exc:  # never lose the acks behind it to a surprise
+            _log.warning("rabbitmq.ack_failed", error=repr(exc)[:300])
             written = False
         if not written:  # the broker redelivers them
             for _, each in acked:
