@@ -29,7 +29,8 @@ for run in $(seq 1 "$runs"); do
   log=".stress/run-$run.log"
   started=$(date +%s)
   if .venv/bin/pytest "$@" >"$log" 2>&1; then
-    echo "run $run of $runs: passed in $(( $(date +%s) - started )) s ($(tail -1 "$log"))"
+    summary=$(grep -E '^=+ .*(passed|failed)' "$log" | tail -1)
+    echo "run $run of $runs: passed in $(( $(date +%s) - started )) s (${summary:-$(tail -1 "$log")})"
   else
     echo "run $run of $runs: FAILED after $(( $(date +%s) - started )) s, see $log:"
     grep -E "^(FAILED|ERROR) " "$log" | head -20
