@@ -55,14 +55,8 @@ class Dispatcher:
         if self._closing:
             await _quiet_nack(delivery)
             return
-        if not self._lanes:  # one at a time: `_counted`, inline (it runs per delivery)
-            self._inflight += 1
-            try:
-                await self._process(delivery)
-            finally:
-                self._inflight -= 1
-                if not self._inflight and self._closing:
-                    self._idle.set()
+        if not self._lanes:
+            await self._counted(delivery)
             return
         key = delivery.key
         if key is None:
