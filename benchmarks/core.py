@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,10 +162,10 @@ async def run_scenarios(
     return outcomes
 
 
-def percentiles(latencies_ns: list[int]) -> dict[str, float]:
-    if not latencies_ns:
-        return {}
+def percentiles(latencies_ns: Iterable[int]) -> dict[str, float]:
     ordered = sorted(latencies_ns)
+    if not ordered:
+        return {}
 
     def pct(p: float) -> float:
         index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))
@@ -174,11 +174,13 @@ def percentiles(latencies_ns: list[int]) -> dict[str, float]:
     return {"p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "max_ms": ordered[-1] / 1e6}
 
 
-def metrics_of(count: int, seconds: float, latencies_ns: list[int] | None = None) -> dict[str, Any]:
+def metrics_of(
+    count: int, seconds: float, latencies_ns: Iterable[int] | None = None
+) -> dict[str, Any]:
     result: dict[str, Any] = {
         "throughput": count / seconds if seconds > 0 else 0.0,
         "events": float(count),  # becomes cpu_us_per_event in run_scenarios
     }
-    if latencies_ns:
+    if latencies_ns is not None:
         result.update(percentiles(latencies_ns))
     return result

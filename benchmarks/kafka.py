@@ -27,7 +27,15 @@ from eventbus import Context, EventBus
 from .core import Scenario, metrics_of
 from .pacing import broker_scenarios, drive, wait_for_count
 from .targets import FASTSTREAM, RAW_KAFKA
-from .workload import TYPE, OrderPayload, make_event_class, payload_fields
+from .workload import (
+    STANDARD,
+    TYPE,
+    Latencies,
+    Load,
+    OrderPayload,
+    make_event_class,
+    payload_fields,
+)
 
 BOOTSTRAP = os.environ.get("EVENTBUS_BENCH_KAFKA", "127.0.0.1:9092")
 PARTITIONS = 3
@@ -85,19 +93,22 @@ def _delete(*topics: str) -> None:
 
 
 async def eventbus_run(
-    count: int, rate: float | None, consume: bool, **options: Any
+    count: int, rate: float | None, consume: bool, load: Load = STANDARD, **options: Any
 ) -> dict[str, float]:
-    """`options`: more EventBus arguments (the telemetry variants)."""
+    """`load`: the curves' variations; `options`: more EventBus arguments (the telemetry
+    variants)."""
     topic = _topic()
-    cls = make_event_class(topic)
+    cls = make_event_class(topic, padded=load.pad > 0)
     bus = EventBus(f"kafka://{BOOTSTRAP}", **options)
-    latencies: list[int] = []
+    latencies = load.latencies()
+    pad = load.pad
+
+    async def handle(event: cls, ctx: Context) -> None:  # type: ignore[valid-type]
+        latencies.append(time.perf_counter_ns() - event.sent_ns)  # type: ignore[attr-defined]
 
     if consume:
-
-        @bus.subscribe(group="bench")
-        async def handle(event: cls, ctx: Context) -> None:  # type: ignore[valid-type]
-            latencies.append(time.perf_counter_ns() - event.sent_ns)  # type: ignore[attr-defined]
+        for index in range(load.groups):
+            bus.add_handler(handle, group=load.group(index))
 
     try:
         async with bus:
@@ -105,16 +116,16 @@ async def eventbus_run(
             async def batch(first: int) -> None:
                 # a generator: each event can go once its message is built, as in a loop
                 await bus.publish_many(
-                    (cls(**payload_fields(i)), f"k{i % 64}") for i in _batch(first, count)
+                    (cls(**payload_fields(i, pad)), f"k{i % 64}") for i in _batch(first, count)
                 )
 
             async def publish_all() -> None:
                 await _windows(count, batch)
 
             async def send(i: int) -> None:
-                await bus.publish(cls(**payload_fields(i)), key=f"k{i % 64}")
+                await bus.publish(cls(**payload_fields(i, pad)), key=f"k{i % 64}")
 
-            return await drive(count, rate, consume, publish_all, send, latencies)
+            return await drive(count, rate, consume, publish_all, send, latencies, load.groups)
     finally:
         await asyncio.to_thread(_delete, topic)
 
@@ -123,20 +134,32 @@ async def eventbus_run(
 
 
 class _RawConsumer(threading.Thread):
-    """The raw consumer done well: batch consume, validate, explicit async commits."""
+    """The raw consumer done well: batch consume, validate, explicit async commits.
 
-    def __init__(self, topic: str, count: int) -> None:
+    `load`: its group is the load's `group(index)`; the latencies go to `latencies`
+    (shared by the consumers of every group: appending is atomic under the GIL)."""
+
+    def __init__(
+        self,
+        topic: str,
+        count: int,
+        load: Load = STANDARD,
+        index: int = 0,
+        latencies: Latencies | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         from confluent_kafka import Consumer
 
         self.count = count
-        self.latencies: list[int] = []
+        self.model = load.model()
+        self.latencies = latencies if latencies is not None else load.latencies()
+        self.handled = 0
         self.assigned = threading.Event()
         self.stop = threading.Event()
         self.consumer = Consumer(
             {
                 "bootstrap.servers": BOOTSTRAP,
-                "group.id": f"{topic}.raw",
+                "group.id": f"{topic}.raw.{load.group(index)}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
             }
@@ -145,8 +168,10 @@ class _RawConsumer(threading.Thread):
 
     def run(self) -> None:
         consumer = self.consumer
+        model = self.model
+        latencies = self.latencies
         try:
-            while not self.stop.is_set() and len(self.latencies) < self.count:
+            while not self.stop.is_set() and self.handled < self.count:
                 first = consumer.poll(0.1)  # low latency: block for one, then take what's there
                 if first is None:
                     continue
@@ -154,8 +179,9 @@ class _RawConsumer(threading.Thread):
                 for record in batch:
                     if record.error():
                         continue
-                    event = OrderPayload.model_validate_json(record.value() or b"")
-                    self.latencies.append(time.perf_counter_ns() - event.sent_ns)
+                    event = model.model_validate_json(record.value() or b"")
+                    latencies.append(time.perf_counter_ns() - event.sent_ns)
+                    self.handled += 1
                 consumer.commit(asynchronous=True)
             with contextlib.suppress(KafkaException):  # nothing new to commit is fine
                 consumer.commit(asynchronous=False)
@@ -195,8 +221,16 @@ def _cloudevents_headers() -> list[tuple[str, bytes]]:
 _HEADERS = {"type only": _minimal_headers, "CloudEvents": _cloudevents_headers}
 
 
-def _raw_send(producer: Any, topic: str, i: int, report: Any, headers: str = "type only") -> None:
-    body = OrderPayload(**payload_fields(i)).model_dump_json().encode()
+def _raw_send(
+    producer: Any,
+    topic: str,
+    i: int,
+    report: Any,
+    headers: str = "type only",
+    pad: int = 0,
+    model: type[OrderPayload] = OrderPayload,
+) -> None:
+    body = model(**payload_fields(i, pad)).model_dump_json().encode()
     record_headers = _HEADERS[headers]()
     while True:
         try:
@@ -209,7 +243,12 @@ def _raw_send(producer: Any, topic: str, i: int, report: Any, headers: str = "ty
 
 
 def _raw_produce(
-    producer: Any, topic: str, count: int, rate: float | None, headers: str = "type only"
+    producer: Any,
+    topic: str,
+    count: int,
+    rate: float | None,
+    headers: str = "type only",
+    load: Load = STANDARD,
 ) -> float:
     delivered = 0
     failed: list[str] = []
@@ -221,13 +260,14 @@ def _raw_produce(
         else:
             failed.append(str(err))
 
+    pad, model = load.pad, load.model()
     start = time.perf_counter()
     for i in range(count):
         if rate is not None:
             ahead = start + i / rate - time.perf_counter()
             if ahead > 0.001:
                 time.sleep(ahead)
-        _raw_send(producer, topic, i, report, headers)
+        _raw_send(producer, topic, i, report, headers, pad, model)
         producer.poll(0)
     producer.flush(60)
     if failed or delivered != count:
@@ -236,29 +276,47 @@ def _raw_produce(
 
 
 async def raw_run(
-    count: int, rate: float | None, consume: bool, headers: str = "type only"
+    count: int,
+    rate: float | None,
+    consume: bool,
+    headers: str = "type only",
+    load: Load = STANDARD,
 ) -> dict[str, float]:
+    """`load`: the curves' variations (a consumer thread per group)."""
     topic = _topic()
-    consumer = _RawConsumer(topic, count) if consume else None
+    latencies = load.latencies()
+    consumers = (
+        [_RawConsumer(topic, count, load, i, latencies) for i in range(load.groups)]
+        if consume
+        else []
+    )
+    deliveries = count * load.groups
     try:
-        if consumer is not None:
+        for consumer in consumers:
             consumer.start()
             await asyncio.to_thread(consumer.assigned.wait, 60)
         # warm-up, as for every implementation: one event through the whole path, unmeasured
         producer = await asyncio.to_thread(_raw_producer, topic)
-        if consumer is not None:
-            await wait_for_count(lambda: len(consumer.latencies), 1, 60)
-            consumer.latencies.clear()
-        start = time.perf_counter()
-        published = await asyncio.to_thread(_raw_produce, producer, topic, count, rate, headers)
-        if consumer is None:
+        if not consumers:
+            published = await asyncio.to_thread(
+                _raw_produce, producer, topic, count, rate, headers, load
+            )
             return metrics_of(count, published)
-        await wait_for_count(lambda: len(consumer.latencies), count, 300)
+        await wait_for_count(lambda: len(latencies), load.groups, 60)
+        latencies.clear()
+        for consumer in consumers:
+            consumer.handled = 0
+        start = time.perf_counter()
+        published = await asyncio.to_thread(
+            _raw_produce, producer, topic, count, rate, headers, load
+        )
+        await wait_for_count(lambda: len(latencies), deliveries, 300)
         elapsed = time.perf_counter() - start
-        return metrics_of(count, published if rate else elapsed, consumer.latencies)
+        return metrics_of(deliveries, published if rate else elapsed, latencies)
     finally:
-        if consumer is not None:
+        for consumer in consumers:
             consumer.stop.set()
+        for consumer in consumers:
             await asyncio.to_thread(consumer.join, 30)
         await asyncio.to_thread(_delete, topic)
 

@@ -14,49 +14,56 @@ from eventbus import Context, EventBus, Reject, RetryPolicy
 
 from .core import Scenario, metrics_of
 from .pacing import paced, wait_for_count
-from .workload import OrderPayload, make_event_class, payload_fields
+from .workload import STANDARD, Load, OrderPayload, make_event_class, payload_fields
 
 
-async def eventbus_e2e(count: int, **options: Any) -> dict[str, float]:
-    """`options`: more EventBus arguments (the telemetry variants)."""
-    cls = make_event_class(f"bench{uuid.uuid4().hex[:8]}")
+async def eventbus_e2e(count: int, load: Load = STANDARD, **options: Any) -> dict[str, float]:
+    """`load`: the curves' variations; `options`: more EventBus arguments (the telemetry
+    variants)."""
+    cls = make_event_class(f"bench{uuid.uuid4().hex[:8]}", padded=load.pad > 0)
     bus = EventBus(f"memory://bench-{uuid.uuid4().hex[:8]}", **options)
-    latencies: list[int] = []
+    latencies = load.latencies()
+    deliveries = count * load.groups
     done = asyncio.Event()
 
-    @bus.subscribe(group="bench")
     async def handle(event: cls, ctx: Context) -> None:  # type: ignore[valid-type]
         latencies.append(time.perf_counter_ns() - event.sent_ns)  # type: ignore[attr-defined]
-        if len(latencies) == count:
+        if len(latencies) == deliveries:
             done.set()
 
+    for index in range(load.groups):
+        bus.add_handler(handle, group=load.group(index))
     async with bus:
         start = time.perf_counter()
         for i in range(count):
-            await bus.publish(cls(**payload_fields(i)))
-        await asyncio.wait_for(done.wait(), 120)
+            await bus.publish(cls(**payload_fields(i, load.pad)))
+        await asyncio.wait_for(done.wait(), 300)
         elapsed = time.perf_counter() - start
-    return metrics_of(count, elapsed, latencies)
+    return metrics_of(deliveries, elapsed, latencies)
 
 
-async def raw_e2e(count: int) -> dict[str, float]:
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    latencies: list[int] = []
+async def raw_e2e(count: int, load: Load = STANDARD) -> dict[str, float]:
+    """One `asyncio.Queue` and consumer task per group, every body put on each."""
+    queues: list[asyncio.Queue[bytes]] = [asyncio.Queue() for _ in range(load.groups)]
+    latencies = load.latencies()
+    model = load.model()
 
     async def handle(event: OrderPayload) -> None:
         latencies.append(time.perf_counter_ns() - event.sent_ns)
 
-    async def consume() -> None:
+    async def consume(queue: asyncio.Queue[bytes]) -> None:
         for _ in range(count):
             body = await queue.get()
-            await handle(OrderPayload.model_validate_json(body))
+            await handle(model.model_validate_json(body))
 
-    consumer = asyncio.create_task(consume())
+    consumers = [asyncio.create_task(consume(queue)) for queue in queues]
     start = time.perf_counter()
     for i in range(count):
-        await queue.put(OrderPayload(**payload_fields(i)).model_dump_json().encode())
-    await consumer
-    return metrics_of(count, time.perf_counter() - start, latencies)
+        body = model(**payload_fields(i, load.pad)).model_dump_json().encode()
+        for queue in queues:
+            await queue.put(body)
+    await asyncio.gather(*consumers)
+    return metrics_of(count * load.groups, time.perf_counter() - start, latencies)
 
 
 async def eventbus_latency(count: int, rate: float) -> dict[str, float]:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from .core import Runner, Scenario, metrics_of
+from .workload import Latencies
 
 
 async def paced(
@@ -62,16 +63,20 @@ async def drive(
     consume: bool,
     publish_all: Callable[[], Awaitable[None]],
     publish_one: Callable[[int], Awaitable[None]],
-    latencies: list[int],
+    latencies: Latencies,
+    groups: int = 1,
 ) -> dict[str, float]:
     """One run of a broker scenario, the same for every implementation: a warm-up event,
     then publish as fast as possible (`rate=None`, throughput) or at `rate` (latency), then
-    wait until `count` events were handled (`latencies` grows by one per handled event)."""
+    wait until `count` events were handled (`latencies` grows by one per handled event).
+
+    With several consumer `groups`, each handles every event: the run waits for, and
+    counts, `count * groups` deliveries."""
     # warm-up, as for every implementation: one event through the whole path (connections,
     # metadata, the consumer's first fetch), not measured
     await publish_one(0)
     if consume:
-        await wait_for_count(lambda: len(latencies), 1, 60)
+        await wait_for_count(lambda: len(latencies), groups, 60)
         latencies.clear()
     start = time.perf_counter()
     if rate is None:
@@ -81,9 +86,9 @@ async def drive(
     published = time.perf_counter() - start
     if not consume:
         return metrics_of(count, published)
-    await wait_for_count(lambda: len(latencies), count, 300)
+    await wait_for_count(lambda: len(latencies), count * groups, 300)
     elapsed = time.perf_counter() - start
-    return metrics_of(count, published if rate else elapsed, latencies)
+    return metrics_of(count * groups, published if rate else elapsed, latencies)
 
 
 def broker_scenarios(

@@ -22,7 +22,7 @@ from eventbus import Context, EventBus
 from .core import Scenario
 from .pacing import broker_scenarios, drive
 from .targets import CLASSIC, FASTSTREAM, RAW_RABBIT
-from .workload import TYPE, OrderPayload, make_event_class, payload_fields
+from .workload import STANDARD, TYPE, Load, OrderPayload, make_event_class, payload_fields
 
 URL = os.environ.get("EVENTBUS_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 PREFETCH = 200
@@ -30,19 +30,21 @@ WINDOW = 256  # outstanding confirms / publish batch, for every implementation
 Impl = Callable[[int, float | None, bool], Awaitable[dict[str, float]]]
 
 
-def _names() -> tuple[str, str]:
+def _names(load: Load = STANDARD) -> tuple[str, list[str]]:
+    """A fresh stream (exchange) and the queue of each of the load's groups."""
     stream = f"bench{uuid.uuid4().hex[:8]}"
-    return stream, f"{stream}.bench"
+    return stream, [f"{stream}.{load.group(i)}" for i in range(load.groups)]
 
 
-async def _delete(stream: str, queue: str) -> None:
+async def _delete(stream: str, queues: list[str]) -> None:
     import aio_pika
 
     connection = await aio_pika.connect(URL)
     async with connection:
         channel = await connection.channel()
-        for name in (queue, f"{queue}.dlq"):
-            await channel.queue_delete(name)
+        for queue in queues:
+            for name in (queue, f"{queue}.dlq"):
+                await channel.queue_delete(name)
         await channel.exchange_delete(stream)
 
 
@@ -50,66 +52,82 @@ async def _delete(stream: str, queue: str) -> None:
 
 
 async def eventbus_run(
-    count: int, rate: float | None, consume: bool, queue_type: str = "quorum", **options: Any
+    count: int,
+    rate: float | None,
+    consume: bool,
+    queue_type: str = "quorum",
+    load: Load = STANDARD,
+    **options: Any,
 ) -> dict[str, float]:
-    """`options`: more EventBus arguments (the telemetry variants)."""
-    stream, queue = _names()
-    cls = make_event_class(stream)
+    """`load`: the curves' variations; `options`: more EventBus arguments (the telemetry
+    variants)."""
+    stream, queues = _names(load)
+    cls = make_event_class(stream, padded=load.pad > 0)
     bus = EventBus(URL, prefetch=PREFETCH, **options)
-    latencies: list[int] = []
+    latencies = load.latencies()
+    pad = load.pad
 
-    @bus.subscribe(group="bench", queue_type=queue_type)
     async def handle(event: cls, ctx: Context) -> None:  # type: ignore[valid-type]
         latencies.append(time.perf_counter_ns() - event.sent_ns)  # type: ignore[attr-defined]
 
+    for index in range(load.groups):
+        bus.add_handler(handle, group=load.group(index), queue_type=queue_type)
     try:
         async with bus:
 
             async def publish_all() -> None:
                 for first in range(0, count, WINDOW):
                     batch = range(first, min(first + WINDOW, count))
-                    await bus.publish_many([cls(**payload_fields(i)) for i in batch])
+                    await bus.publish_many([cls(**payload_fields(i, pad)) for i in batch])
 
             async def send(i: int) -> None:
-                await bus.publish(cls(**payload_fields(i)))
+                await bus.publish(cls(**payload_fields(i, pad)))
 
-            return await drive(count, rate, consume, publish_all, send, latencies)
+            return await drive(count, rate, consume, publish_all, send, latencies, load.groups)
     finally:
-        await _delete(stream, queue)
+        await _delete(stream, queues)
 
 
 # --- raw aio-pika ----------------------------------------------------------------------------
 
 
 async def raw_run(
-    count: int, rate: float | None, consume: bool, queue_type: str = "quorum"
+    count: int,
+    rate: float | None,
+    consume: bool,
+    queue_type: str = "quorum",
+    load: Load = STANDARD,
 ) -> dict[str, float]:
+    """`load`: the curves' variations (a queue and consumer channel per group)."""
     import aio_pika
 
-    stream, queue_name = _names()
-    latencies: list[int] = []
+    stream, queue_names = _names(load)
+    latencies = load.latencies()
+    model = load.model()
+    pad = load.pad
     connection = await aio_pika.connect(URL)
     try:
         publish_channel = await connection.channel(publisher_confirms=True)
         exchange = await publish_channel.declare_exchange(
             stream, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        consume_channel = await connection.channel()
-        await consume_channel.set_qos(prefetch_count=PREFETCH)
-        queue = await consume_channel.declare_queue(
-            queue_name, durable=True, arguments={"x-queue-type": queue_type}
-        )
-        await queue.bind(stream, TYPE)
 
         async def on_message(message: Any) -> None:
-            event = OrderPayload.model_validate_json(message.body)
+            event = model.model_validate_json(message.body)
             latencies.append(time.perf_counter_ns() - event.sent_ns)
             await message.ack()
 
-        await queue.consume(on_message)
+        for queue_name in queue_names:
+            consume_channel = await connection.channel()
+            await consume_channel.set_qos(prefetch_count=PREFETCH)
+            queue = await consume_channel.declare_queue(
+                queue_name, durable=True, arguments={"x-queue-type": queue_type}
+            )
+            await queue.bind(stream, TYPE)
+            await queue.consume(on_message)
 
         def message(i: int) -> Any:
-            body = OrderPayload(**payload_fields(i)).model_dump_json().encode()
+            body = model(**payload_fields(i, pad)).model_dump_json().encode()
             return aio_pika.Message(
                 body,
                 content_type="application/json",
@@ -124,10 +142,10 @@ async def raw_run(
             for first in range(0, count, WINDOW):
                 await asyncio.gather(*(send(i) for i in range(first, min(first + WINDOW, count))))
 
-        return await drive(count, rate, consume, publish_all, send, latencies)
+        return await drive(count, rate, consume, publish_all, send, latencies, load.groups)
     finally:
         await connection.close()
-        await _delete(stream, queue_name)
+        await _delete(stream, queue_names)
 
 
 # --- FastStream ------------------------------------------------------------------------------
@@ -138,7 +156,7 @@ async def faststream_run(
 ) -> dict[str, float]:
     from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 
-    stream, queue_name = _names()
+    stream, (queue_name,) = _names()
     latencies: list[int] = []
     broker = RabbitBroker(URL, logger=None)
     exchange = RabbitExchange(stream, type=ExchangeType.TOPIC, durable=True)
@@ -168,7 +186,7 @@ async def faststream_run(
         return await drive(count, rate, consume, publish_all, send, latencies)
     finally:
         await broker.stop()
-        await _delete(stream, queue_name)
+        await _delete(stream, [queue_name])
 
 
 def scenarios(quick: bool) -> list[Scenario]:
