@@ -189,11 +189,12 @@ class _RawConsumer(threading.Thread):
             consumer.close()
 
 
-def _raw_producer(topic: str) -> Any:
+def _raw_producer(topic: str, load: Load = STANDARD) -> Any:
+    """A producer that has delivered the warm-up record (an event of the `load`)."""
     from confluent_kafka import Producer
 
     producer = Producer(PRODUCER)
-    _raw_send(producer, topic, 0, None)
+    _raw_send(producer, topic, 0, None, pad=load.pad, model=load.model())
     producer.flush(30)
     return producer
 
@@ -296,7 +297,7 @@ async def raw_run(
             consumer.start()
             await asyncio.to_thread(consumer.assigned.wait, 60)
         # warm-up, as for every implementation: one event through the whole path, unmeasured
-        producer = await asyncio.to_thread(_raw_producer, topic)
+        producer = await asyncio.to_thread(_raw_producer, topic, load)
         if not consumers:
             published = await asyncio.to_thread(
                 _raw_produce, producer, topic, count, rate, headers, load
