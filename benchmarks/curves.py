@@ -24,12 +24,14 @@ No `from __future__ import annotations`: handlers are annotated with per-run eve
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import statistics
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -288,6 +290,30 @@ async def queued_event_bytes(count: int) -> dict[str, float]:
     return {"queued_event_bytes": (after - before) / count}
 
 
+def _sustained_child(broker: str, count: int) -> tuple[dict[str, float], list[tuple[int, int]]]:
+    """`sustained_run` in the fresh process (`sustained_in_fresh_process`)."""
+    configure_logging("console", "ERROR", force=True)
+    traces: dict[str, list[tuple[int, int]]] = {}
+    cpu = time.process_time()
+    metrics = asyncio.run(sustained_run(broker, count, traces))
+    events = metrics.pop("events")
+    metrics["cpu_us_per_event"] = (time.process_time() - cpu) * 1e6 / events
+    return metrics, traces[broker]
+
+
+async def sustained_in_fresh_process(
+    broker: str, count: int, traces: dict[str, list[tuple[int, int]]]
+) -> dict[str, float]:
+    """`sustained_run` in a new interpreter: a process that ran other workloads keeps the
+    memory it freed (its RSS does not shrink), and growth into that memory would not
+    show."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        future = pool.submit(_sustained_child, broker, count)
+        metrics, trace = await asyncio.wrap_future(future)
+    traces[broker] = trace
+    return metrics
+
+
 def rss_scenarios(
     brokers: Sequence[str], quick: bool, traces: dict[str, list[tuple[int, int]]]
 ) -> list[Scenario]:
@@ -299,7 +325,7 @@ def rss_scenarios(
                 broker,
                 f"rss {count:,} events",
                 f"eventbus, {count:,} events, at most {WINDOW:,} in flight",
-                {"eventbus": partial(sustained_run, broker, count, traces)},
+                {"eventbus": partial(sustained_in_fresh_process, broker, count, traces)},
             )
         )
     if "memory" in brokers:
@@ -348,6 +374,25 @@ def to_json(
     return {"machine": info, "curves": curves, "rss_traces": traces, "errors": errors}
 
 
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new`'s curves over `old`'s; each curve keeps the date it was measured on."""
+    dates = old.get("dates") or dict.fromkeys(old["curves"], old["machine"]["date"])
+    for kind in new["curves"]:
+        dates[kind] = new["machine"]["date"]
+    kept_errors = {
+        key: error
+        for key, error in old["errors"].items()
+        if key.split("/")[1].split()[0] not in new["curves"]
+    }
+    return {
+        "machine": new["machine"],
+        "dates": dates,
+        "curves": {**old["curves"], **new["curves"]},
+        "rss_traces": new["rss_traces"] or old["rss_traces"],
+        "errors": {**kept_errors, **new["errors"]},
+    }
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -361,6 +406,11 @@ def to_markdown(data: dict[str, Any]) -> str:
         "system time per event (per delivery in the groups curve).",
         "",
     ]
+    if "dates" in data:
+        lines += [
+            "Measured on: " + ", ".join(f"{k} {d}" for k, d in data["dates"].items()),
+            "",
+        ]
     titles = {
         "payload": ("payload size (B)", ("throughput", "cpu_us_per_event")),
         "groups": ("groups on one stream", ("throughput", "cpu_us_per_event")),
@@ -458,6 +508,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=None, help="default 1 quick, 3 full")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--progress", choices=("auto", "bar", "plain", "quiet"), default="auto")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the curves not run now from DIR/curves.json (re-run one curve)",
+    )
     args = parser.parse_args(argv)
     brokers = args.brokers.split(",")
     kinds = args.curves.split(",")
@@ -483,6 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     outcomes = asyncio.run(run())
     data = to_json(outcomes, traces, machine())
+    previous = args.out / "curves.json"
+    if args.update and previous.exists():
+        data = merged(json.loads(previous.read_text()), data)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "curves.json").write_text(json.dumps(data, indent=1))
     markdown = to_markdown(data)
