@@ -43,7 +43,7 @@ from eventbus.log import configure as configure_logging
 from . import kafka, memory, rabbitmq
 from .core import Outcome, Runner, Scenario, run_scenarios
 from .pacing import wait_for_count
-from .report import machine
+from .report import machine, save
 from .targets import CE, RAW_RABBIT
 from .workload import Load, Tally, make_event_class, payload_fields, sample_body
 
@@ -478,11 +478,7 @@ def charts(data: dict[str, Any], directory: Path) -> list[Path]:
                 ax.set_title(f"{broker}: {metric}", fontsize=9)
                 ax.set_xlabel(xlabel, fontsize=8)
                 ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = directory / f"curve-{kind}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save(plt, fig, directory / f"curve-{kind}.png", dpi=100))
     traces = data["rss_traces"]
     if traces:
         fig, axes = plt.subplots(1, len(traces), figsize=(4.5 * len(traces), 3.6), squeeze=False)
@@ -492,11 +488,7 @@ def charts(data: dict[str, Any], directory: Path) -> list[Path]:
             ax.set_xlabel("events handled", fontsize=8)
             ax.set_ylabel("MB")
             ax.set_ylim(bottom=0)
-        fig.tight_layout()
-        path = directory / "curve-rss.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save(plt, fig, directory / "curve-rss.png", dpi=100))
     return written
 
 

@@ -173,12 +173,16 @@ def charts(outcomes: list[Outcome], directory: Path) -> list[Path]:
             ax.set_yscale("log")  # one slow outlier must not flatten the others
             ax.set_ylabel("ms (log)")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = directory / "latency.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save(plt, fig, directory / "latency.png"))
     return written
+
+
+def save(plt: Any, fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write and close a chart."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def _bars(plt: Any, outcomes: list[Outcome], metric: str, unit: str, path: Path) -> Path:
@@ -196,10 +200,7 @@ def _bars(plt: Any, outcomes: list[Outcome], metric: str, unit: str, path: Path)
         ax.set_xticks(range(len(impls)), impls, rotation=20, ha="right", fontsize=8)
         ax.set_title(f"{o.scenario.broker}: {o.scenario.name}", fontsize=9)
         ax.set_ylabel(unit)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(plt, fig, path)
 
 
 def _grid(plt: Any, count: int) -> tuple[Any, list[Any]]:
