@@ -7,10 +7,9 @@ with the same id end to end and consumers can deduplicate on that id.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 
-from eventbus.wire import now_rfc3339
+from eventbus.wire import new_id, now_rfc3339
 
 
 @dataclass(slots=True)
@@ -24,7 +23,8 @@ class NewEvent:
     #: the ordering key on the bus (the aggregate id)
     key: str | None = None
     schema_version: int = 1
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: a UUID; `new_id`'s sort by creation, so the store's id index grows at its end
+    id: str = field(default_factory=new_id)
     time: str = field(default_factory=now_rfc3339)
     correlation_id: str | None = None
     causation_id: str | None = None
