@@ -4,10 +4,13 @@ A subscription whose handler takes a `list[...]` of events receives up to `batch
 events at a time, or what arrived within `batch_timeout` seconds of the first one of a
 batch. Everything else stays per event, on the same path as a plain handler:
 
-- every delivery of a batch goes through `Pipeline.process` on a task of its own
-  (decoding, bad input to the dead-letter destination, another type acked, telemetry,
-  handle middleware): the items that decode meet in one `_Round`, which calls the
-  handler once with their events in delivery order;
+- every delivery of a batch is decoded as a plain handler's would be (bad input to the
+  dead-letter destination, another type acked), and the items that decode are handed to
+  one call of the handler, in delivery order. With handle middleware or telemetry, each
+  delivery goes through `Pipeline.process` on a task of its own (its spans, metrics and
+  middleware wrap it alone) and the items meet in one `_Round`; without them,
+  `Pipeline.process_batch` runs the whole batch in the dispatcher's task (no task,
+  context copy or future per item: what makes a batch cheaper than as many calls);
 - each event is settled on its own: acked if the handler returned and did not mark it
   failed (`ctx.fail(item, exc)`), otherwise it goes through the retry policy like a
   failed plain handler call, and from there to the dead-letter destination. An
@@ -152,6 +155,26 @@ class _Round:
             self.ready.set()
 
 
+async def call_batch(call: BatchCall, contexts: list[Context]) -> list[BaseException | None]:
+    """Call the batch handler once with the events of `contexts`; -> each item's failure
+    (None: handled). A handler that raises fails every item; only a cancellation of the
+    consumer itself propagates."""
+    ctx = BatchContext(contexts)
+    token = current_context.set(None)  # no single event is being handled here
+    try:
+        await call([c.event for c in contexts], ctx)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the consumer stops
+        return [asyncio.CancelledError()] * len(contexts)
+    except BaseException as exc:
+        return [exc] * len(contexts)
+    finally:
+        current_context.reset(token)
+    return [ctx.failures.get(i) for i in range(len(contexts))]
+
+
 async def call_in_batch(call: BatchCall, ctx: Context) -> None:
     """The per-event call of a batch subscription (the end of `Pipeline`'s handle chain):
     the first time, wait for the item's round and raise what the batch handler said of
@@ -184,10 +207,14 @@ class BatchDispatcher:
         call: BatchCall,
         size: int = DEFAULT_BATCH_SIZE,
         timeout: float = DEFAULT_BATCH_TIMEOUT,
+        inline: Callable[[list[Delivery]], Awaitable[None]] | None = None,
     ) -> None:
+        """`inline`: runs a whole batch in the dispatcher's task (`Pipeline.process_batch`),
+        where nothing needs to wrap each item's handler call; None: a task per item."""
         if size < 1 or timeout <= 0:
             raise ValueError("batch_size must be >= 1 and batch_timeout > 0")
         self._process = process
+        self._inline = inline
         self._call = call
         self.size = size
         self.timeout = timeout
@@ -235,6 +262,13 @@ class BatchDispatcher:
             await self._run(batch)
 
     async def _run(self, batch: list[Delivery]) -> None:
+        if self._inline is not None:
+            self._inflight += len(batch)
+            try:
+                await self._inline(batch)
+            finally:
+                self._inflight -= len(batch)
+            return
         round_ = _Round(len(batch))
         self._inflight += len(batch)
         tasks = []
@@ -264,21 +298,8 @@ class BatchDispatcher:
     async def _handle(self, round_: _Round) -> dict[int, BaseException | None]:
         """Call the batch handler once; -> each joined item's failure (None: handled)."""
         indexes = sorted(round_.joined)
-        contexts = [round_.joined[i] for i in indexes]
-        ctx = BatchContext(contexts)
-        token = current_context.set(None)  # no single event is being handled here
-        try:
-            await self._call([c.event for c in contexts], ctx)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the consumer stops
-            return dict.fromkeys(indexes, asyncio.CancelledError())
-        except BaseException as exc:
-            return dict.fromkeys(indexes, exc)
-        finally:
-            current_context.reset(token)
-        return {index: ctx.failures.get(position) for position, index in enumerate(indexes)}
+        failures = await call_batch(self._call, [round_.joined[i] for i in indexes])
+        return dict(zip(indexes, failures, strict=True))
 
     async def drain(self, timeout: float) -> None:
         """Let the running batch finish; give the collected, unstarted deliveries back."""

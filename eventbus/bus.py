@@ -495,8 +495,9 @@ class EventBus:
                     process = observer.process(pipeline, sub.stream)
                 dispatcher: Dispatcher | BatchDispatcher
                 if batch is not None and sub.batch_size is not None:
+                    inline = pipeline.batch_inline if observer is None else None
                     dispatcher = BatchDispatcher(
-                        process, batch, sub.batch_size, sub.batch_timeout
+                        process, batch, sub.batch_size, sub.batch_timeout, inline
                     )
                 else:
                     dispatcher = Dispatcher(process, sub.concurrency)

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from .batch import BatchCall, call_in_batch
+from .batch import BatchCall, call_batch, call_in_batch
 from .context import Context, current_context
 from .deadletter import dead_letter_info, describe
 from .event import Envelope, Event
@@ -80,6 +80,10 @@ class Pipeline:
             else partial(call_in_batch, batch)  # a batch handler: the item's round
         )
         self._call: HandleNext = chain(middleware, endpoint)
+        self._batch = batch
+        #: `process_batch`, where nothing wraps an item's handler call (else None: a
+        #: batch runs each item through `process` on a task of its own)
+        self.batch_inline = self.process_batch if batch is not None and not middleware else None
         fast = is_async and wants_context and not middleware and batch is None
         self._direct = handler if fast else None
         #: unix time of the last delivery a handler finished (for `bus.health()`)
@@ -113,30 +117,92 @@ class Pipeline:
             self.last_handled = _now()
             return HANDLED
         except asyncio.CancelledError:
-            await self._settle(d.nack(), d, "nack")
-            if _consumer_cancelled(None):
-                raise
-            # a CancelledError that is not a stop (from a client library's internals):
-            # the delivery went back to the broker; the consumer goes on
-            _log.error(
-                "pipeline.error",
-                event_id=d.attributes.get("id"),
-                stream=d.stream,
-                group=self.group,
-                error="CancelledError outside a stop",
-            )
-            return NACKED
+            return await self._cancelled(d)
         except Exception as exc:  # a bug or a failed settlement: never kill the consumer
-            _log.error(
-                "pipeline.error",
-                event_id=d.attributes.get("id"),
-                stream=d.stream,
-                group=self.group,
-                error=repr(exc),
-                exc_info=exc,
-            )
-            await self._settle(d.nack(), d, "nack")
-            return NACKED
+            return await self._broken(d, exc)
+
+    async def _cancelled(self, d: Delivery) -> str:
+        """`d` was being processed when a `CancelledError` came: give it back (nack), and
+        raise again if it is the consumer's stop."""
+        await self._settle(d.nack(), d, "nack")
+        if _consumer_cancelled(None):
+            raise asyncio.CancelledError
+        # a CancelledError that is not a stop (from a client library's internals): the
+        # delivery went back to the broker; the consumer goes on
+        _log.error(
+            "pipeline.error",
+            event_id=d.attributes.get("id"),
+            stream=d.stream,
+            group=self.group,
+            error="CancelledError outside a stop",
+        )
+        return NACKED
+
+    async def _broken(self, d: Delivery, exc: Exception) -> str:
+        """A bug or a failed settlement while processing `d`: log it, give `d` back."""
+        _log.error(
+            "pipeline.error",
+            event_id=d.attributes.get("id"),
+            stream=d.stream,
+            group=self.group,
+            error=repr(exc),
+            exc_info=exc,
+        )
+        await self._settle(d.nack(), d, "nack")
+        return NACKED
+
+    async def process_batch(self, batch: list[Delivery]) -> None:
+        """A batch subscription's whole batch, without a task per item: what
+        `BatchDispatcher` runs when nothing wraps each item's handler call (no handle
+        middleware, no telemetry). Each delivery is settled as `process` settles it: bad
+        input dead-lettered, another type acked, the decoded ones handed to one call of
+        the batch handler, then each acked or through the retry policy on its own."""
+        call = self._batch
+        if call is None:
+            raise RuntimeError("process_batch is for batch subscriptions")
+        settled = [False] * len(batch)
+        try:
+            joined: list[tuple[int, Context]] = []
+            for i, d in enumerate(batch):
+                ctx = self._decode(d)
+                if type(ctx) is Context:
+                    joined.append((i, ctx))
+                    continue
+                settled[i] = True
+                try:
+                    if type(ctx) is _BadInput:
+                        await self._dead_letter(d, ctx.exc_type, ctx.message, d.attempt, ctx.stack)
+                    else:
+                        await d.ack()
+                except asyncio.CancelledError:
+                    await self._cancelled(d)
+                except Exception as exc:
+                    await self._broken(d, exc)
+            if not joined:
+                return
+            failures = await call_batch(call, [ctx for _, ctx in joined])
+            for (i, ctx), failure in zip(joined, failures, strict=True):
+                settled[i] = True
+                d = batch[i]
+                try:
+                    if failure is None:
+                        await d.ack()
+                        self.last_handled = _now()
+                        continue
+                    token = current_context.set(ctx)
+                    try:
+                        await self._failed(ctx, d, failure)
+                    finally:
+                        current_context.reset(token)
+                except asyncio.CancelledError:
+                    await self._cancelled(d)
+                except Exception as exc:
+                    await self._broken(d, exc)
+        except asyncio.CancelledError:  # the consumer's stop: the rest go back to the broker
+            for done, d in zip(settled, batch, strict=True):
+                if not done:
+                    await self._settle(d.nack(), d, "nack")
+            raise
 
     def _decode(self, d: Delivery) -> Context | _BadInput | None:
         """The delivery as a handler context; None for another type (ack it, not this

@@ -140,3 +140,41 @@ def test_batch_handler_signature_is_checked_like_any_handler() -> None:
 
     with pytest.raises(SubscriptionError, match="must take"):
         bus.subscribe("s", group="g")(three)
+
+
+@pytest.mark.parametrize("per_item", [False, True], ids=["inline", "per-item"])
+async def test_a_batch_cut_off_by_the_shutdown_timeout_goes_back_whole(per_item: bool) -> None:
+    """A batch handler still running when `shutdown_timeout` ends is cancelled: every
+    item of its batch goes back to the broker (none acked), and the next member gets
+    them all, once."""
+    stream, broker = unique(), f"memory://{unique()}"
+    Tick = events_on(stream)
+    holding = asyncio.Event()
+    seen: list[str] = []
+
+    async def passing(ctx: Context, call_next: Any) -> None:
+        seen.append(ctx.envelope.id)
+        await call_next(ctx)
+
+    bus = EventBus(broker, shutdown_timeout=0.2, middleware=[passing] if per_item else [])
+
+    @bus.subscribe(group="g", batch_size=5)
+    async def stuck(events: list[Tick]) -> None:  # type: ignore[valid-type]
+        holding.set()
+        await asyncio.Event().wait()
+
+    async with bus:
+        await bus.publish_many([Tick(n=i) for i in range(5)])
+        await holding.wait()
+    assert len(set(seen)) == (5 if per_item else 0)
+
+    rest: list[int] = []
+    again = EventBus(broker)
+
+    @again.subscribe(group="g", batch_size=5)
+    async def later(events: list[Tick]) -> None:  # type: ignore[valid-type]
+        rest.extend(e.n for e in events)  # type: ignore[attr-defined]
+
+    async with again:
+        await until(lambda: len(rest) >= 5, what="the cut-off batch, given back")
+    assert sorted(rest) == list(range(5)), "each item given back once"

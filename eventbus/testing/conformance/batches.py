@@ -11,22 +11,48 @@ import asyncio
 from collections import Counter, defaultdict
 from typing import Any
 
-from eventbus import BatchContext, Reject, Retry, RetryPolicy
+import pytest
+
+from eventbus import BatchContext, Context, EventBus, Reject, Retry, RetryPolicy
+from eventbus.types import HandleNext
 
 from .fixture import UsesHarness
 from .harness import Harness, unique
 from .support import make_events, settle, until, wait_dead
 
 
-class BatchTests(UsesHarness):
-    """Batch handlers (see `AdapterTests`)."""
+class BatchPath:
+    """How a batch runs: `inline` (no handle middleware: the whole batch in one task) or
+    `per-item` (a pass-through handle middleware, which puts each item on a task of its
+    own); `wrapped` lists the events the middleware saw."""
 
-    async def test_batches_fill_up_and_keep_key_order(self, harness: Harness) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.wrapped: list[Any] = []
+
+    async def _pass(self, ctx: Context, call_next: HandleNext) -> None:
+        self.wrapped.append(ctx.envelope.id)
+        await call_next(ctx)
+
+    def bus(self, harness: Harness) -> EventBus:
+        return harness.bus(middleware=[self._pass]) if self.name == "per-item" else harness.bus()
+
+
+class BatchTests(UsesHarness):
+    """Batch handlers (see `AdapterTests`), each test on both ways a batch runs."""
+
+    @pytest.fixture(params=["inline", "per-item"])
+    def path(self, request: pytest.FixtureRequest) -> BatchPath:
+        return BatchPath(request.param)
+
+    async def test_batches_fill_up_and_keep_key_order(
+        self, harness: Harness, path: BatchPath
+    ) -> None:
         """60 events of 20 keys (a broker may hold one unsettled delivery per key)."""
         ev = make_events(unique())
         batches: list[list[tuple[str, int]]] = []
         published = asyncio.Event()
-        bus = harness.bus()
+        bus = path.bus(harness)
 
         @bus.subscribe(group="g", batch_size=10, batch_timeout=0.2)
         async def handle(events: list[ev.Created], ctx: BatchContext) -> None:  # type: ignore[name-defined]
@@ -44,6 +70,8 @@ class BatchTests(UsesHarness):
             await settle()
         handled = [item for batch in batches for item in batch]
         assert sorted(n for _, n in handled) == list(range(60)), "each event once"
+        if path.name == "per-item":
+            assert len(set(path.wrapped)) == 60, "the middleware wrapped each item"
         assert max(len(b) for b in batches) == 10, [len(b) for b in batches]
         per_key: defaultdict[str, list[int]] = defaultdict(list)
         for key, n in handled:
@@ -51,7 +79,7 @@ class BatchTests(UsesHarness):
         assert all(ns == sorted(ns) for ns in per_key.values()), per_key
 
         again: list[Any] = []
-        bus = harness.bus()
+        bus = path.bus(harness)
 
         @bus.subscribe(group="g", batch_size=10)
         async def later(events: list[ev.Created]) -> None:  # type: ignore[name-defined]
@@ -63,12 +91,14 @@ class BatchTests(UsesHarness):
             await settle()
         assert [e.n for e in again] == [60], "every event of the batches was acked"
 
-    async def test_failed_items_alone_are_retried_or_dead_lettered(self, harness: Harness) -> None:
+    async def test_failed_items_alone_are_retried_or_dead_lettered(
+        self, harness: Harness, path: BatchPath
+    ) -> None:
         ev = make_events(unique())
         calls: list[list[tuple[int, int]]] = []
         handled: Counter[int] = Counter()
         published = asyncio.Event()
-        bus = harness.bus()
+        bus = path.bus(harness)
 
         @bus.subscribe(group="g", batch_size=20, retry=RetryPolicy(attempts=3, backoff=0.01))
         async def handle(events: list[ev.Created], ctx: BatchContext) -> None:  # type: ignore[name-defined]
@@ -98,10 +128,12 @@ class BatchTests(UsesHarness):
         retried = [c for c in calls if len(c) == 1 and c[0][1] == 2]
         assert sorted(c[0][0] for c in retried) == [5, 15, 25], "retried alone, attempt 2"
 
-    async def test_a_raising_batch_handler_fails_each_item(self, harness: Harness) -> None:
+    async def test_a_raising_batch_handler_fails_each_item(
+        self, harness: Harness, path: BatchPath
+    ) -> None:
         ev = make_events(unique())
         calls: list[list[tuple[int, int]]] = []
-        bus = harness.bus()
+        bus = path.bus(harness)
 
         @bus.subscribe(group="g", batch_size=5, retry=RetryPolicy(attempts=2, backoff=0.01))
         def handle(events: list[ev.Created], ctx: BatchContext) -> None:  # type: ignore[name-defined]
@@ -121,11 +153,11 @@ class BatchTests(UsesHarness):
         assert all(len(c) == 1 for c in calls if c[0][1] == 2)
 
     async def test_bad_input_in_a_batch_is_dead_lettered_without_the_handler(
-        self, harness: Harness
+        self, harness: Harness, path: BatchPath
     ) -> None:
         ev = make_events(unique())
         got: list[int] = []
-        bus = harness.bus()
+        bus = path.bus(harness)
 
         @bus.subscribe(group="g", batch_size=10, batch_timeout=0.2)
         async def handle(events: list[ev.Created]) -> None:  # type: ignore[name-defined]
