@@ -55,8 +55,12 @@ class Dispatcher:
         if self._closing:
             await _quiet_nack(delivery)
             return
-        if not self._lanes:
-            await self._counted(delivery)
+        if not self._lanes:  # processed inline (no coroutine between: once per event)
+            self._inflight += 1
+            try:
+                await self._process(delivery)
+            finally:
+                self._finished()
             return
         key = delivery.key
         if key is None:
@@ -76,16 +80,17 @@ class Dispatcher:
             if self._closing:  # queued before the stop, not started: back to the broker
                 await _quiet_nack(delivery)
                 continue
-            await self._counted(delivery)
+            self._inflight += 1
+            try:
+                await self._process(delivery)
+            finally:
+                self._finished()
 
-    async def _counted(self, delivery: Delivery) -> None:
-        self._inflight += 1
-        try:
-            await self._process(delivery)
-        finally:
-            self._inflight -= 1
-            if not self._inflight and self._closing:
-                self._idle.set()
+    def _finished(self) -> None:
+        """A delivery's processing ended (however it ended)."""
+        self._inflight -= 1
+        if not self._inflight and self._closing:
+            self._idle.set()
 
     async def drain(self, timeout: float) -> None:
         """Let in-flight handlers finish; give queued, unstarted deliveries back (nack).
