@@ -1,5 +1,5 @@
-"""`python -m benchmarks [--quick] [--brokers memory,rabbitmq,kafka,store] [--out DIR]
-[--progress auto|bar|plain|quiet]`.
+"""`python -m benchmarks [--quick] [--brokers memory,rabbitmq,kafka,store] [--only TEXT,...]
+[--out DIR] [--progress auto|bar|plain|quiet]`.
 
 Runs every scenario on every broker through eventbus and its baselines, interleaved,
 several repetitions; writes results.json, results.md and PNG charts.
@@ -34,6 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds (CI)")
     parser.add_argument("--brokers", default=",".join(SUITES), help="comma-separated")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated; keep the scenarios whose '<broker> <scenario>' contains one "
+        "(e.g. 'memory end-to-end,kafka batch handler'): a re-run of what a change touched",
+    )
     parser.add_argument("--repetitions", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument(
@@ -64,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown broker {name!r}; known: {', '.join(SUITES)}")
         module = importlib.import_module(SUITES[name])
         scenarios += module.scenarios(args.quick)
+    scenarios = selected(scenarios, args.only)
+    if not scenarios:
+        parser.error(f"no scenario matches --only {args.only!r}")
     outcomes = asyncio.run(run_scenarios(scenarios, repetitions, args.progress))
     paths = write(outcomes, args.out, "quick" if args.quick else "full")
     print(paths["markdown"].read_text())
@@ -72,6 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         print("failed runs: " + ", ".join(failed), file=sys.stderr)
     return 1 if any("eventbus" in f.split("/")[-1] for f in failed) else 0
+
+
+def selected(scenarios: list[Scenario], only: str) -> list[Scenario]:
+    """The scenarios whose `<broker> <name>` contains one of the comma-separated `only`
+    (all of them when `only` is empty)."""
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    if not wanted:
+        return scenarios
+    return [s for s in scenarios if any(w in f"{s.broker} {s.name}" for w in wanted)]
 
 
 if __name__ == "__main__":

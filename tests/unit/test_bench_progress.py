@@ -68,3 +68,25 @@ async def test_run_scenarios_goes_on_after_a_failing_run(
     assert outcome.errors == {"raw": "RuntimeError: broker gone"}
     err = capsys.readouterr().err.splitlines()
     assert [line.split()[0] for line in err] == ["1/4", "2/4", "3/4", "4/4"]
+
+
+def test_only_keeps_the_scenarios_it_names_by_broker_and_name() -> None:
+    from benchmarks.__main__ import selected
+
+    def scenario(broker: str, name: str) -> Scenario:
+        return Scenario(broker, name, "", {})
+
+    every = [
+        scenario("memory", "end-to-end"),
+        scenario("kafka", "end-to-end"),
+        scenario("kafka", "batch handler"),
+        scenario("sqlite", "replay"),
+    ]
+    assert selected(every, "") == every
+    picked = selected(every, "memory end-to-end, kafka batch")
+    assert [(s.broker, s.name) for s in picked] == [
+        ("memory", "end-to-end"),
+        ("kafka", "batch handler"),
+    ]
+    assert [s.broker for s in selected(every, "end-to-end")] == ["memory", "kafka"]
+    assert selected(every, "rabbitmq") == []
