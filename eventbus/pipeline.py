@@ -121,6 +121,19 @@ class Pipeline:
         except Exception as exc:  # a bug or a failed settlement: never kill the consumer
             return await self._broken(d, exc)
 
+    async def _failed_alone(self, ctx: Context, d: Delivery, exc: BaseException) -> str:
+        """The retry policy for one failed item of an inline batch (its own task: the
+        backoffs of a batch's failed items run side by side, not one after the other)."""
+        token = current_context.set(ctx)
+        try:
+            return await self._failed(ctx, d, exc)
+        except asyncio.CancelledError:
+            return await self._cancelled(d)
+        except Exception as error:
+            return await self._broken(d, error)
+        finally:
+            current_context.reset(token)
+
     async def _cancelled(self, d: Delivery) -> str:
         """`d` was being processed when a `CancelledError` came: give it back (nack), and
         raise again if it is the consumer's stop."""
@@ -181,23 +194,22 @@ class Pipeline:
             if not joined:
                 return
             failures = await call_batch(call, [ctx for _, ctx in joined])
+            retries = []
             for (i, ctx), failure in zip(joined, failures, strict=True):
                 settled[i] = True
                 d = batch[i]
+                if failure is not None:
+                    retries.append(self._failed_alone(ctx, d, failure))
+                    continue
                 try:
-                    if failure is None:
-                        await d.ack()
-                        self.last_handled = _now()
-                        continue
-                    token = current_context.set(ctx)
-                    try:
-                        await self._failed(ctx, d, failure)
-                    finally:
-                        current_context.reset(token)
+                    await d.ack()
+                    self.last_handled = _now()
                 except asyncio.CancelledError:
                     await self._cancelled(d)
                 except Exception as exc:
                     await self._broken(d, exc)
+            if retries:  # side by side, as the items of a batch were handled
+                await asyncio.gather(*retries)
         except asyncio.CancelledError:  # the consumer's stop: the rest go back to the broker
             for done, d in zip(settled, batch, strict=True):
                 if not done:

@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from eventbus import BatchContext, Context, Envelope, Event, EventBus, SubscriptionError
+from eventbus import (
+    BatchContext,
+    Context,
+    Envelope,
+    Event,
+    EventBus,
+    RetryPolicy,
+    SubscriptionError,
+)
 from eventbus.testing.conformance import unique, until
 
 
@@ -178,3 +186,36 @@ async def test_a_batch_cut_off_by_the_shutdown_timeout_goes_back_whole(per_item:
     async with again:
         await until(lambda: len(rest) >= 5, what="the cut-off batch, given back")
     assert sorted(rest) == list(range(5)), "each item given back once"
+
+
+@pytest.mark.parametrize("per_item", [False, True], ids=["inline", "per-item"])
+async def test_the_failed_items_of_a_batch_are_retried_side_by_side(per_item: bool) -> None:
+    """Each failed item waits out its own backoff and retry, beside the others: the retries
+    of a batch of five are all in flight at once (one after the other, a batch of 500
+    would take 500 backoffs)."""
+    stream, broker = unique(), f"memory://{unique()}"
+    Tick = events_on(stream)
+    retrying: set[int] = set()
+    all_in = asyncio.Event()
+    handled: list[int] = []
+
+    async def passing(ctx: Context, call_next: Any) -> None:
+        await call_next(ctx)
+
+    bus = EventBus(broker, middleware=[passing] if per_item else [])
+
+    @bus.subscribe(group="g", batch_size=5, retry=RetryPolicy(attempts=2, backoff=0.01))
+    async def handle(events: list[Tick], ctx: BatchContext) -> None:  # type: ignore[valid-type]
+        if ctx.contexts[0].attempt == 1:
+            raise ValueError("the whole batch failed")
+        [event] = events
+        retrying.add(event.n)  # type: ignore[attr-defined]
+        if len(retrying) == 5:
+            all_in.set()
+        await asyncio.wait_for(all_in.wait(), 30)  # one at a time, this would time out
+        handled.append(event.n)  # type: ignore[attr-defined]
+
+    async with bus:
+        await bus.publish_many([Tick(n=i) for i in range(5)])
+        await until(lambda: len(handled) == 5, what="the five retries")
+    assert sorted(handled) == list(range(5))
