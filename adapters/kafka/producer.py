@@ -249,7 +249,9 @@ class AsyncProducer:
     async def send(self, record: Record) -> None:
         """Produce one record; return once it is stored (raise PublishError otherwise)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._produce(record, _Reports(self, future, 1, record))
+        reports = _Reports(self, future, 1, record)
+        if not self._try_produce(record, reports):  # (no coroutine unless the queue is full)
+            await self._produce(record, reports)
         await future
 
     async def submit(self, record: Record) -> asyncio.Future[None]:

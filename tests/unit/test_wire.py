@@ -30,7 +30,10 @@ def message() -> Message:
 def test_sdk_reads_our_kafka_record() -> None:
     m = message()
     record = ce_kafka.KafkaMessage(
-        headers=dict(to_kafka_headers(m.attributes)), key=(m.key or "").encode(), value=m.body
+        # as a consumer reads them: librdkafka writes the str values as UTF-8
+        headers={name: value.encode() for name, value in to_kafka_headers(m.attributes)},
+        key=(m.key or "").encode(),
+        value=m.body,
     )
     event = ce_kafka.from_binary(record, JSONFormat(), CloudEvent)
     assert event.get_id() == m.attributes["id"]
