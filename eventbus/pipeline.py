@@ -121,18 +121,31 @@ class Pipeline:
         except Exception as exc:  # a bug or a failed settlement: never kill the consumer
             return await self._broken(d, exc)
 
-    async def _failed_alone(self, ctx: Context, d: Delivery, exc: BaseException) -> str:
+    async def _failed_alone(self, ctx: Context, d: Delivery, exc: BaseException) -> None:
         """The retry policy for one failed item of an inline batch (its own task: the
         backoffs of a batch's failed items run side by side, not one after the other)."""
         token = current_context.set(ctx)
         try:
-            return await self._failed(ctx, d, exc)
-        except asyncio.CancelledError:
-            return await self._cancelled(d)
-        except Exception as error:
-            return await self._broken(d, error)
+            await self._guarded(d, self._failed(ctx, d, exc))
         finally:
             current_context.reset(token)
+
+    async def _dead_letter_alone(self, d: Delivery, bad: _BadInput) -> None:
+        """Bad input in an inline batch, dead-lettered (on a task of its own)."""
+        await self._guarded(
+            d, self._dead_letter(d, bad.exc_type, bad.message, d.attempt, bad.stack)
+        )
+
+    async def _guarded(self, d: Delivery, step: Awaitable[object]) -> None:
+        """Await a step that settles `d`, with `process`'s guards: a `CancelledError` gives
+        `d` back (and goes on if it is the consumer's stop), any other error is logged
+        and gives `d` back."""
+        try:
+            await step
+        except asyncio.CancelledError:
+            await self._cancelled(d)
+        except Exception as exc:
+            await self._broken(d, exc)
 
     async def _cancelled(self, d: Delivery) -> str:
         """`d` was being processed when a `CancelledError` came: give it back (nack), and
@@ -176,40 +189,38 @@ class Pipeline:
         settled = [False] * len(batch)
         try:
             joined: list[tuple[int, Context]] = []
+            dead: list[tuple[int, _BadInput]] = []
             for i, d in enumerate(batch):
                 ctx = self._decode(d)
                 if type(ctx) is Context:
                     joined.append((i, ctx))
-                    continue
-                settled[i] = True
-                try:
-                    if type(ctx) is _BadInput:
-                        await self._dead_letter(d, ctx.exc_type, ctx.message, d.attempt, ctx.stack)
-                    else:
-                        await d.ack()
-                except asyncio.CancelledError:
-                    await self._cancelled(d)
-                except Exception as exc:
-                    await self._broken(d, exc)
+                elif type(ctx) is _BadInput:
+                    dead.append((i, ctx))
+                else:  # another type
+                    settled[i] = True
+                    await self._guarded(d, d.ack())
+            if dead:  # side by side, as on the per-item path
+                for i, _ in dead:
+                    settled[i] = True
+                await asyncio.gather(*(self._dead_letter_alone(batch[i], bad) for i, bad in dead))
             if not joined:
                 return
             failures = await call_batch(call, [ctx for _, ctx in joined])
-            retries = []
+            failed: list[tuple[int, Context, BaseException]] = []
             for (i, ctx), failure in zip(joined, failures, strict=True):
-                settled[i] = True
-                d = batch[i]
-                if failure is not None:
-                    retries.append(self._failed_alone(ctx, d, failure))
-                    continue
-                try:
-                    await d.ack()
-                    self.last_handled = _now()
-                except asyncio.CancelledError:
-                    await self._cancelled(d)
-                except Exception as exc:
-                    await self._broken(d, exc)
-            if retries:  # side by side, as the items of a batch were handled
-                await asyncio.gather(*retries)
+                if failure is None:
+                    settled[i] = True
+                    await self._guarded(batch[i], batch[i].ack())
+                else:
+                    failed.append((i, ctx, failure))
+            if len(failed) < len(joined):
+                self.last_handled = _now()
+            if failed:  # side by side, as the items of a batch were handled
+                for i, _, _ in failed:
+                    settled[i] = True
+                await asyncio.gather(
+                    *(self._failed_alone(ctx, batch[i], exc) for i, ctx, exc in failed)
+                )
         except asyncio.CancelledError:  # the consumer's stop: the rest go back to the broker
             for done, d in zip(settled, batch, strict=True):
                 if not done:
