@@ -20,6 +20,7 @@ from eventbus import (
     SubscriptionError,
 )
 from eventbus.testing.conformance import unique, until
+from eventbus.types import HandleMiddleware, HandleNext
 
 
 def events_on(stream: str) -> type[Event]:
@@ -27,6 +28,33 @@ def events_on(stream: str) -> type[Event]:
         n: int
 
     return Tick
+
+
+def passing_through(seen: list[str], per_item: bool) -> list[HandleMiddleware]:
+    """With `per_item`, a handle middleware that notes each event id in `seen` and passes
+    it on (it puts each item of a batch on a task of its own); else no middleware."""
+
+    async def passing(ctx: Context, call_next: HandleNext) -> None:
+        seen.append(ctx.envelope.id)
+        await call_next(ctx)
+
+    return [passing] if per_item else []
+
+
+async def next_member_gets(broker: str, tick: type[Event], expected: int) -> list[int]:
+    """The events the next member of group `g` handles (batches of 10): `expected` of
+    them, and nothing more within 0.2 s."""
+    rest: list[int] = []
+    again = EventBus(broker)
+
+    @again.subscribe(group="g", batch_size=10)
+    async def later(events: list[tick]) -> None:  # type: ignore[valid-type]
+        rest.extend(e.n for e in events)  # type: ignore[attr-defined]
+
+    async with again:
+        await until(lambda: len(rest) >= expected, what="the events given back")
+        await asyncio.sleep(0.2)  # (nothing more may come: each event once)
+    return rest
 
 
 def test_batch_options_belong_to_batch_handlers() -> None:
@@ -127,16 +155,7 @@ async def test_a_stop_lets_the_running_batch_finish_and_gives_the_rest_back() ->
     assert done >= 10 and done % 10 == 0, "the running batch (and any begun) finished whole"
     assert first == list(range(done))
 
-    rest: list[int] = []
-    again = EventBus(broker)
-
-    @again.subscribe(group="g", batch_size=10)
-    async def later(events: list[Tick]) -> None:  # type: ignore[valid-type]
-        rest.extend(e.n for e in events)  # type: ignore[attr-defined]
-
-    async with again:
-        await until(lambda: len(rest) >= 30 - done, what="the rest, given back")
-        await asyncio.sleep(0.2)  # (nothing more may come: each event once)
+    rest = await next_member_gets(broker, Tick, 30 - done)
     assert sorted(rest) == list(range(done, 30)), "nothing lost, nothing twice"
 
 
@@ -159,12 +178,7 @@ async def test_a_batch_cut_off_by_the_shutdown_timeout_goes_back_whole(per_item:
     Tick = events_on(stream)
     holding = asyncio.Event()
     seen: list[str] = []
-
-    async def passing(ctx: Context, call_next: Any) -> None:
-        seen.append(ctx.envelope.id)
-        await call_next(ctx)
-
-    bus = EventBus(broker, shutdown_timeout=0.2, middleware=[passing] if per_item else [])
+    bus = EventBus(broker, shutdown_timeout=0.2, middleware=passing_through(seen, per_item))
 
     @bus.subscribe(group="g", batch_size=5)
     async def stuck(events: list[Tick]) -> None:  # type: ignore[valid-type]
@@ -176,15 +190,7 @@ async def test_a_batch_cut_off_by_the_shutdown_timeout_goes_back_whole(per_item:
         await holding.wait()
     assert len(set(seen)) == (5 if per_item else 0)
 
-    rest: list[int] = []
-    again = EventBus(broker)
-
-    @again.subscribe(group="g", batch_size=5)
-    async def later(events: list[Tick]) -> None:  # type: ignore[valid-type]
-        rest.extend(e.n for e in events)  # type: ignore[attr-defined]
-
-    async with again:
-        await until(lambda: len(rest) >= 5, what="the cut-off batch, given back")
+    rest = await next_member_gets(broker, Tick, 5)
     assert sorted(rest) == list(range(5)), "each item given back once"
 
 
@@ -199,10 +205,7 @@ async def test_the_failed_items_of_a_batch_are_retried_side_by_side(per_item: bo
     all_in = asyncio.Event()
     handled: list[int] = []
 
-    async def passing(ctx: Context, call_next: Any) -> None:
-        await call_next(ctx)
-
-    bus = EventBus(broker, middleware=[passing] if per_item else [])
+    bus = EventBus(broker, middleware=passing_through([], per_item))
 
     @bus.subscribe(group="g", batch_size=5, retry=RetryPolicy(attempts=2, backoff=0.01))
     async def handle(events: list[Tick], ctx: BatchContext) -> None:  # type: ignore[valid-type]

@@ -28,7 +28,7 @@ class BatchPath:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.wrapped: list[Any] = []
+        self.wrapped: list[str] = []
 
     async def _pass(self, ctx: Context, call_next: HandleNext) -> None:
         self.wrapped.append(ctx.envelope.id)
