@@ -188,9 +188,16 @@ class Link:
         ).with_query(
             {"heartbeat": str(self.settings.heartbeat), "name": self.settings.connection_name}
         )
-        connection: AbstractConnection = await aio_pika.connect(
-            url, ssl_context=self._context, timeout=self.settings.connect_timeout
-        )
+        # made here rather than by `aio_pika.connect`, so that a failed or cancelled attempt
+        # is closed at once: left to the garbage collector, aio-pika schedules its close on
+        # whatever loop runs then (or warns that the coroutine was never awaited)
+        connection = aio_pika.Connection(url, ssl_context=self._context)
+        try:
+            await connection.connect(timeout=self.settings.connect_timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
         return connection
 
     def _attach(self, connection: AbstractConnection) -> None:
@@ -216,11 +223,18 @@ class Link:
                 blocked.reschedule(now)
         if self._reconnector is None or self._reconnector.done():
             self._reconnector = asyncio.get_running_loop().create_task(
-                self._reconnect(), name="eventbus-rabbitmq-reconnect"
+                self._reconnect(sender), name="eventbus-rabbitmq-reconnect"
             )
 
-    async def _reconnect(self) -> None:
-        """Round after round through the nodes, the lost one last, until one accepts."""
+    async def _reconnect(self, dropped: AbstractConnection | None) -> None:
+        """Round after round through the nodes, the lost one last, until one accepts.
+
+        The lost connection is closed first: aio-pika leaves a connection the server
+        dropped open on its side, and its finalizer would schedule the close on whatever
+        loop runs when it is collected (or warn that the coroutine was never awaited)."""
+        if dropped is not None:
+            with contextlib.suppress(*LOST):
+                await dropped.close()
         delay = 0.1
         attempts = 0
         lost = self._error

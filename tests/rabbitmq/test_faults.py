@@ -143,6 +143,8 @@ async def test_consumer_killed_mid_handler_loses_nothing(rabbit: Broker, tmp_pat
         if process.poll() is None:
             process.kill()
             process.wait(30)
+        if process.stderr is not None:
+            process.stderr.close()
     before = [line for line in log.read_text().splitlines() if line != "hanging"]
     assert before == ["a", "b"]
 
@@ -186,6 +188,31 @@ def secret_user() -> Any:
     rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
     yield user
     rabbitmqctl("delete_user", user)
+
+
+async def test_a_connection_the_broker_dropped_is_closed_before_the_next(
+    rabbit: Broker,
+) -> None:
+    """aio-pika leaves a connection the server closed open on the client side; left to
+    the garbage collector, its finalizer schedules the close on whatever loop runs then,
+    or warns that the coroutine was never awaited. The link closes it itself."""
+    ev = make_events(rabbit.stream())
+    handled: list[str] = []
+    name = f"dropped-{ev.stream}"
+    bus = rabbit.bus(connection_name=name)
+
+    @bus.subscribe(group="g")
+    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+        handled.append(event.order_id)
+
+    async with bus:
+        link = broker_of(bus).link
+        lost = await link.connection()
+        assert await asyncio.to_thread(close_connections_named, name) == 1
+        await until(lambda: link.reconnects == 1)
+        assert lost.is_closed
+        await bus.publish(ev.Created(order_id="1"))  # the new connection works
+        await until(lambda: "1" in handled)
 
 
 async def test_password_never_in_logs_reprs_or_errors(rabbit: Broker, secret_user: str) -> None:
