@@ -26,7 +26,7 @@ from eventbus import Context, EventBus
 
 from .core import Scenario, metrics_of
 from .pacing import broker_scenarios, drive, wait_for_count
-from .targets import FASTSTREAM, RAW_KAFKA
+from .targets import EVENTBUS, FASTSTREAM, LEAN, RAW_KAFKA
 from .workload import (
     STANDARD,
     TYPE,
@@ -384,7 +384,8 @@ def scenarios(quick: bool) -> list[Scenario]:
         broker_scenarios(
             "kafka",
             {
-                "eventbus": eventbus_run,
+                EVENTBUS: eventbus_run,
+                LEAN: partial(eventbus_run, optional_attributes=False),
                 RAW_KAFKA: raw_run,
                 f"{RAW_KAFKA} (CloudEvents headers)": partial(raw_run, headers="CloudEvents"),
                 f"{FASTSTREAM} {version('faststream')}": faststream_run,

@@ -18,19 +18,26 @@ class Target:
     threshold: float
     baseline: str = ""
     metric: str = ""
+    #: the implementation judged: eventbus as configured by default, or a variant of it
+    impl: str = "eventbus"
 
     def describe(self) -> str:
+        where = f"{self.broker} {self.scenario}"
+        if self.impl != EVENTBUS:
+            where = f"{where}, {self.impl}"
         if self.kind == "ratio":
-            return f"{self.broker} {self.scenario}: >= {self.threshold:g}x {self.baseline}"
+            return f"{where}: >= {self.threshold:g}x {self.baseline}"
         if self.kind == "cpu":
-            return (
-                f"{self.broker} {self.scenario}: CPU per event, {self.baseline}'s / "
-                f"eventbus's >= {self.threshold:g}"
-            )
+            share = f"{self.baseline}'s / {self.impl}'s"
+            return f"{where}: CPU per event, {share} >= {self.threshold:g}"
         sign = "<=" if self.kind == "max" else ">="
-        return f"{self.broker} {self.scenario}: {self.metric} {sign} {self.threshold:g}"
+        return f"{where}: {self.metric} {sign} {self.threshold:g}"
 
 
+EVENTBUS = "eventbus"
+#: eventbus with `optional_attributes=False`: the four required CloudEvents headers only
+#: (the issue allows it as an option, the default staying the full set)
+LEAN = "eventbus (required attributes)"
 RAW_RABBIT = "raw aio-pika"
 RAW_KAFKA = "raw confluent-kafka"
 FASTSTREAM = "FastStream"
@@ -72,6 +79,11 @@ TARGETS = [
     Target("sqlite", "replay", "ratio", 1.0, PEER_STORE),
     Target("postgresql", "append (batched)", "ratio", 1.0, PEER_STORE),
     Target("postgresql", "replay", "ratio", 1.0, PEER_STORE),
+    # the best the wire format allows: the same targets for the required attributes only
+    Target("kafka", "publish", "ratio", 0.6, RAW_KAFKA, impl=LEAN),
+    Target("kafka", "publish", "cpu", 0.6, RAW_KAFKA, impl=LEAN),
+    Target("kafka", "end-to-end", "ratio", 0.5, RAW_KAFKA, impl=LEAN),
+    Target("kafka", "end-to-end", "cpu", 0.5, RAW_KAFKA, impl=LEAN),
 ]
 
 
@@ -92,14 +104,16 @@ def evaluate(outcomes: list[Outcome]) -> list[dict[str, object]]:
                     if target.baseline in outcome.samples
                     else next((i for i in outcome.samples if i.startswith(target.baseline)), None)
                 )
+                if target.impl not in outcome.samples:
+                    baseline = None
                 if baseline is not None and target.kind == "ratio":
-                    value = outcome.ratio("eventbus", baseline)
+                    value = outcome.ratio(target.impl, baseline)
                 elif baseline is not None:
-                    ours = outcome.median("eventbus", CPU)
+                    ours = outcome.median(target.impl, CPU)
                     theirs = outcome.median(baseline, CPU)
                     value = theirs / ours if ours and theirs else None
             else:
-                value = outcome.median("eventbus", target.metric)
+                value = outcome.median(target.impl, target.metric)
         met = None
         if value is not None:
             met = value <= target.threshold if target.kind == "max" else value >= target.threshold

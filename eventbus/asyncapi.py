@@ -72,7 +72,12 @@ _ATTRIBUTES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("source", "who published it: the EVENTBUS_SOURCE of the publisher", {}),
     ("specversion", "CloudEvents version", {"const": "1.0"}),
     ("type", "the event type (on RabbitMQ also the routing key)", {}),
-    ("time", "when it was published, RFC 3339 UTC (eventbus always writes it)", {}),
+    (
+        "time",
+        "when it was published, RFC 3339 UTC (written unless the publisher turned "
+        "optional_attributes off)",
+        {},
+    ),
     (
         "datacontenttype",
         "the payload's media type",

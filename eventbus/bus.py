@@ -138,6 +138,7 @@ class EventBus:
         self._failure: BaseException | None = None
         self._source = settings.source
         self._max_bytes = settings.max_message_bytes
+        self._optional_attributes = settings.optional_attributes
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self._metrics: Metrics | None = None
@@ -408,7 +409,12 @@ class EventBus:
                 middleware=self._publish_middleware,
             )
         message = build_message(
-            query, source=self._source, max_bytes=self._max_bytes, key=key, headers=headers
+            query,
+            source=self._source,
+            max_bytes=self._max_bytes,
+            key=key,
+            headers=headers,
+            optional=self._optional_attributes,
         )
         reply = await requester.request(message, timeout)
         self._last_published = _now()
@@ -757,6 +763,7 @@ class EventBus:
             correlation_id=correlation_id,
             causation_id=causation_id,
             time=time,
+            optional=self._optional_attributes,
         )
         if self._fast_publish:
             correlate_attributes(message.attributes)
@@ -794,6 +801,7 @@ class EventBus:
             headers=headers,
             correlation_id=correlation_id,
             causation_id=causation_id,
+            optional=self._optional_attributes,
         )
         prepared: list[Message] = []
         if self._fast_publish:
@@ -827,13 +835,15 @@ class EventBus:
             messages.append(message)
 
         wrapped = None if self._fast_publish else chain(self._publish_middleware, collect)
-        source, max_bytes = self._source, self._max_bytes
+        source, max_bytes, optional = self._source, self._max_bytes, self._optional_attributes
         for item in events:
             if isinstance(item, tuple):
                 event, item_key = item
             else:
                 event, item_key = item, (key(item) if key is not None else None)
-            message = build_message(event, source=source, max_bytes=max_bytes, key=item_key)
+            message = build_message(
+                event, source=source, max_bytes=max_bytes, key=item_key, optional=optional
+            )
             if wrapped is None:
                 correlate_attributes(message.attributes)
                 messages.append(message)

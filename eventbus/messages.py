@@ -39,7 +39,11 @@ def build_message(
     correlation_id: str | None = None,
     causation_id: str | None = None,
     time: str | None = None,
+    optional: bool = True,
 ) -> Message:
+    """The message of `event`. `optional=False` writes the required CloudEvents
+    attributes only (id, source, specversion, type: no `time`, `datacontenttype`,
+    `dataschema`; a given `time` is kept), plus the extensions."""
     cls = type(event)
     info = _CLASSES.get(cls)
     if info is None or info[0] is not cls.__stream__:  # a stream set after definition
@@ -50,15 +54,20 @@ def build_message(
         raise MessageTooLarge(
             f"{etype} event is {len(body)} bytes, above EVENTBUS_MAX_MESSAGE_BYTES={max_bytes}"
         )
-    attrs = {
-        "id": id or new_id(),
-        "source": source,
-        "specversion": "1.0",
-        "type": etype,
-        "time": time or now_rfc3339(),
-        "datacontenttype": "application/json",
-        "dataschema": dataschema,
-    }
+    if optional:
+        attrs = {
+            "id": id or new_id(),
+            "source": source,
+            "specversion": "1.0",
+            "type": etype,
+            "time": time or now_rfc3339(),
+            "datacontenttype": "application/json",
+            "dataschema": dataschema,
+        }
+    else:
+        attrs = {"id": id or new_id(), "source": source, "specversion": "1.0", "type": etype}
+        if time:
+            attrs["time"] = time
     if key is not None:
         if type(key) is not str:
             key = str(key)

@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     source: str = "eventbus"
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: write the optional CloudEvents attributes `time`, `datacontenttype` and
+    #: `dataschema` on every published event (the default); False writes the required
+    #: ones only (id, source, specversion, type) and the extensions: three headers fewer
+    #: per record, for producers whose cost is dominated by per-header work (Kafka).
+    #: Consumers need none of the three (the payload is JSON when no content type says
+    #: otherwise); `Envelope.time` is then "" and `Envelope.timestamp` None
+    optional_attributes: bool = True
     #: an encoded event larger than this is refused at publish and dead-lettered on receive
     max_message_bytes: int = Field(default=1_048_576, gt=0)
     #: seconds that graceful stop waits for in-flight handlers

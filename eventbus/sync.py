@@ -53,6 +53,7 @@ class SyncPublisher:
             key=key,
             headers=headers,
             id=id,
+            optional=self.settings.optional_attributes,
         )
         correlate_attributes(message.attributes)
         return message

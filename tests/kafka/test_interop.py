@@ -88,6 +88,42 @@ async def test_kcat_reads_the_cloudevents_headers_we_publish(kafka: KafkaHarness
     assert json.loads(record["payload"]) == {"order_id": "o-9"}
 
 
+async def test_required_attributes_only_on_the_wire(kafka: KafkaHarness) -> None:
+    """`optional_attributes=False`: kcat sees the four required CloudEvents headers and
+    nothing else of eventbus's, and the CloudEvents SDK still reads the event."""
+    stream = unique("lean")
+
+    class Created(Event, stream=stream, type="order.created"):
+        order_id: str
+
+    bus = kafka.bus(optional_attributes=False)
+    async with bus:
+        sent = await bus.publish(Created(order_id="o-7"), key="o-7")
+    out = await run(
+        kcat(), "-C", "-b", BOOTSTRAP, "-t", stream, "-o", "beginning", "-c", "1", "-e", "-J"
+    )
+    record = json.loads(out.decode().splitlines()[0])
+    flat = record["headers"]
+    headers = dict(zip(flat[::2], flat[1::2], strict=True))
+    assert headers == {
+        "ce_id": sent.id,
+        "ce_source": bus.settings.source,
+        "ce_specversion": "1.0",
+        "ce_type": "order.created",
+    }
+    [message] = await asyncio.to_thread(read_topic, stream, 1)
+    parsed = from_binary(
+        KafkaMessage(
+            headers={k: v for k, v in message.headers()},  # type: ignore[attr-defined]
+            key=message.key(),  # type: ignore[attr-defined]
+            value=message.value(),  # type: ignore[attr-defined]
+        ),
+        JSONFormat(),
+    )
+    assert parsed.get_id() == sent.id
+    assert parsed.get_data() == {"order_id": "o-7"}
+
+
 async def test_cloudevents_sdk_parses_what_we_publish(kafka: KafkaHarness) -> None:
     stream = unique("sdk")
 

@@ -87,6 +87,41 @@ class ConformanceTests(UsesHarness):
         assert env.attempt == 1
         assert json.loads(env.body) == {"order_id": "o-1", "n": 7, "total": 12.5}
 
+    async def test_required_attributes_only(self, harness: Harness) -> None:
+        """`optional_attributes=False`: the event travels with id, source, specversion and
+        type (and the extensions) only, and is handled like any other."""
+        ev = make_events(unique())
+        got: list[tuple[Any, Envelope]] = []
+        bus = harness.bus(optional_attributes=False)
+
+        @bus.subscribe(group="g")
+        async def handler(event: ev.Created, ctx: Context) -> None:  # type: ignore[name-defined]
+            got.append((event, ctx.envelope))
+
+        async with bus:
+            sent = await bus.publish(
+                ev.Created(order_id="o-1", n=2), key="o-1", correlation_id="corr-1"
+            )
+            await until(lambda: len(got) == 1, what="the event")
+        assert "time" not in sent.attributes()
+        event, env = got[0]
+        assert event == ev.Created(order_id="o-1", n=2)
+        assert env.id == sent.id and env.id
+        assert env.type == "order.created" and env.specversion == "1.0"
+        assert env.source == bus.settings.source
+        assert env.time == "" and env.timestamp is None
+        assert env.dataschema is None
+        assert env.content_type == "application/json"  # the default when none was sent
+        assert env.key == "o-1" and env.correlation_id == "corr-1"
+        assert set(env.attributes()) == {
+            "id",
+            "source",
+            "specversion",
+            "type",
+            "partitionkey",
+            "correlationid",
+        }
+
     async def test_fan_out_to_every_group(self, harness: Harness) -> None:
         ev = make_events(unique())
         seen: dict[str, list[str]] = defaultdict(list)
