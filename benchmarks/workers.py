@@ -1,6 +1,7 @@
 """Worker processes on Kafka: `eventbus run benchmarks.worker_app:bus --workers N` consumes
-orders that were produced before the run, with a handler that spends about 0.1 ms of CPU
-per order. One worker is bound by its one core; two share the topic's 4 partitions.
+orders produced once every worker joined the group, with a handler that spends about
+0.1 ms of CPU per order. One worker is bound by its one core; two share the topic's 4
+partitions.
 
 Timed from the first offsets the group committed to the moment it committed every order
 (commits come every 500 ms: runs are long enough for that not to matter). CPU per event
@@ -38,10 +39,29 @@ def _committed(topic: str) -> int:
     return sum(max(tp.offset, 0) for tp in result.topic_partitions)
 
 
+def _members_with_partitions(topic: str) -> int:
+    """Members of the group that hold partitions of `topic`, once the group is stable
+    (0 while it rebalances)."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    group = admin.describe_consumer_groups([GROUP])[GROUP].result(10)
+    if group.state != ConsumerGroupState.STABLE:
+        return 0
+    return sum(
+        any(tp.topic == topic for tp in member.assignment.topic_partitions)
+        for member in group.members
+        if member.assignment is not None
+    )
+
+
 async def workers_run(count: int, workers: int) -> dict[str, Any]:
+    """The workers join the group first; the orders are produced once every worker holds
+    partitions, so that no run is timed across the rebalance of a late joiner (that pause
+    made 2-worker runs swing between 12k/s and 22k/s)."""
     topic = _topic(PARTITIONS)
     producer = await asyncio.to_thread(_raw_producer, topic)  # produces one record
-    await asyncio.to_thread(_raw_produce, producer, topic, count - 1, None, "CloudEvents")
     env = {
         **os.environ,
         "EVENTBUS_URL": f"kafka://{BOOTSTRAP}",
@@ -54,6 +74,14 @@ async def workers_run(count: int, workers: int) -> dict[str, Any]:
         "--workers", str(workers), cwd=ROOT, env=env,
     )  # fmt: skip
     try:
+        deadline = time.monotonic() + 120
+        while await asyncio.to_thread(_members_with_partitions, topic) < workers:
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the {workers} workers did not all join; supervisor exit {proc.returncode}"
+                )
+            await asyncio.sleep(0.1)  # a poll of the group's state, not a sync
+        await asyncio.to_thread(_raw_produce, producer, topic, count - 1, None, "CloudEvents")
         first_at = first = 0.0
         committed = 0
         deadline = time.monotonic() + 600
@@ -88,8 +116,9 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario(
             "kafka",
             "worker processes",
-            f"{count:,} orders produced first -> `eventbus run --workers N` -> a handler "
-            f"with ~0.1 ms of CPU per order, {PARTITIONS} partitions; eventbus = 2 workers",
+            f"{count:,} orders, produced once the workers joined -> `eventbus run --workers N` "
+            f"-> a handler with ~0.1 ms of CPU per order, {PARTITIONS} partitions; "
+            "eventbus = 2 workers",
             {
                 "eventbus": partial(workers_run, count, 2),
                 "eventbus, 1 worker": partial(workers_run, count, 1),
