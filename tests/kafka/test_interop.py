@@ -4,6 +4,7 @@ what they write (CloudEvents Kafka binding, binary mode)."""
 import asyncio
 import json
 import shutil
+from typing import Any
 
 import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary, to_binary
@@ -36,6 +37,19 @@ async def run(*args: str, stdin: bytes = b"") -> bytes:
     out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
     assert proc.returncode == 0, f"{args[0]} failed: {err.decode()}"
     return out
+
+
+async def read_with_the_sdk(stream: str) -> Any:
+    """The stream's one record, as the CloudEvents SDK reads it (binary mode)."""
+    [message] = await asyncio.to_thread(read_topic, stream, 1)
+    return from_binary(
+        KafkaMessage(
+            headers={k: v for k, v in message.headers()},  # type: ignore[attr-defined]
+            key=message.key(),  # type: ignore[attr-defined]
+            value=message.value(),  # type: ignore[attr-defined]
+        ),
+        JSONFormat(),
+    )
 
 
 async def test_kcat_record_is_handled_by_a_typed_subscriber(kafka: KafkaHarness) -> None:
@@ -111,15 +125,7 @@ async def test_required_attributes_only_on_the_wire(kafka: KafkaHarness) -> None
         "ce_specversion": "1.0",
         "ce_type": "order.created",
     }
-    [message] = await asyncio.to_thread(read_topic, stream, 1)
-    parsed = from_binary(
-        KafkaMessage(
-            headers={k: v for k, v in message.headers()},  # type: ignore[attr-defined]
-            key=message.key(),  # type: ignore[attr-defined]
-            value=message.value(),  # type: ignore[attr-defined]
-        ),
-        JSONFormat(),
-    )
+    parsed = await read_with_the_sdk(stream)
     assert parsed.get_id() == sent.id
     assert parsed.get_data() == {"order_id": "o-7"}
 
@@ -138,15 +144,7 @@ async def test_cloudevents_sdk_parses_what_we_publish(kafka: KafkaHarness) -> No
             Paid(order_id="p-1", amount=3), key="p-1", headers={"tenant": "t1"}
         )
     [span] = spans.named(f"publish {stream}")
-    [message] = await asyncio.to_thread(read_topic, stream, 1)
-    parsed = from_binary(
-        KafkaMessage(
-            headers={k: v for k, v in message.headers()},  # type: ignore[attr-defined]
-            key=message.key(),  # type: ignore[attr-defined]
-            value=message.value(),  # type: ignore[attr-defined]
-        ),
-        JSONFormat(),
-    )
+    parsed = await read_with_the_sdk(stream)
     assert parsed.get_id() == sent.id
     assert parsed.get_type() == "order.paid"
     assert parsed.get_source() == bus.settings.source
