@@ -23,6 +23,7 @@ from .errors import (
 )
 from .event import Envelope, Event
 from .health import Health
+from .heap import freeze_heap
 from .protocol import Capabilities, DeadLetter, Delivery, Message, SubscriptionSpec
 from .publisher import Publisher
 from .requests import RequestFailed, RequestTimeout
@@ -94,6 +95,7 @@ __all__ = [
     "Upcasters",
     "applies",
     "correlation_scope",
+    "freeze_heap",
     "open_store",
     "transactional",
 ]

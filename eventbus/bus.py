@@ -23,6 +23,7 @@ from .errors import (
 )
 from .event import Envelope, Event, validate_name
 from .health import Health, SubscriptionHealth
+from .heap import freeze_heap
 from .log import configure as configure_logging
 from .log import get_logger
 from .messages import build_message, envelope_of
@@ -703,7 +704,8 @@ class EventBus:
         await self.stop()
 
     async def run(self, stop_signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        """Run the subscribers until SIGTERM/SIGINT (or `stop()`), then stop gracefully."""
+        """Run the subscribers until SIGTERM/SIGINT (or `stop()`), then stop gracefully.
+        Once started, the heap built so far is frozen (`Settings.freeze_heap`)."""
         loop = asyncio.get_running_loop()
         done = asyncio.Event()
         installed = []
@@ -715,6 +717,8 @@ class EventBus:
                 pass
         try:
             async with self:
+                if self.settings.freeze_heap:  # startup is over: see eventbus.heap
+                    freeze_heap()
                 stopping = asyncio.ensure_future(self._stopping.wait())
                 signalled = asyncio.ensure_future(done.wait())
                 await asyncio.wait({stopping, signalled}, return_when=asyncio.FIRST_COMPLETED)

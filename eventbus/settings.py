@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     optional_attributes: bool = True
     #: an encoded event larger than this is refused at publish and dead-lettered on receive
     max_message_bytes: int = Field(default=1_048_576, gt=0)
+    #: `bus.run()` (and `eventbus run`) freezes the objects alive once the bus started
+    #: (`eventbus.freeze_heap`): the modules, classes and setup of the service, which the
+    #: cycle collector's full passes would otherwise rescan for as long as it runs.
+    #: False leaves the process's collector alone
+    freeze_heap: bool = True
     #: seconds that graceful stop waits for in-flight handlers
     shutdown_timeout: float = Field(default=30.0, gt=0)
     #: OpenTelemetry spans for publish and process: None (default) traces when the

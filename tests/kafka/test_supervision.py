@@ -28,7 +28,7 @@ async def test_consumer_death_stops_the_bus_loudly(
     class Ping(Event, stream=stream, type="ping"):
         n: int = 0
 
-    bus = kafka.bus(partitions=1)
+    bus = kafka.bus(partitions=1, freeze_heap=False)  # not the test runner's heap
 
     @bus.subscribe(stream, "#", group=group)
     async def handle(envelope: Envelope) -> None:

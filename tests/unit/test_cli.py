@@ -46,6 +46,9 @@ def test_run_stops_gracefully_on_sigterm_letting_the_handler_finish() -> None:
     assert proc.returncode == 0, err
     assert "finished one" in out  # the in-flight handler finished before exit
     assert "bus.stopped" in err
+    # startup was over: the heap built so far is frozen (Settings.freeze_heap)
+    frozen = [json.loads(line) for line in err.splitlines() if '"heap.frozen"' in line]
+    assert len(frozen) == 1 and frozen[0]["objects"] > 10_000, err
 
 
 def test_run_exits_on_sigterm_although_a_sync_handler_never_returns() -> None:
