@@ -330,7 +330,15 @@ class ClientConfigs:
             # other partitions) never stop for a handler that holds one that moves
             "partition.assignment.strategy": "cooperative-sticky",
             "allow.auto.create.topics": False,
-            "fetch.wait.max.ms": 100,
+            # how long the broker holds a fetch for partitions with nothing new. A paused
+            # partition that resumes joins only the next fetch, after the one in flight,
+            # and the group's retry partition is usually empty, so a backlog read through
+            # a full `partition_buffer` waits up to this long per refill: at most
+            # `partition_buffer` records per partition per fetch (measured with
+            # partition_buffer=1000 on 3 partitions: 27k/s at 100 ms, 57k/s at 25 ms).
+            # Shorter costs idle fetches: 40/s per subscription (about 0.1% of a core in
+            # the client and 0.45% in a local broker, against 0.03% and 0.1% at 100 ms)
+            "fetch.wait.max.ms": 25,
             "queued.max.messages.kbytes": prefetch // 1024,
             "fetch.max.bytes": prefetch,
         }

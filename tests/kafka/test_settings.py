@@ -75,6 +75,13 @@ def test_options_are_validated_and_named() -> None:
         EventBus("kafka://127.0.0.1:9092", compression="rar")
 
 
+def test_a_resumed_partition_waits_at_most_25_ms_for_the_fetch_in_flight() -> None:
+    """librdkafka adds a resumed partition to the next fetch only; the broker holds the
+    one in flight (for the idle retry partition, say) up to fetch.wait.max.ms."""
+    consumer = ClientConfigs(parse_url("kafka://h:1"), load_kafka_settings({})).consumer("g")
+    assert consumer["fetch.wait.max.ms"] == 25
+
+
 def test_environment_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EVENTBUS_KAFKA_PARTITIONS", "12")
     monkeypatch.setenv("EVENTBUS_KAFKA_CONFIG", '{"fetch.wait.max.ms": 50}')
