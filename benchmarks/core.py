@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -12,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
+
+from eventbus import freeze_heap
 
 #: a run of one implementation: returns its metrics (events/s, latency percentiles, ...)
 Runner = Callable[[], Awaitable[dict[str, float]]]
@@ -152,8 +153,7 @@ async def run_scenarios(
                 for impl, runner in scenario.runners.items():
                     label = f"{scenario.broker}/{scenario.name}/{impl} #{rep + 1}"
                     shown.begin(label)
-                    gc.collect()
-                    gc.freeze()
+                    freeze_heap()
                     cpu = time.process_time()
                     try:
                         metrics = await runner()
