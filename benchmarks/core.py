@@ -14,6 +14,13 @@ from rich.progress import Progress as RichProgress
 
 from eventbus import freeze_heap
 
+from .servers import SERVERS, ServerClock
+
+#: µs of this process's CPU per event (user + system, client library threads included)
+CPU = "cpu_us_per_event"
+#: µs of the local broker's (or database server's) CPU per event, beside the client's
+SERVER_CPU = "server_cpu_us_per_event"
+
 #: a run of one implementation: returns its metrics (events/s, latency percentiles, ...)
 Runner = Callable[[], Awaitable[dict[str, float]]]
 
@@ -139,6 +146,11 @@ async def run_scenarios(
     repetition (eventbus, raw, FastStream, eventbus, raw, ...) so drift hits all alike.
     `progress`: how to show it (`Progress`).
 
+    A run that returns `events` (`metrics_of`) gets its CPU per event: this process's
+    over the whole run (client library threads included), and the local server's
+    (`servers.ServerClock`, `SERVER_CPU`) where the scenario's broker has one. A run that
+    measures one phase of itself returns both itself (the event store's).
+
     Every run starts on a frozen heap (`eventbus.freeze_heap`, what `bus.run()` does once
     a service started): the collector's full passes then visit what the run itself
     creates, not everything the runs before it left in this process. Without it a run's
@@ -146,14 +158,20 @@ async def run_scenarios(
     event per call in a fresh process and 1.0x at the end of a full run."""
     outcomes = [Outcome(s) for s in scenarios]
     total = sum(len(s.runners) for s in scenarios) * repetitions
+    clocks: dict[str, ServerClock] = {}
     with Progress(total, progress) as shown:
         for outcome in outcomes:
             scenario = outcome.scenario
+            broker = scenario.broker
+            if broker not in clocks:  # found once: the server's pid stays the same
+                clocks[broker] = ServerClock.at(SERVERS.get(broker))
+            server = clocks[broker]
             for rep in range(repetitions):
                 for impl, runner in scenario.runners.items():
                     label = f"{scenario.broker}/{scenario.name}/{impl} #{rep + 1}"
                     shown.begin(label)
                     freeze_heap()
+                    server_cpu = server.seconds()
                     cpu = time.process_time()
                     try:
                         metrics = await runner()
@@ -162,9 +180,13 @@ async def run_scenarios(
                         outcome.failures.setdefault(impl, []).append(error)
                         shown.finish(label, error)
                         continue
+                    cpu = time.process_time() - cpu
                     events = metrics.pop("events", 0)
                     if events:  # the whole run, client library threads included (not the broker)
-                        metrics["cpu_us_per_event"] = (time.process_time() - cpu) * 1e6 / events
+                        metrics[CPU] = cpu * 1e6 / events
+                        on_server = server.per_event(server_cpu, events)
+                        if on_server is not None:
+                            metrics[SERVER_CPU] = on_server
                     for metric, value in metrics.items():
                         outcome.samples.setdefault(impl, {}).setdefault(metric, []).append(value)
                     shown.finish(label)

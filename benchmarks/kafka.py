@@ -10,7 +10,6 @@ No `from __future__ import annotations`: handlers are annotated with per-run eve
 
 import asyncio
 import contextlib
-import os
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from eventbus import Context, EventBus
 
 from .core import Scenario, metrics_of
 from .pacing import broker_scenarios, drive, wait_for_count
+from .servers import KAFKA_BOOTSTRAP
 from .targets import EVENTBUS, FASTSTREAM, LEAN, RAW_KAFKA
 from .workload import (
     STANDARD,
@@ -37,7 +37,7 @@ from .workload import (
     payload_fields,
 )
 
-BOOTSTRAP = os.environ.get("EVENTBUS_BENCH_KAFKA", "127.0.0.1:9092")
+BOOTSTRAP = KAFKA_BOOTSTRAP
 PARTITIONS = 3
 _TYPE = TYPE.encode()
 #: eventbus's `dataschema` of the workload's events (`urn:eventbus:schema:<stream>:<type>`:

@@ -9,7 +9,6 @@ No `from __future__ import annotations`: handlers are annotated with per-run eve
 """
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,10 +20,11 @@ from eventbus import Context, EventBus
 
 from .core import Scenario
 from .pacing import broker_scenarios, drive
+from .servers import AMQP_URL
 from .targets import CLASSIC, FASTSTREAM, RAW_RABBIT
 from .workload import STANDARD, TYPE, Load, OrderPayload, make_event_class, payload_fields
 
-URL = os.environ.get("EVENTBUS_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+URL = AMQP_URL
 PREFETCH = 200
 WINDOW = 256  # outstanding confirms / publish batch, for every implementation
 Impl = Callable[[int, float | None, bool], Awaitable[dict[str, float]]]

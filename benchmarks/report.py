@@ -10,8 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .core import Outcome, Scenario
-from .targets import CPU, evaluate
+from .core import CPU, SERVER_CPU, Outcome, Scenario
+from .targets import evaluate
 
 
 def _version(package: str) -> str:
@@ -103,8 +103,8 @@ def to_markdown(outcomes: list[Outcome], mode: str, info: dict[str, Any] | None 
         f"Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
         "",
         "| broker | scenario | implementation | median | spread (min-max) | p50 / p99 "
-        "| CPU µs/event | eventbus vs this |",
-        "|---|---|---|---|---|---|---|---|",
+        "| CPU µs/event | server CPU µs/event | eventbus vs this |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         metric = o.scenario.metric
@@ -112,7 +112,7 @@ def to_markdown(outcomes: list[Outcome], mode: str, info: dict[str, Any] | None 
             if impl in o.errors:
                 lines.append(
                     f"| {o.scenario.broker} | {o.scenario.name} | {impl} | failed: "
-                    f"{o.errors[impl][:60]} | | | | |"
+                    f"{o.errors[impl][:60]} | | | | | |"
                 )
                 continue
             failed = len(o.failures.get(impl, []))
@@ -125,7 +125,9 @@ def to_markdown(outcomes: list[Outcome], mode: str, info: dict[str, Any] | None 
                 f"{_fmt(o.median(impl), metric)} | "
                 + (f"{_fmt(spread[0], metric)} - {_fmt(spread[1], metric)}" if spread else "-")
                 + f" | {_fmt(p50, 'ms')} / {_fmt(p99, 'ms')} | "
-                + (f"{cpu:.1f}" if (cpu := o.median(impl, "cpu_us_per_event")) else "-")
+                + (f"{cpu:.1f}" if (cpu := o.median(impl, CPU)) else "-")
+                + " | "
+                + (f"{server:.1f}" if (server := o.median(impl, SERVER_CPU)) else "-")
                 + " | "
                 + (f"{ratio:.2f}x" if ratio is not None else "")
                 + " |"
@@ -149,9 +151,12 @@ def charts(outcomes: list[Outcome], directory: Path) -> list[Path]:
     throughput = [o for o in outcomes if o.scenario.metric == "throughput" and o.samples]
     # what a busy machine barely moves: the client's CPU time per event, beside throughput
     cpu = [o for o in throughput if any(CPU in m for m in o.samples.values())]
+    # and the local broker's or database server's: which side sets the pace
+    server = [o for o in throughput if any(SERVER_CPU in m for m in o.samples.values())]
     for chosen, metric, unit, name in (
         (throughput, "throughput", "events/s", "throughput.png"),
         (cpu, CPU, "client CPU, µs/event (lower is better)", "cpu.png"),
+        (server, SERVER_CPU, "server CPU, µs/event (lower is better)", "server_cpu.png"),
     ):
         if chosen:
             written.append(_bars(plt, chosen, metric, unit, directory / name))

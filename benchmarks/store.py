@@ -12,7 +12,6 @@ runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 import time
 import uuid
@@ -25,11 +24,10 @@ from urllib.parse import unquote, urlsplit
 
 from eventbus.sourcing import EventStore, NewEvent, SqliteEventStore
 
-from .core import Scenario
+from .core import CPU, SERVER_CPU, Scenario
+from .servers import POSTGRES_URL, SERVERS, ServerClock
 
-PG_URL = os.environ.get(
-    "EVENTBUS_TEST_POSTGRES_URL", "postgresql://eventbus:eventbus@127.0.0.1:5432/eventbus"
-)
+PG_URL = POSTGRES_URL
 BODY = b'{"order_id":"o-123456","customer_id":"c-42","email":"c42@example.com","total_cents":1999}'
 BATCH = 100
 #: the peer baseline's name in the reports
@@ -58,6 +56,38 @@ async def open_backend(backend: str) -> AsyncIterator[EventStore]:
             await pg.close()
 
 
+class Phase:
+    """One measured phase of a run (the append, or the replay): its wall-clock time, this
+    process's CPU time (the peer's worker thread included) and the database server's."""
+
+    _clocks: dict[str, ServerClock] = {}
+
+    def __init__(self, backend: str) -> None:
+        if backend not in self._clocks:
+            self._clocks[backend] = ServerClock.at(SERVERS.get(backend))
+        self.server = self._clocks[backend]
+        self.wall = self.cpu = 0.0
+        self.server_cpu: float | None = None
+
+    def __enter__(self) -> Phase:
+        self.server_cpu = self.server.seconds()
+        self.cpu = time.process_time()
+        self.wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+        started, now = self.server_cpu, self.server.seconds()
+        self.server_cpu = None if started is None or now is None else now - started
+
+    def metrics(self, events: int) -> dict[str, float]:
+        result = {"throughput": events / self.wall, CPU: self.cpu * 1e6 / events}
+        if self.server_cpu is not None:
+            result[SERVER_CPU] = self.server_cpu * 1e6 / events
+        return result
+
+
 async def measure(backend: str, events: int, which: str) -> dict[str, float]:
     async with open_backend(backend) as store:
         batches = [
@@ -67,21 +97,18 @@ async def measure(backend: str, events: int, which: str) -> dict[str, float]:
             ]
             for b in range(events // BATCH)
         ]
-        started = time.perf_counter()
-        for n, chunk in enumerate(batches):
-            await store.append(f"order-{n}", chunk, 0)
-        append_s = time.perf_counter() - started
-        started = time.perf_counter()
-        position, replayed = 1, 0
-        while page := await store.read_all(position, 5000):
-            replayed += len(page)
-            position = page[-1].position + 1
-        replay_s = time.perf_counter() - started
+        with Phase(backend) as append:
+            for n, chunk in enumerate(batches):
+                await store.append(f"order-{n}", chunk, 0)
+        with Phase(backend) as replay:
+            position, replayed = 1, 0
+            while page := await store.read_all(position, 5000):
+                replayed += len(page)
+                position = page[-1].position + 1
     stored = len(batches) * BATCH
     if replayed != stored:
         raise AssertionError(f"replayed {replayed} of {stored} events")
-    seconds = append_s if which == "append" else replay_s
-    return {"throughput": stored / seconds}
+    return (append if which == "append" else replay).metrics(stored)
 
 
 def peer_measure(backend: str, events: int, which: str) -> dict[str, float]:
@@ -95,21 +122,18 @@ def peer_measure(backend: str, events: int, which: str) -> dict[str, float]:
             [StoredEvent(owner, v + 1, "bench:OrderCreated", BODY) for v in range(BATCH)]
         )
     with _peer_recorder(backend) as recorder:
-        started = time.perf_counter()
-        for chunk in batches:
-            recorder.insert_events(chunk)
-        append_s = time.perf_counter() - started
-        started = time.perf_counter()
-        position, replayed = 1, 0
-        while page := recorder.select_notifications(start=position, limit=5000):
-            replayed += len(page)
-            position = page[-1].id + 1
-        replay_s = time.perf_counter() - started
+        with Phase(backend) as append:
+            for chunk in batches:
+                recorder.insert_events(chunk)
+        with Phase(backend) as replay:
+            position, replayed = 1, 0
+            while page := recorder.select_notifications(start=position, limit=5000):
+                replayed += len(page)
+                position = page[-1].id + 1
     stored = len(batches) * BATCH
     if replayed != stored:
         raise AssertionError(f"eventsourcing replayed {replayed} of {stored} events")
-    seconds = append_s if which == "append" else replay_s
-    return {"throughput": stored / seconds}
+    return (append if which == "append" else replay).metrics(stored)
 
 
 def _peer_recorder(backend: str) -> AbstractContextManager[Any]:

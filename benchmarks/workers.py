@@ -18,8 +18,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .core import Scenario
+from .core import CPU, SERVER_CPU, Scenario
 from .kafka import BOOTSTRAP, _delete, _raw_produce, _raw_producer, _topic
+from .servers import SERVERS, ServerClock
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -69,6 +70,8 @@ async def workers_run(count: int, workers: int) -> dict[str, Any]:
         "EVENTBUS_LOG_LEVEL": "ERROR",
     }
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = ServerClock.at(SERVERS["kafka"])
+    server_before = server.seconds()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "eventbus", "run", "benchmarks.worker_app:bus",
         "--workers", str(workers), cwd=ROOT, env=env,
@@ -102,12 +105,14 @@ async def workers_run(count: int, workers: int) -> dict[str, Any]:
             proc.kill()
             await proc.wait()
         await asyncio.to_thread(_delete, topic)
+    on_server = server.per_event(server_before, count)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return {
-        "throughput": (count - first) / seconds if seconds > 0 else 0.0,
-        "cpu_us_per_event": cpu * 1e6 / count,
-    }
+    metrics = {"throughput": (count - first) / seconds if seconds > 0 else 0.0}
+    metrics[CPU] = cpu * 1e6 / count  # the workers' and their supervisor's
+    if on_server is not None:
+        metrics[SERVER_CPU] = on_server
+    return metrics
 
 
 def scenarios(quick: bool) -> list[Scenario]:
