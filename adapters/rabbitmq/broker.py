@@ -48,6 +48,7 @@ from .settings import (
     parse_url,
     tls_context,
 )
+from .tables import install as install_tables
 from .tolerant import dubious, install, sanitized_table
 from .topology import GroupTopology, dead_letter_queue, route_exchange
 
@@ -70,6 +71,7 @@ _REPLAY_DROPS = frozenset(
 class RabbitMQBroker:
     def __init__(self, settings: Settings) -> None:
         install()  # frames a producer can break pamqp with never drop the connection
+        install_tables()  # header tables of text encoded in one loop (the same bytes)
         self.settings: RabbitMQSettings = load_rabbitmq_settings(dict(settings.options))
         self.capabilities = Capabilities(
             shared_across_processes=True,

@@ -91,9 +91,12 @@ def short_str(value: bytes) -> tuple[int, str]:
 
 
 def field_table(value: bytes) -> tuple[int, common.FieldTable]:
-    """pamqp's `field_table`, with escaped names and the dubious mark."""
+    """pamqp's `field_table`, with escaped names and the dubious mark. A text value (`S`,
+    what every `ce-` header is) is read in place, as pamqp's `long_str` reads it; pamqp
+    copies the rest of the frame twice for every entry."""
     embedded_value = decode.embedded_value
     unpack_byte = _BYTE.unpack_from
+    unpack_uint = _INTEGER.unpack_from
     try:
         length = _INTEGER.unpack(value[0:4])[0]
         offset = 4
@@ -114,8 +117,19 @@ def field_table(value: bytes) -> tuple[int, common.FieldTable]:
                 key = Escaped(raw.decode("utf-8", "surrogateescape"))
                 dubious = True
             offset += key_length
-            consumed, result = embedded_value(value[offset:])
-            offset += consumed
+            if value[offset : offset + 1] == b"S":  # text, the usual value: read in place
+                size = unpack_uint(value, offset + 1)[0]  # struct.error: data ends early
+                offset += 5
+                raw = value[offset : offset + size]  # as pamqp: what is there of it
+                result: common.FieldValue
+                try:
+                    result = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    result = raw  # pamqp's own fallback: the bytes
+                offset += size
+            else:
+                consumed, result = embedded_value(value[offset:])
+                offset += consumed
             kind = type(result)
             if (
                 kind is not str
