@@ -17,7 +17,7 @@ from typing import Any
 
 from eventbus import EventBus
 
-from .core import Scenario, metrics_of
+from .core import Scenario, Stopwatch, metrics_of
 from .kafka import BOOTSTRAP, PARTITIONS, _delete, _raw_produce, _raw_producer, _topic
 from .workload import make_event_class
 
@@ -33,6 +33,7 @@ async def sqlite_run(count: int, batch: bool) -> dict[str, float]:
     handled = 0
     first = last = 0.0
     done = asyncio.Event()
+    watch = Stopwatch()  # restarted at the first handled event, as the throughput is
     with tempfile.TemporaryDirectory() as tmp:
         db = sqlite3.connect(Path(tmp, "orders.db"), isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
@@ -43,9 +44,11 @@ async def sqlite_run(count: int, batch: bool) -> dict[str, float]:
             nonlocal handled, first, last
             if not handled:
                 first = time.perf_counter()
+                watch.restart()
             handled += n
             last = time.perf_counter()
-            if handled >= count:
+            if handled >= count and not done.is_set():
+                watch.stop()
                 done.set()
 
         if batch:
@@ -78,7 +81,7 @@ async def sqlite_run(count: int, batch: bool) -> dict[str, float]:
             stored = db.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
             if stored < count:
                 raise RuntimeError(f"{stored} of {count} orders stored")
-            metrics: dict[str, Any] = metrics_of(count, last - first)
+            metrics: dict[str, Any] = metrics_of(count, last - first, watch=watch)
             return metrics
         finally:
             db.close()

@@ -41,7 +41,7 @@ from eventbus import Context, EventBus
 from eventbus.log import configure as configure_logging
 
 from . import kafka, memory, rabbitmq
-from .core import Outcome, Runner, Scenario, run_scenarios
+from .core import Outcome, Runner, Scenario, Stopwatch, metrics_of, run_scenarios
 from .pacing import wait_for_count
 from .report import machine, save
 from .targets import CE, RAW_RABBIT
@@ -235,7 +235,7 @@ async def sustained_run(
             await bus.publish(cls(**payload_fields(0)))
             await wait_for_count(lambda: len(tally), 1, 60)
             tally.clear()
-            start = time.perf_counter()
+            watch = Stopwatch()
             with RssTrace(tally) as trace:
                 sent = 0
                 while sent < count:
@@ -244,14 +244,14 @@ async def sustained_run(
                     sent = batch.stop
                     await wait_for_count(lambda: len(tally), sent - WINDOW, 300)
                 await wait_for_count(lambda: len(tally), count, 300)
-            elapsed = time.perf_counter() - start
+            watch.stop()
     finally:
         if broker == "rabbitmq":
             await rabbitmq._delete(stream, [f"{stream}.bench"])
         elif broker == "kafka":
             await asyncio.to_thread(kafka._delete, stream)
     traces[broker] = trace.samples
-    return {"throughput": count / elapsed, "events": float(count), **trace.summary(count)}
+    return {**metrics_of(count, watch.wall, watch=watch), **trace.summary(count)}
 
 
 async def queued_event_bytes(count: int) -> dict[str, float]:
@@ -294,10 +294,7 @@ def _sustained_child(broker: str, count: int) -> tuple[dict[str, float], list[tu
     """`sustained_run` in the fresh process (`sustained_in_fresh_process`)."""
     configure_logging("console", "ERROR", force=True)
     traces: dict[str, list[tuple[int, int]]] = {}
-    cpu = time.process_time()
     metrics = asyncio.run(sustained_run(broker, count, traces))
-    events = metrics.pop("events")
-    metrics["cpu_us_per_event"] = (time.process_time() - cpu) * 1e6 / events
     return metrics, traces[broker]
 
 

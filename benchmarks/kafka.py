@@ -23,7 +23,7 @@ from confluent_kafka import KafkaException
 
 from eventbus import Context, EventBus
 
-from .core import Scenario, metrics_of
+from .core import Scenario, Stopwatch, metrics_of
 from .pacing import broker_scenarios, drive, wait_for_count
 from .servers import KAFKA_BOOTSTRAP
 from .targets import EVENTBUS, FASTSTREAM, LEAN, RAW_KAFKA
@@ -299,21 +299,21 @@ async def raw_run(
         # warm-up, as for every implementation: one event through the whole path, unmeasured
         producer = await asyncio.to_thread(_raw_producer, topic, load)
         if not consumers:
-            published = await asyncio.to_thread(
-                _raw_produce, producer, topic, count, rate, headers, load
-            )
-            return metrics_of(count, published)
+            with Stopwatch() as watch:
+                published = await asyncio.to_thread(
+                    _raw_produce, producer, topic, count, rate, headers, load
+                )
+            return metrics_of(count, published, watch=watch)
         await wait_for_count(lambda: len(latencies), load.groups, 60)
         latencies.clear()
         for consumer in consumers:
             consumer.handled = 0
-        start = time.perf_counter()
-        published = await asyncio.to_thread(
-            _raw_produce, producer, topic, count, rate, headers, load
-        )
-        await wait_for_count(lambda: len(latencies), deliveries, 300)
-        elapsed = time.perf_counter() - start
-        return metrics_of(deliveries, published if rate else elapsed, latencies)
+        with Stopwatch() as watch:
+            published = await asyncio.to_thread(
+                _raw_produce, producer, topic, count, rate, headers, load
+            )
+            await wait_for_count(lambda: len(latencies), deliveries, 300)
+        return metrics_of(deliveries, published if rate else watch.wall, latencies, watch)
     finally:
         for consumer in consumers:
             consumer.stop.set()

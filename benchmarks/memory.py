@@ -12,7 +12,7 @@ from typing import Any
 
 from eventbus import Context, EventBus, Reject, RetryPolicy
 
-from .core import Scenario, metrics_of
+from .core import Scenario, Stopwatch, metrics_of
 from .pacing import paced, wait_for_count
 from .workload import STANDARD, Load, OrderPayload, make_event_class, payload_fields
 
@@ -34,12 +34,11 @@ async def eventbus_e2e(count: int, load: Load = STANDARD, **options: Any) -> dic
     for index in range(load.groups):
         bus.add_handler(handle, group=load.group(index))
     async with bus:
-        start = time.perf_counter()
-        for i in range(count):
-            await bus.publish(cls(**payload_fields(i, load.pad)))
-        await asyncio.wait_for(done.wait(), 300)
-        elapsed = time.perf_counter() - start
-    return metrics_of(deliveries, elapsed, latencies)
+        with Stopwatch() as watch:
+            for i in range(count):
+                await bus.publish(cls(**payload_fields(i, load.pad)))
+            await asyncio.wait_for(done.wait(), 300)
+    return metrics_of(deliveries, watch.wall, latencies, watch)
 
 
 async def raw_e2e(count: int, load: Load = STANDARD) -> dict[str, float]:
@@ -57,13 +56,13 @@ async def raw_e2e(count: int, load: Load = STANDARD) -> dict[str, float]:
             await handle(model.model_validate_json(body))
 
     consumers = [asyncio.create_task(consume(queue)) for queue in queues]
-    start = time.perf_counter()
-    for i in range(count):
-        body = model(**payload_fields(i, load.pad)).model_dump_json().encode()
-        for queue in queues:
-            await queue.put(body)
-    await asyncio.gather(*consumers)
-    return metrics_of(count * load.groups, time.perf_counter() - start, latencies)
+    with Stopwatch() as watch:
+        for i in range(count):
+            body = model(**payload_fields(i, load.pad)).model_dump_json().encode()
+            for queue in queues:
+                await queue.put(body)
+        await asyncio.gather(*consumers)
+    return metrics_of(count * load.groups, watch.wall, latencies, watch)
 
 
 async def eventbus_latency(count: int, rate: float) -> dict[str, float]:
@@ -80,9 +79,10 @@ async def eventbus_latency(count: int, rate: float) -> dict[str, float]:
         async def send(i: int) -> None:
             await bus.publish(cls(**payload_fields(i)))
 
-        elapsed = await paced(count, rate, send)
-        await wait_for_count(lambda: len(latencies), count, 60)
-    return metrics_of(count, elapsed, latencies)
+        with Stopwatch() as watch:
+            elapsed = await paced(count, rate, send)
+            await wait_for_count(lambda: len(latencies), count, 60)
+    return metrics_of(count, elapsed, latencies, watch)
 
 
 async def raw_latency(count: int, rate: float) -> dict[str, float]:
@@ -99,9 +99,10 @@ async def raw_latency(count: int, rate: float) -> dict[str, float]:
     async def send(i: int) -> None:
         await queue.put(OrderPayload(**payload_fields(i)).model_dump_json().encode())
 
-    elapsed = await paced(count, rate, send)
-    await consumer
-    return metrics_of(count, elapsed, latencies)
+    with Stopwatch() as watch:
+        elapsed = await paced(count, rate, send)
+        await consumer
+    return metrics_of(count, elapsed, latencies, watch)
 
 
 async def eventbus_failure_paths(count: int) -> dict[str, float]:
@@ -124,12 +125,11 @@ async def eventbus_failure_paths(count: int) -> dict[str, float]:
             raise Reject("every tenth order is invalid")
 
     async with bus:
-        start = time.perf_counter()
-        for i in range(count):
-            await bus.publish(cls(**payload_fields(i)))
-        await asyncio.wait_for(done.wait(), 120)
-        elapsed = time.perf_counter() - start
-    return metrics_of(count, elapsed)
+        with Stopwatch() as watch:
+            for i in range(count):
+                await bus.publish(cls(**payload_fields(i)))
+            await asyncio.wait_for(done.wait(), 120)
+    return metrics_of(count, watch.wall, watch=watch)
 
 
 def scenarios(quick: bool) -> list[Scenario]:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from .core import Runner, Scenario, metrics_of
+from .core import Runner, Scenario, Stopwatch, metrics_of
 from .workload import Latencies
 
 
@@ -78,17 +78,17 @@ async def drive(
     if consume:
         await wait_for_count(lambda: len(latencies), groups, 60)
         latencies.clear()
-    start = time.perf_counter()
+    watch = Stopwatch()
     if rate is None:
         await publish_all()
     else:
         await paced(count, rate, publish_one)
-    published = time.perf_counter() - start
+    published = watch.lap()
     if not consume:
-        return metrics_of(count, published)
+        return metrics_of(count, published, watch=watch.stop())
     await wait_for_count(lambda: len(latencies), count * groups, 300)
-    elapsed = time.perf_counter() - start
-    return metrics_of(count * groups, published if rate else elapsed, latencies)
+    watch.stop()
+    return metrics_of(count * groups, published if rate else watch.wall, latencies, watch)
 
 
 def broker_scenarios(

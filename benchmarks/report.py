@@ -125,9 +125,9 @@ def to_markdown(outcomes: list[Outcome], mode: str, info: dict[str, Any] | None 
                 f"{_fmt(o.median(impl), metric)} | "
                 + (f"{_fmt(spread[0], metric)} - {_fmt(spread[1], metric)}" if spread else "-")
                 + f" | {_fmt(p50, 'ms')} / {_fmt(p99, 'ms')} | "
-                + (f"{cpu:.1f}" if (cpu := o.median(impl, CPU)) else "-")
+                + (f"{cpu:.1f}" if (cpu := o.median(impl, CPU)) is not None else "-")
                 + " | "
-                + (f"{server:.1f}" if (server := o.median(impl, SERVER_CPU)) else "-")
+                + (f"{server:.1f}" if (server := o.median(impl, SERVER_CPU)) is not None else "-")
                 + " | "
                 + (f"{ratio:.2f}x" if ratio is not None else "")
                 + " |"

@@ -121,10 +121,3 @@ class ServerClock:
     def seconds(self) -> float | None:
         """The server's CPU seconds so far (None: not measured)."""
         return tree_cpu_seconds(self.pid) if self.pid is not None else None
-
-    def per_event(self, since: float | None, events: float) -> float | None:
-        """µs of server CPU per event since the reading `since`."""
-        now = self.seconds()
-        if since is None or now is None or events <= 0:
-            return None
-        return (now - since) * 1e6 / events

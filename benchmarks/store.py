@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
@@ -24,8 +23,8 @@ from urllib.parse import unquote, urlsplit
 
 from eventbus.sourcing import EventStore, NewEvent, SqliteEventStore
 
-from .core import CPU, SERVER_CPU, Scenario
-from .servers import POSTGRES_URL, SERVERS, ServerClock
+from .core import Scenario, Stopwatch, metrics_of
+from .servers import POSTGRES_URL
 
 PG_URL = POSTGRES_URL
 BODY = b'{"order_id":"o-123456","customer_id":"c-42","email":"c42@example.com","total_cents":1999}'
@@ -56,38 +55,6 @@ async def open_backend(backend: str) -> AsyncIterator[EventStore]:
             await pg.close()
 
 
-class Phase:
-    """One measured phase of a run (the append, or the replay): its wall-clock time, this
-    process's CPU time (the peer's worker thread included) and the database server's."""
-
-    _clocks: dict[str, ServerClock] = {}
-
-    def __init__(self, backend: str) -> None:
-        if backend not in self._clocks:
-            self._clocks[backend] = ServerClock.at(SERVERS.get(backend))
-        self.server = self._clocks[backend]
-        self.wall = self.cpu = 0.0
-        self.server_cpu: float | None = None
-
-    def __enter__(self) -> Phase:
-        self.server_cpu = self.server.seconds()
-        self.cpu = time.process_time()
-        self.wall = time.perf_counter()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
-        started, now = self.server_cpu, self.server.seconds()
-        self.server_cpu = None if started is None or now is None else now - started
-
-    def metrics(self, events: int) -> dict[str, float]:
-        result = {"throughput": events / self.wall, CPU: self.cpu * 1e6 / events}
-        if self.server_cpu is not None:
-            result[SERVER_CPU] = self.server_cpu * 1e6 / events
-        return result
-
-
 async def measure(backend: str, events: int, which: str) -> dict[str, float]:
     async with open_backend(backend) as store:
         batches = [
@@ -97,10 +64,10 @@ async def measure(backend: str, events: int, which: str) -> dict[str, float]:
             ]
             for b in range(events // BATCH)
         ]
-        with Phase(backend) as append:
+        with Stopwatch() as append:
             for n, chunk in enumerate(batches):
                 await store.append(f"order-{n}", chunk, 0)
-        with Phase(backend) as replay:
+        with Stopwatch() as replay:
             position, replayed = 1, 0
             while page := await store.read_all(position, 5000):
                 replayed += len(page)
@@ -108,7 +75,8 @@ async def measure(backend: str, events: int, which: str) -> dict[str, float]:
     stored = len(batches) * BATCH
     if replayed != stored:
         raise AssertionError(f"replayed {replayed} of {stored} events")
-    return (append if which == "append" else replay).metrics(stored)
+    watch = append if which == "append" else replay
+    return metrics_of(stored, watch.wall, watch=watch)
 
 
 def peer_measure(backend: str, events: int, which: str) -> dict[str, float]:
@@ -122,10 +90,10 @@ def peer_measure(backend: str, events: int, which: str) -> dict[str, float]:
             [StoredEvent(owner, v + 1, "bench:OrderCreated", BODY) for v in range(BATCH)]
         )
     with _peer_recorder(backend) as recorder:
-        with Phase(backend) as append:
+        with Stopwatch() as append:
             for chunk in batches:
                 recorder.insert_events(chunk)
-        with Phase(backend) as replay:
+        with Stopwatch() as replay:
             position, replayed = 1, 0
             while page := recorder.select_notifications(start=position, limit=5000):
                 replayed += len(page)
@@ -133,7 +101,8 @@ def peer_measure(backend: str, events: int, which: str) -> dict[str, float]:
     stored = len(batches) * BATCH
     if replayed != stored:
         raise AssertionError(f"eventsourcing replayed {replayed} of {stored} events")
-    return (append if which == "append" else replay).metrics(stored)
+    watch = append if which == "append" else replay
+    return metrics_of(stored, watch.wall, watch=watch)
 
 
 def _peer_recorder(backend: str) -> AbstractContextManager[Any]:

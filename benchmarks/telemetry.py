@@ -8,13 +8,12 @@ The OpenTelemetry SDK is a dev/bench dependency (`opentelemetry-sdk`), not event
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 from . import kafka, memory, rabbitmq
-from .core import Runner, Scenario, metrics_of
+from .core import Runner, Scenario, Stopwatch, metrics_of
 
 PLAIN = "eventbus"
 METRICS = "eventbus + metrics"
@@ -56,13 +55,13 @@ async def span_floor(count: int) -> dict[str, float]:
     from opentelemetry.trace import SpanKind
 
     tracer = _tracer_provider().get_tracer("floor")
-    start = time.perf_counter()
-    for _ in range(count):
-        publish = tracer.start_span("publish", kind=SpanKind.PRODUCER)
-        publish.end()
-        parent = trace.set_span_in_context(publish)
-        tracer.start_span("process", context=parent, kind=SpanKind.CONSUMER).end()
-    return metrics_of(count, time.perf_counter() - start)
+    with Stopwatch() as watch:
+        for _ in range(count):
+            publish = tracer.start_span("publish", kind=SpanKind.PRODUCER)
+            publish.end()
+            parent = trace.set_span_in_context(publish)
+            tracer.start_span("process", context=parent, kind=SpanKind.CONSUMER).end()
+    return metrics_of(count, watch.wall, watch=watch)
 
 
 def scenarios(quick: bool) -> list[Scenario]:

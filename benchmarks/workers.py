@@ -18,9 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .core import CPU, SERVER_CPU, Scenario
+from .core import CPU, SERVER_CPU, Scenario, Stopwatch
 from .kafka import BOOTSTRAP, _delete, _raw_produce, _raw_producer, _topic
-from .servers import SERVERS, ServerClock
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -70,8 +69,7 @@ async def workers_run(count: int, workers: int) -> dict[str, Any]:
         "EVENTBUS_LOG_LEVEL": "ERROR",
     }
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server = ServerClock.at(SERVERS["kafka"])
-    server_before = server.seconds()
+    watch = Stopwatch()  # for the broker's CPU (the workers' is their rusage)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "eventbus", "run", "benchmarks.worker_app:bus",
         "--workers", str(workers), cwd=ROOT, env=env,
@@ -105,13 +103,13 @@ async def workers_run(count: int, workers: int) -> dict[str, Any]:
             proc.kill()
             await proc.wait()
         await asyncio.to_thread(_delete, topic)
-    on_server = server.per_event(server_before, count)
+    watch.stop()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     metrics = {"throughput": (count - first) / seconds if seconds > 0 else 0.0}
     metrics[CPU] = cpu * 1e6 / count  # the workers' and their supervisor's
-    if on_server is not None:
-        metrics[SERVER_CPU] = on_server
+    if watch.server_cpu is not None:
+        metrics[SERVER_CPU] = watch.server_cpu * 1e6 / count
     return metrics
 
 

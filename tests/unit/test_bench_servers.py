@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 
 import pytest
 
-from benchmarks.core import CPU, SERVER_CPU, Outcome, Scenario
+from benchmarks import servers
+from benchmarks.core import CPU, SERVER_CPU, Outcome, Scenario, Stopwatch, metrics_of, run_scenarios
 from benchmarks.report import to_markdown
 from benchmarks.servers import ServerClock, address_of
 
@@ -26,32 +29,72 @@ for _ in sys.stdin:
 """
 
 
-def test_the_clock_finds_the_listener_and_counts_the_children_it_reaped() -> None:
+@pytest.fixture
+def server() -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A local "server" process (`_SERVER`) and its port."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout is not None
     try:
-        port = int(proc.stdout.readline())
-        clock = ServerClock.at(f"amqp://guest:secret@127.0.0.1:{port}/")
-        assert clock.pid == proc.pid
-        before = clock.seconds()
-        assert before is not None
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "done"  # the child ran and was reaped
-        per_event = clock.per_event(before, 1_000)
-        assert per_event is not None and per_event >= 250  # 0.3 s over 1,000 events
+        yield proc, int(proc.stdout.readline())
     finally:
         proc.kill()
         proc.wait()
+
+
+def _busy_child(proc: subprocess.Popen[str]) -> None:
+    """Make the server run a CPU-bound child to its end."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "done"
+
+
+def _burn(seconds: float) -> None:
+    until = time.process_time() + seconds
+    while time.process_time() < until:
+        pass
+
+
+def test_the_clock_finds_the_listener_and_counts_the_children_it_reaped(
+    server: tuple[subprocess.Popen[str], int],
+) -> None:
+    proc, port = server
+    clock = ServerClock.at(f"amqp://guest:secret@127.0.0.1:{port}/")
+    assert clock.pid == proc.pid
+    before = clock.seconds()
+    assert before is not None
+    _busy_child(proc)  # the child ran and was reaped
+    after = clock.seconds()
+    assert after is not None and after - before >= 0.25  # the child's 0.3 s
+
+
+async def test_a_run_counts_the_cpu_of_its_measured_stretch_only_and_its_servers(
+    server: tuple[subprocess.Popen[str], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc, port = server
+    monkeypatch.setitem(servers.SERVERS, "kafka", f"127.0.0.1:{port}")
+
+    async def run() -> dict[str, float]:
+        _burn(0.3)  # setting up: not per event
+        with Stopwatch() as watch:
+            _burn(0.05)
+            _busy_child(proc)  # the server's 0.3 s
+        return metrics_of(1_000, watch.wall, watch=watch)
+
+    scenario = Scenario("kafka", "publish", "", {"eventbus": run})
+    [outcome] = await run_scenarios([scenario], 1, "quiet")
+    cpu, on_server = outcome.median("eventbus", CPU), outcome.median("eventbus", SERVER_CPU)
+    assert cpu is not None and 50 <= cpu < 250  # 0.05 s over 1,000 events, not the 0.3 before
+    assert on_server is not None and on_server >= 250
+    assert "events" not in outcome.samples["eventbus"]
 
 
 @pytest.mark.parametrize("url", [None, "kafka.example.com:9092", "127.0.0.1:1"])
 def test_a_server_it_cannot_see_is_not_measured(url: str | None) -> None:
     clock = ServerClock.at(url)
     assert clock.pid is None and clock.seconds() is None
-    assert clock.per_event(1.0, 100) is None
 
 
 def test_addresses_of_urls_and_bootstrap_lists() -> None:
