@@ -1,19 +1,21 @@
 """The servers the benchmarks talk to (the RabbitMQ node, the Kafka broker, PostgreSQL)
 and their CPU time, reported beside the client's: it tells which side sets the pace.
 
-The server is found by the TCP port it listens on (`/proc/net/tcp*` gives the socket's
-inode, `/proc/<pid>/fd` the process holding it). Its CPU time is that process's plus its
-living descendants' (PostgreSQL's backends), each with the time of its children that
-ended and were reaped (`cutime`, `cstime`): a backend that exits during a run is still
-counted, by its parent. Linux only; a server on another host, or one whose process this
-user may not inspect, is not measured (the report shows "-").
+The server is the process listening on the broker's TCP port (psutil's connection
+table). Its CPU time is that process's plus its living descendants' (PostgreSQL's
+backends), each with the time of its children that ended and were reaped
+(`children_user`, `children_system`): a backend that exits during a run is still counted,
+by its parent. A server on another host, or one whose process this user may not inspect
+(its sockets are another user's and this one is not root), is not measured: the report
+shows "-".
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from urllib.parse import urlsplit
+
+import psutil
 
 #: where each server is (`EVENTBUS_BENCH_*` point the benchmarks elsewhere)
 KAFKA_BOOTSTRAP = os.environ.get("EVENTBUS_BENCH_KAFKA", "127.0.0.1:9092")
@@ -24,9 +26,6 @@ POSTGRES_URL = os.environ.get(
 #: a scenario's broker name -> the server it talks to (in-process ones have none)
 SERVERS = {"kafka": KAFKA_BOOTSTRAP, "rabbitmq": AMQP_URL, "postgresql": POSTGRES_URL}
 
-_PROC = Path("/proc")
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_LISTEN = "0A"
 _LOCAL = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
 
 
@@ -41,67 +40,39 @@ def address_of(url: str) -> tuple[str, int] | None:
     return parts.hostname, parts.port
 
 
-def listening_inodes(port: int) -> set[str]:
-    """Inodes of the sockets listening on `port` (any local address, IPv4 or IPv6)."""
-    inodes: set[str] = set()
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = (_PROC / "net" / table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == _LISTEN and int(local.rsplit(":", 1)[1], 16) == port and inode != "0":
-                inodes.add(inode)
-    return inodes
-
-
 def listening_pid(port: int) -> int | None:
-    """The process listening on `port`, if this user may see its file descriptors."""
-    wanted = {f"socket:[{inode}]" for inode in listening_inodes(port)}
-    if not wanted:
+    """The process listening on `port`, if this user may see it."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:  # some platforms list connections to root only
         return None
-    for proc in _PROC.iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in wanted:
-                    return int(proc.name)
-        except OSError:  # gone, or not ours to inspect
-            continue
+    for connection in connections:
+        if (
+            connection.status == psutil.CONN_LISTEN
+            and connection.laddr
+            and connection.laddr.port == port
+            and connection.pid is not None
+        ):
+            return connection.pid
     return None
 
 
-def _stat(pid: str) -> tuple[int, int] | None:
-    """(parent pid, CPU ticks incl. reaped children) of a process, None if it is gone."""
-    try:
-        text = (_PROC / pid / "stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-    # fields[1] = ppid; [11..14] = utime, stime, cutime, cstime (stat fields 14-17)
-    return int(fields[1]), sum(int(f) for f in fields[11:15])
-
-
 def tree_cpu_seconds(root: int) -> float | None:
-    """CPU seconds of `root` and its living descendants (None: `root` is gone)."""
-    stats = {p.name: _stat(p.name) for p in _PROC.iterdir() if p.name.isdigit()}
-    if stats.get(str(root)) is None:
+    """CPU seconds of `root` and its living descendants, with their reaped children's
+    (None: `root` is gone)."""
+    try:
+        process = psutil.Process(root)
+        tree = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
         return None
-    children: dict[int, list[int]] = {}
-    for name, stat in stats.items():
-        if stat is not None:
-            children.setdefault(stat[0], []).append(int(name))
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        found = stats.get(str(pid))
-        if found is not None:
-            total += found[1]
-            todo.extend(children.get(pid, []))
-    return total / _TICK
+    total = 0.0
+    for member in tree:
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:  # a descendant that ended just now: its parent counts it
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 class ServerClock:
