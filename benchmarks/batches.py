@@ -18,7 +18,8 @@ from typing import Any
 from eventbus import EventBus
 
 from .core import Scenario, Stopwatch, metrics_of
-from .kafka import BOOTSTRAP, PARTITIONS, _delete, _raw_produce, _raw_producer, _topic
+from .kafka import PARTITIONS, _delete, _raw_produce, _raw_producer, _topic
+from .servers import KAFKA_BOOTSTRAP
 from .workload import make_event_class
 
 BATCH_SIZE = 500
@@ -29,7 +30,7 @@ async def sqlite_run(count: int, batch: bool) -> dict[str, float]:
     order_class = make_event_class(topic)
     producer = await asyncio.to_thread(_raw_producer, topic)
     await asyncio.to_thread(_raw_produce, producer, topic, count - 1, None, "CloudEvents")
-    bus = EventBus(f"kafka://{BOOTSTRAP}")
+    bus = EventBus(f"kafka://{KAFKA_BOOTSTRAP}")
     handled = 0
     first = last = 0.0
     done = asyncio.Event()

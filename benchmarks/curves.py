@@ -44,6 +44,7 @@ from . import kafka, memory, rabbitmq
 from .core import Outcome, Runner, Scenario, Stopwatch, metrics_of, run_scenarios
 from .pacing import wait_for_count
 from .report import machine, save
+from .servers import AMQP_URL, KAFKA_BOOTSTRAP
 from .targets import CE, RAW_RABBIT
 from .workload import Load, Tally, make_event_class, payload_fields, sample_body
 
@@ -210,8 +211,8 @@ class RssTrace:
 def _url(broker: str) -> str:
     return {
         "memory": f"memory://rss-{uuid.uuid4().hex[:8]}",
-        "rabbitmq": rabbitmq.URL,
-        "kafka": f"kafka://{kafka.BOOTSTRAP}",
+        "rabbitmq": AMQP_URL,
+        "kafka": f"kafka://{KAFKA_BOOTSTRAP}",
     }[broker]
 
 

@@ -37,14 +37,13 @@ from .workload import (
     payload_fields,
 )
 
-BOOTSTRAP = KAFKA_BOOTSTRAP
 PARTITIONS = 3
 _TYPE = TYPE.encode()
 #: eventbus's `dataschema` of the workload's events (`urn:eventbus:schema:<stream>:<type>`:
 #: the stream is a per-run topic name of the same length)
 _SCHEMA = f"urn:eventbus:schema:bench{'0' * 8}:{TYPE}".encode()
 PRODUCER = {
-    "bootstrap.servers": BOOTSTRAP,
+    "bootstrap.servers": KAFKA_BOOTSTRAP,
     "acks": "all",
     "enable.idempotence": True,
     "linger.ms": 5,
@@ -71,7 +70,7 @@ def _topic(partitions: int = PARTITIONS) -> str:
     from confluent_kafka.cimpl import NewTopic
 
     name = f"bench{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin = AdminClient({"bootstrap.servers": KAFKA_BOOTSTRAP})
     for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
         future.result(30)
     return name
@@ -80,7 +79,7 @@ def _topic(partitions: int = PARTITIONS) -> str:
 def _delete(*topics: str) -> None:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin = AdminClient({"bootstrap.servers": KAFKA_BOOTSTRAP})
     existing = set(admin.list_topics(timeout=10).topics)
     doomed = [t for t in existing if any(t == x or t.startswith(x + ".") for x in topics)]
     if doomed:
@@ -99,7 +98,7 @@ async def eventbus_run(
     variants)."""
     topic = _topic()
     cls = make_event_class(topic, padded=load.pad > 0)
-    bus = EventBus(f"kafka://{BOOTSTRAP}", **options)
+    bus = EventBus(f"kafka://{KAFKA_BOOTSTRAP}", **options)
     latencies = load.latencies()
     pad = load.pad
 
@@ -158,7 +157,7 @@ class _RawConsumer(threading.Thread):
         self.stop = threading.Event()
         self.consumer = Consumer(
             {
-                "bootstrap.servers": BOOTSTRAP,
+                "bootstrap.servers": KAFKA_BOOTSTRAP,
                 "group.id": f"{topic}.raw.{load.group(index)}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
@@ -332,7 +331,7 @@ async def faststream_run(count: int, rate: float | None, consume: bool) -> dict[
     latencies: list[int] = []
     assigned = asyncio.Event()
     loop = asyncio.get_running_loop()
-    broker = KafkaBroker(BOOTSTRAP, acks="all", enable_idempotence=True, logger=None)
+    broker = KafkaBroker(KAFKA_BOOTSTRAP, acks="all", enable_idempotence=True, logger=None)
 
     if consume:
 

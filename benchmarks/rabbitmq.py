@@ -24,7 +24,6 @@ from .servers import AMQP_URL
 from .targets import CLASSIC, FASTSTREAM, RAW_RABBIT
 from .workload import STANDARD, TYPE, Load, OrderPayload, make_event_class, payload_fields
 
-URL = AMQP_URL
 PREFETCH = 200
 WINDOW = 256  # outstanding confirms / publish batch, for every implementation
 Impl = Callable[[int, float | None, bool], Awaitable[dict[str, float]]]
@@ -39,7 +38,7 @@ def _names(load: Load = STANDARD) -> tuple[str, list[str]]:
 async def _delete(stream: str, queues: list[str]) -> None:
     import aio_pika
 
-    connection = await aio_pika.connect(URL)
+    connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
         for queue in queues:
@@ -63,7 +62,7 @@ async def eventbus_run(
     variants)."""
     stream, queues = _names(load)
     cls = make_event_class(stream, padded=load.pad > 0)
-    bus = EventBus(URL, prefetch=PREFETCH, **options)
+    bus = EventBus(AMQP_URL, prefetch=PREFETCH, **options)
     latencies = load.latencies()
     pad = load.pad
 
@@ -105,7 +104,7 @@ async def raw_run(
     latencies = load.latencies()
     model = load.model()
     pad = load.pad
-    connection = await aio_pika.connect(URL)
+    connection = await aio_pika.connect(AMQP_URL)
     try:
         publish_channel = await connection.channel(publisher_confirms=True)
         exchange = await publish_channel.declare_exchange(
@@ -158,7 +157,7 @@ async def faststream_run(
 
     stream, (queue_name,) = _names()
     latencies: list[int] = []
-    broker = RabbitBroker(URL, logger=None)
+    broker = RabbitBroker(AMQP_URL, logger=None)
     exchange = RabbitExchange(stream, type=ExchangeType.TOPIC, durable=True)
     queue = RabbitQueue(  # type: ignore[call-overload]  # FastStream's overloads want queue_type
         queue_name, durable=True, routing_key=TYPE, arguments={"x-queue-type": queue_type}

@@ -26,7 +26,6 @@ from eventbus.sourcing import EventStore, NewEvent, SqliteEventStore
 from .core import Scenario, Stopwatch, metrics_of
 from .servers import POSTGRES_URL
 
-PG_URL = POSTGRES_URL
 BODY = b'{"order_id":"o-123456","customer_id":"c-42","email":"c42@example.com","total_cents":1999}'
 BATCH = 100
 #: the peer baseline's name in the reports
@@ -46,7 +45,7 @@ async def open_backend(backend: str) -> AsyncIterator[EventStore]:
     else:
         from eventbus.sourcing.postgres import PostgresEventStore
 
-        pg = PostgresEventStore(PG_URL, schema=f"bench_{uuid.uuid4().hex[:8]}")
+        pg = PostgresEventStore(POSTGRES_URL, schema=f"bench_{uuid.uuid4().hex[:8]}")
         await pg.open()
         try:
             yield pg
@@ -130,8 +129,8 @@ def _postgres_peer() -> Iterator[Any]:
     from psycopg import sql
 
     schema = f"bench_es_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(PG_URL)
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
+    parts = urlsplit(POSTGRES_URL)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     datastore = PostgresDatastore(
         (parts.path or "/eventbus").lstrip("/"),
@@ -147,7 +146,7 @@ def _postgres_peer() -> Iterator[Any]:
         yield recorder
     finally:
         datastore.close()
-        with psycopg.connect(PG_URL, autocommit=True) as admin:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 

@@ -17,7 +17,8 @@ from eventbus import Context, Event, EventBus
 from eventbus.adapters.kafka import KafkaSubscription
 
 from .core import Scenario, Stopwatch, metrics_of
-from .kafka import BOOTSTRAP, PARTITIONS, _delete, _raw_produce, _raw_producer, _topic
+from .kafka import PARTITIONS, _delete, _raw_produce, _raw_producer, _topic
+from .servers import KAFKA_BOOTSTRAP
 from .workload import make_event_class
 
 #: handlers at a time (the orders have 64 keys): at-least-once awaits each invoice's
@@ -36,7 +37,7 @@ async def transform_run(count: int, exactly_once: bool, interval_ms: int = 100) 
 
     producer = await asyncio.to_thread(_raw_producer, source)
     await asyncio.to_thread(_raw_produce, producer, source, count - 1, None, "CloudEvents")
-    bus = EventBus(f"kafka://{BOOTSTRAP}", transaction_interval_ms=interval_ms)
+    bus = EventBus(f"kafka://{KAFKA_BOOTSTRAP}", transaction_interval_ms=interval_ms)
     handled = 0
     first = 0.0
     done = asyncio.Event()

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .core import CPU, SERVER_CPU, Scenario, Stopwatch
-from .kafka import BOOTSTRAP, _delete, _raw_produce, _raw_producer, _topic
+from .kafka import _delete, _raw_produce, _raw_producer, _topic
+from .servers import KAFKA_BOOTSTRAP
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -31,7 +32,7 @@ def _committed(topic: str) -> int:
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin = AdminClient({"bootstrap.servers": KAFKA_BOOTSTRAP})
     request = ConsumerGroupTopicPartitions(
         GROUP, [TopicPartition(topic, p) for p in range(PARTITIONS)]
     )
@@ -45,7 +46,7 @@ def _members_with_partitions(topic: str) -> int:
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin = AdminClient({"bootstrap.servers": KAFKA_BOOTSTRAP})
     group = admin.describe_consumer_groups([GROUP])[GROUP].result(10)
     if group.state != ConsumerGroupState.STABLE:
         return 0
@@ -64,7 +65,7 @@ async def workers_run(count: int, workers: int) -> dict[str, Any]:
     producer = await asyncio.to_thread(_raw_producer, topic)  # produces one record
     env = {
         **os.environ,
-        "EVENTBUS_URL": f"kafka://{BOOTSTRAP}",
+        "EVENTBUS_URL": f"kafka://{KAFKA_BOOTSTRAP}",
         "EVENTBUS_BENCH_WORKERS_TOPIC": topic,
         "EVENTBUS_LOG_LEVEL": "ERROR",
     }
