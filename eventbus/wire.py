@@ -184,10 +184,34 @@ def from_kafka_headers(
     """Kafka record headers + key -> (CloudEvents attributes, attempt). Runs per record.
 
     With `defects`, every header (or the key) that is not valid UTF-8 is named there."""
+    names = _KAFKA_ATTRS
+    try:  # the usual record: header names seen before, UTF-8 values (one comprehension)
+        attributes = {names[name]: value.decode() for name, value in headers or ()}
+    except (KeyError, AttributeError, UnicodeDecodeError):  # a new name, None, bad UTF-8
+        attributes, attempt = _kafka_attributes(headers or (), defects)
+    else:
+        attempt = parse_attempt(attributes.pop(_ATTEMPT)) if _ATTEMPT in attributes else 1
+        attributes.pop("", None)  # headers that are not ours
+    if key is not None:
+        if type(key) is not bytes:
+            attributes["partitionkey"] = _text(key)
+        else:
+            try:
+                attributes["partitionkey"] = key.decode()
+            except UnicodeDecodeError:
+                attributes["partitionkey"] = _strict_text(key, "record key", defects)
+    return attributes, attempt
+
+
+def _kafka_attributes(
+    headers: Iterable[tuple[str, Any]], defects: list[str] | None
+) -> tuple[dict[str, str], int]:
+    """`from_kafka_headers` header by header: learns new names, tolerates None values
+    and names each header that is not valid UTF-8 in `defects`."""
     attributes: dict[str, str] = {}
     attempt = 1
     names = _KAFKA_ATTRS
-    for name, value in headers or ():
+    for name, value in headers:
         attr = names.get(name)
         if attr is None:
             attr = _kafka_attr(name)
@@ -202,10 +226,6 @@ def from_kafka_headers(
                 attributes[attr] = _strict_text(value, f"header {name!r}", defects)
         else:
             attributes[attr] = _text(value) if value is not None else ""
-    if key is not None:
-        attributes["partitionkey"] = (
-            _strict_text(key, "record key", defects) if type(key) is bytes else _text(key)
-        )
     return attributes, attempt
 
 

@@ -446,11 +446,11 @@ class KafkaConsumer:
                     continue
                 part.inflight += 1
                 epoch = part.epoch
-            offset = cast(int, message.offset())
+            offset: int = message.offset()  # type: ignore[assignment]  # (no cast: per record)
             try:
                 raw_key = message.key()
                 try:
-                    raw_headers = cast(Headers, get_headers(message) or [])
+                    raw_headers: Headers = get_headers(message) or []
                     defect = None
                 except Exception as exc:  # a header name confluent-kafka cannot decode
                     raw_headers, defect = salvage_headers(message, exc)
@@ -623,12 +623,12 @@ class KafkaConsumer:
                 if message.error() is not None:
                     errors.append(message)
                     continue
-                part = parts.get((cast(str, message.topic()), cast(int, message.partition())))
+                part = parts.get((message.topic(), message.partition()))  # type: ignore[arg-type]
                 if part is None or part.revoked:
                     continue
                 key = message.key()
                 size = len(message) + (len(key) if key is not None else 0)
-                offset = cast(int, message.offset())
+                offset: int = message.offset()  # type: ignore[assignment]
                 if part.start is None:
                     part.start = offset
                 taken = part.tracker.fetched(offset, size, share)

@@ -109,3 +109,37 @@ def test_attempt_header_round_trip_and_garbage() -> None:
     assert from_kafka_headers([("x-eventbus-attempt", b"lots")], None)[1] == 1
     amqp_headers, _ = to_amqp({"type": "t"}, attempt=2)
     assert from_amqp(amqp_headers, None)[1] == 2
+
+
+def test_kafka_headers_read_the_same_on_the_fast_and_the_careful_path() -> None:
+    """Known names and UTF-8 values take one comprehension; anything else (a name not
+    seen before, a None value, invalid UTF-8, in any header) is read header by header.
+    Both give the same attributes, attempt and defects."""
+    from eventbus.wire import _kafka_attributes
+
+    records: list[tuple[list[tuple[str, bytes | None]], bytes | None]] = [
+        ([("ce_id", b"e-1"), ("ce_type", b"t"), ("content-type", b"application/json")], b"k"),
+        ([("ce_id", b"e-1"), ("x-eventbus-attempt", b"4"), ("ce_type", b"t")], None),
+        ([("ce_type", b"t"), ("x-other", b"ignored"), ("ce_type", b"t2")], b"k"),  # last wins
+        ([("ce_id", b"e-1"), ("ce_NewExt", b"v")], b"k"),  # a name met for the first time
+        ([("ce_id", None), ("ce_type", b"t")], None),
+        ([("ce_id", b"\xff"), ("ce_type", b"t")], b"\xfe"),
+        ([("x-not-ours", b"\xff"), ("ce_type", b"t")], b"k"),  # bad bytes we never read
+        ([], b"k"),
+    ]
+    for _ in range(2):  # the second round meets every name again: the fast path
+        for headers, key in records:
+            fast_defects: list[str] = []
+            attributes, attempt = from_kafka_headers(headers, key, fast_defects)
+            careful_defects: list[str] = []
+            expected, expected_attempt = _kafka_attributes(headers, careful_defects)
+            if key is not None:
+                expected["partitionkey"] = key.decode("utf-8", "replace")
+                if key == b"\xfe":
+                    careful_defects.append("record key is not valid UTF-8")
+            assert (attributes, attempt) == (expected, expected_attempt)
+            assert fast_defects == careful_defects
+    assert from_kafka_headers(records[1][0], None)[1] == 4
+    assert from_kafka_headers(records[2][0], b"k")[0] == {"type": "t2", "partitionkey": "k"}
+    assert from_kafka_headers(records[3][0], b"k")[0]["newext"] == "v"
+    assert from_kafka_headers(records[6][0], b"k")[0] == {"type": "t", "partitionkey": "k"}
