@@ -280,7 +280,7 @@ class SqliteEventStore(EventStore):
             raise ValueError("append_in needs a transaction of this store's database")
         check_events(events)
         conn = tx._conn
-        try:  # one trip to the database thread (what `table.append_rows` does in several)
+        try:  # one trip to the database thread for the whole append
             return await self._db._call(
                 lambda: _append(conn, stream_id, events, expected_version, publish)
             )

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .database import Row, Transaction
+from .database import Row
 from .inbox import SCHEMA as INBOX_SCHEMA
 from .records import NewEvent, Snapshot, StoredEvent
-from .store import check_events, check_version, decode_headers, encode_headers
+from .store import check_version, decode_headers, encode_headers
 
 
 def event_store_schema(integer: str, blob: str) -> tuple[str, ...]:
@@ -98,35 +98,6 @@ def event_row(e: StoredEvent) -> tuple[object, ...]:
         e.position, e.stream_id, e.version, e.id, e.type, e.schema_version, e.data, e.stream,
         e.key, e.time, e.correlation_id, e.causation_id, encode_headers(e.headers),
     )  # fmt: skip
-
-
-async def append_rows(
-    tx: Transaction,
-    stream_id: str,
-    events: Sequence[NewEvent],
-    expected_version: int | None,
-    *,
-    publish: bool,
-) -> list[StoredEvent]:
-    """`EventStore.append` inside the caller's open transaction `tx`: check the stream's
-    version, number the events after the last position, insert them (and queue them in the
-    outbox if `publish`). The caller holds whatever keeps positions in commit order (SQLite:
-    the write lock of `BEGIN IMMEDIATE`; PostgreSQL: the append lock, taken first)."""
-    check_events(events)
-    row = await tx.fetchone(APPEND_HEAD, (stream_id,))
-    assert row is not None  # an aggregate without GROUP BY: always one row
-    stored = numbered(stream_id, events, expected_version, int(row[0]), int(row[1]))
-    await _insert(tx, INSERT_EVENT, [event_row(e) for e in stored])
-    if publish:
-        await _insert(tx, INSERT_OUTBOX, [(e.position,) for e in stored])
-    return stored
-
-
-async def _insert(tx: Transaction, sql: str, rows: list[tuple[object, ...]]) -> None:
-    if len(rows) == 1:  # cheaper than a batch of one on PostgreSQL
-        await tx.execute(sql, rows[0])
-    else:
-        await tx.executemany(sql, rows)
 
 
 def numbered(

@@ -155,6 +155,54 @@ class StoreContract:
         assert read[1].data == second.data
         assert read[1].correlation_id is None and read[1].headers == {}
 
+    async def test_a_large_batch_keeps_every_field(self, store: EventStore) -> None:
+        """Sizes a backend may write differently (PostgreSQL: COPY from 10 events on),
+        with the characters a bulk format must escape, in every kind of field."""
+        awkward = "tab\tnew\nline\\back\rslash \u00e9\u2603 \\N"
+        for size in (1, 3, 10, 64):
+            batch = [
+                new_event(
+                    i,
+                    data=b'{"raw":"\x00\x01\\\t\n\xff"}' if i % 2 else b"{}",
+                    key=None if i % 3 == 0 else f"{awkward}-{i}",
+                    correlation_id=awkward if i % 2 else None,
+                    causation_id=None,
+                    headers={"note": awkward} if i % 2 else {},
+                    time=f"2024-05-01T12:00:00.{i:03d}Z",
+                    type=f"account.deposited.{i}",
+                    stream="accounts",
+                )
+                for i in range(size)
+            ]
+            stream_id = f"batch-{size}-{awkward}"
+            stored = await store.append(stream_id, batch, NO_STREAM, publish=size > 3)
+            assert [e.version for e in stored] == list(range(1, size + 1))
+            read = await store.read(stream_id)
+            assert read == stored
+            for new, got in zip(batch, read, strict=True):
+                assert (got.id, got.type, got.data, got.stream, got.key, got.time) == (
+                    new.id, new.type, new.data, new.stream, new.key, new.time,
+                )  # fmt: skip
+                assert (got.correlation_id, got.causation_id, got.headers) == (
+                    new.correlation_id, new.causation_id, new.headers,
+                )  # fmt: skip
+        assert [e.stream_id for e in await store.outbox_pending()] == (
+            [f"batch-10-{awkward}"] * 10 + [f"batch-64-{awkward}"] * 64
+        )
+
+    async def test_a_large_batch_is_all_or_nothing(self, store: EventStore) -> None:
+        """A taken event id or version anywhere in a large batch refuses all of it."""
+        first = await store.append(STREAM, [new_event(i) for i in range(20)], NO_STREAM)
+        taken = [new_event(i) for i in range(20)]
+        taken[17] = new_event(17, id=first[3].id)
+        with pytest.raises(ConcurrencyError):
+            await store.append("account-b", taken, NO_STREAM, publish=True)
+        with pytest.raises(ConcurrencyError):
+            await store.append(STREAM, [new_event(i) for i in range(20)], 3, publish=True)
+        assert await store.last_position() == 20
+        assert await store.read("account-b") == []
+        assert await store.outbox_pending() == []
+
     async def test_versions_continue_across_appends(self, store: EventStore) -> None:
         await store.append(STREAM, [new_event(1)], NO_STREAM)
         stored = await store.append(STREAM, [new_event(2), new_event(3)], 1)
