@@ -13,7 +13,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -177,13 +177,14 @@ def _kafka_attr(header: str) -> str:
 
 
 def from_kafka_headers(
-    headers: Iterable[tuple[str, Any]] | None,
+    headers: Sequence[tuple[str, Any]] | None,
     key: bytes | str | None,
     defects: list[str] | None = None,
 ) -> tuple[dict[str, str], int]:
     """Kafka record headers + key -> (CloudEvents attributes, attempt). Runs per record.
 
-    With `defects`, every header (or the key) that is not valid UTF-8 is named there."""
+    With `defects`, every header (or the key) that is not valid UTF-8 is named there.
+    `headers` is a sequence: a record the quick pass cannot read is read again."""
     names = _KAFKA_ATTRS
     try:  # the usual record: header names seen before, UTF-8 values (one comprehension)
         attributes = {names[name]: value.decode() for name, value in headers or ()}
@@ -204,7 +205,7 @@ def from_kafka_headers(
 
 
 def _kafka_attributes(
-    headers: Iterable[tuple[str, Any]], defects: list[str] | None
+    headers: Sequence[tuple[str, Any]], defects: list[str] | None
 ) -> tuple[dict[str, str], int]:
     """`from_kafka_headers` header by header: learns new names, tolerates None values
     and names each header that is not valid UTF-8 in `defects`."""

@@ -446,7 +446,7 @@ class KafkaConsumer:
                     continue
                 part.inflight += 1
                 epoch = part.epoch
-            offset: int = message.offset()  # type: ignore[assignment]  # (no cast: per record)
+            offset: int = message.offset()  # type: ignore[assignment]  # no cast() per record
             try:
                 raw_key = message.key()
                 try:
