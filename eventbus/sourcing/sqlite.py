@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -346,10 +347,43 @@ def _append(
     """An append inside the open write transaction of `conn` (in the database thread)."""
     current, last = conn.execute(APPEND_HEAD, (stream_id,)).fetchone()
     stored = numbered(stream_id, events, expected_version, int(current), int(last))
-    conn.executemany(INSERT_EVENT, [event_row(e) for e in stored])
+    _insert(conn, INSERT_EVENT, [event_row(e) for e in stored])
     if publish:
-        conn.executemany(INSERT_OUTBOX, [(e.position,) for e in stored])
+        _insert(conn, INSERT_OUTBOX, [(e.position,) for e in stored])
     return stored
+
+
+#: from this many rows on, an insert goes as multi-row `INSERT ... VALUES (..), (..)`
+#: statements instead of one execution per row (`executemany`): each execution of a
+#: statement opens its cursors on the table and its indexes again. Measured with the
+#: events table and appends of 100 events: 4.2 against 3.4 us of CPU per event.
+MULTI_ROW_FROM = 8
+#: rows per multi-row statement at most: 64 events are 832 parameters, within the 999
+#: that SQLite builds before 3.32 allow
+_MULTI_ROW_MAX = 64
+
+
+def _insert(conn: sqlite3.Connection, statement: str, rows: list[tuple[object, ...]]) -> None:
+    """Run the single-row INSERT `statement` for every row: chunks of 64, 32, ... 1 rows
+    (at most seven statement texts per INSERT, so SQLite's statement cache keeps them)."""
+    count = len(rows)
+    if count < MULTI_ROW_FROM:
+        conn.executemany(statement, rows)
+        return
+    start, size = 0, _MULTI_ROW_MAX
+    while start < count:
+        while size > count - start:
+            size //= 2
+        chunk = rows[start : start + size]
+        conn.execute(_multi_row(statement, size), [value for row in chunk for value in row])
+        start += size
+
+
+@functools.lru_cache(maxsize=32)
+def _multi_row(statement: str, rows: int) -> str:
+    """`INSERT INTO t (a, b) VALUES (?,?)` -> the same for `rows` rows."""
+    head, values = statement.split(" VALUES ")
+    return f"{head} VALUES {', '.join([values] * rows)}"
 
 
 _HAS_FLOCK = importlib.util.find_spec("fcntl") is not None

@@ -156,10 +156,11 @@ class StoreContract:
         assert read[1].correlation_id is None and read[1].headers == {}
 
     async def test_a_large_batch_keeps_every_field(self, store: EventStore) -> None:
-        """Sizes a backend may write differently (PostgreSQL: COPY from 10 events on),
-        with the characters a bulk format must escape, in every kind of field."""
+        """Sizes a backend may write differently (PostgreSQL: COPY from 10 events on;
+        SQLite: multi-row INSERTs of 64, 32, ... rows from 8 on), with the characters a
+        bulk format must escape, in every kind of field."""
         awkward = "tab\tnew\nline\\back\rslash \u00e9\u2603 \\N"
-        for size in (1, 3, 10, 64):
+        for size in (1, 3, 10, 64, 100):
             batch = [
                 new_event(
                     i,
@@ -187,7 +188,7 @@ class StoreContract:
                     new.correlation_id, new.causation_id, new.headers,
                 )  # fmt: skip
         assert [e.stream_id for e in await store.outbox_pending()] == (
-            [f"batch-10-{awkward}"] * 10 + [f"batch-64-{awkward}"] * 64
+            [f"batch-{size}-{awkward}" for size in (10, 64, 100) for _ in range(size)]
         )
 
     async def test_a_large_batch_is_all_or_nothing(self, store: EventStore) -> None:
