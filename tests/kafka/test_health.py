@@ -128,21 +128,24 @@ async def test_a_member_without_partitions_is_attached_and_says_so(kafka: KafkaH
 
         return bus
 
-    first, second = member(), member()
+    # one partition of the stream and one of the group's replay topic: the
+    # cooperative-sticky assignor spreads them over two members, and a third holds none
+    first, second, third = member(), member(), member()
     async with first:
         one = subscription_of(first)
-        async with second:  # joins: one partition per topic, the range assignor gives
-            two = subscription_of(second)  # both to the same member
+        async with second, third:
+            members = [one, subscription_of(second), subscription_of(third)]
 
             def details() -> list[str]:
-                states = [one.state(), two.state()]
-                return sorted(s.detail for s in states if s.attached)
+                return sorted(m.state().detail for m in members if m.state().attached)
 
+            # only once the rebalance settled: while a partition moves between two
+            # members (revoked by one, not yet assigned to the other), two hold none
             await until(
-                lambda: details() == ["", "no partitions assigned"],
-                what="one member with the partitions, one without",
+                lambda: details() == ["", "", "no partitions assigned"],
+                what="two members with a partition each, one attached without",
             )
-            idle = one if one.state().detail else two
+            idle = next(m for m in members if m.state().detail)
             assert await backlog_until(idle, lambda b: b == {}, "an empty backlog") == {}
         await until(lambda: one.state() == ConsumerState(True), what="the first member alone")
 
