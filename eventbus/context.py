@@ -80,24 +80,37 @@ class Context:
     the same through the correlation middleware.
     """
 
-    __slots__ = ("_bus", "_delivery", "envelope", "event", "group", "sink")
+    __slots__ = ("_bus", "_delivery", "_envelope", "event", "group", "sink")
 
     def __init__(
         self,
         bus: Publisher,
         group: str,
-        envelope: Envelope,
+        envelope: Envelope | None,
         event: Event | Envelope,
         delivery: Delivery,
         sink: Sink | None = None,
     ) -> None:
+        """`envelope` None: made from `delivery` when first read (most handlers of a
+        typed event never read it: once per event saved)."""
         self._bus = bus
         self.group = group
-        self.envelope = envelope
+        self._envelope = envelope
         self.event = event
         self._delivery = delivery
         #: where `publish` puts events (None: the bus, at once); see `Sink`
         self.sink = sink
+
+    @property
+    def envelope(self) -> Envelope:
+        """The event's metadata (id, type, time, key, attempt, ...) and raw body."""
+        envelope = self._envelope
+        if envelope is None:
+            d = self._delivery
+            envelope = self._envelope = Envelope.from_attributes(
+                d.attributes, d.body, d.stream, d.key, d.attempt
+            )
+        return envelope
 
     @property
     def attempt(self) -> int:

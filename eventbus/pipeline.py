@@ -255,7 +255,7 @@ class Pipeline:
             return _BadInput("eventbus.DecodeError", "message has no event type (ce type header)")
         if not attrs.get("id"):  # adapters give id-less events a stable id; never collapse
             return _BadInput("eventbus.DecodeError", "message has no event id (ce id header)")
-        envelope = Envelope.from_attributes(attrs, body, d.stream, d.key, d.attempt)
+        envelope: Envelope | None = None  # a typed handler's context makes it when read
         event: Event | Envelope
         types = self.types
         if types is not None:
@@ -274,6 +274,7 @@ class Pipeline:
         else:
             if not matches_any(self.patterns, etype):
                 return None
+            envelope = Envelope.from_attributes(attrs, body, d.stream, d.key, d.attempt)
             ctype = envelope.content_type
             if not ctype or "json" in ctype:
                 try:

@@ -201,3 +201,22 @@ def test_type_caches_stay_small_whatever_types_producers_send() -> None:
         tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert grown < 2_000_000, f"pattern matching kept {grown} bytes of event types"
+
+
+async def test_a_typed_handlers_envelope_is_made_from_the_delivery_once() -> None:
+    seen: list[Any] = []
+
+    async def handle(event: Order, ctx: Any) -> None:
+        seen.append((event, ctx.envelope, ctx.envelope, ctx.attempt))
+
+    attributes = {"id": "e-1", "type": "order.created", "source": "s", "partitionkey": "k"}
+    body = Order(order_id="o-1", total=3).model_dump_json().encode()
+    d = Recorder(stream="orders", body=body, attributes=attributes, key="k", attempt=2)
+    assert await pipeline(EventBus("memory://"), {"order.created": Order}, handle).process(d)
+    (event, first, again, attempt) = seen[0]
+    assert event == Order(order_id="o-1", total=3) and d.outcomes == ["ack"]
+    assert first is again  # read twice, made once
+    assert (first.id, first.type, first.stream, first.key, first.attempt) == (
+        "e-1", "order.created", "orders", "k", 2
+    )  # fmt: skip
+    assert first.body == body and first.source == "s" and attempt == 2
