@@ -4,6 +4,12 @@ Stream = topic, group = consumer group, key = record key (partition), event type
 `ce_type` header (CloudEvents binary mode). Publishing awaits the delivery report of an
 idempotent `acks=all` producer. Delayed retries go to `<stream>.<group>.retry.<n>`, dead
 letters to `<stream>.<group>.dlq`, replayed dead letters to `<stream>.<group>.replay`.
+
+Retry and dead-letter copies have a producer of their own, started with the first
+subscription: the same durable config, without `linger.ms`. A subscription settles its
+records in order, so a copy holds everything behind it until it is stored; lingering for a
+batch would cost each failed or bad record the whole linger (5 ms: a flood of bad input
+dead-lettered at 200 records/s instead of ~1,700/s).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from .dlq import (
 )
 from .link import check_cluster
 from .names import dlq_topic, replay_topic, retry_topic
-from .producer import AsyncProducer, Record, record_of
+from .producer import COPY_PRODUCER, AsyncProducer, Record, record_of
 from .replies import REPLY_PRODUCER, KafkaReplyChannel, is_reply_topic, refuse
 from .settings import SubscriptionOptions, client_configs
 from .topics import Topics
@@ -83,6 +89,8 @@ class KafkaBroker:
         self._record_limits: dict[str, int] = {}
         #: the responder's reply producer (`send_reply`), started on the first reply
         self._reply_producer: AsyncProducer | None = None
+        #: the producer of retry and dead-letter copies, started with the first subscription
+        self._copy_producer: AsyncProducer | None = None
 
     def __repr__(self) -> str:
         return f"KafkaBroker({self.configs.target.redacted!r})"
@@ -108,6 +116,9 @@ class KafkaBroker:
         replies, self._reply_producer = self._reply_producer, None
         if replies is not None:
             await replies.close(timeout=5.0)
+        copies, self._copy_producer = self._copy_producer, None
+        if copies is not None:
+            await copies.close()
         await self.producer.close()
 
     # --- publishing ----------------------------------------------------------------------
@@ -252,7 +263,7 @@ class KafkaBroker:
         dead_letter_limit = await self._ensure_side_topics(stream, side, dlq)
         consumer = KafkaConsumer(
             configs=self.configs,
-            producer=self.producer,
+            producer=self._copies(),
             spec=spec,
             deliver=deliver,
             topics=[stream, *retries, replay],
@@ -269,6 +280,13 @@ class KafkaBroker:
         await consumer.start(settings.assignment_timeout)
         self._consumers.append(consumer)
         return KafkaSubscription(self, consumer)
+
+    def _copies(self) -> AsyncProducer:
+        """The producer of retry and dead-letter copies (started on first use)."""
+        if self._copy_producer is None:
+            self._copy_producer = AsyncProducer(self.configs, COPY_PRODUCER)
+            self._copy_producer.start()
+        return self._copy_producer
 
     def _forget(self, consumer: KafkaConsumer) -> None:
         if consumer in self._consumers:

@@ -191,6 +191,7 @@ class KafkaConsumer:
         transactional_id: str | None = None,
     ) -> None:
         self.configs = configs
+        #: the producer of its retry and dead-letter copies (not lingering)
         self.producer = producer
         self.spec = spec
         self._deliver = deliver

@@ -54,6 +54,12 @@ def record_of(message: EventMessage) -> Record:
     return Record(message.stream, message.body, key, headers, message.id)
 
 
+#: the copy producer's overrides of the producer config (retry and dead-letter copies):
+#: sent at once, since a copy holds its subscription's later records until it is stored;
+#: its link is not watched (the publishing producer's stands for the cluster)
+COPY_PRODUCER: dict[str, Any] = {"linger.ms": 0, "statistics.interval.ms": 0}
+
+
 def create_producer(
     configs: ClientConfigs,
     link: ProducerLink | None = None,

@@ -2,10 +2,12 @@
 had in the stream, while the events behind it in its partition keep flowing."""
 
 import asyncio
+import json
 
 import pytest
 
 from eventbus import Context, Event, RetryPolicy
+from eventbus.metrics import BAD_INPUT, RETRIED
 from eventbus.testing.conformance import unique, until
 
 from .harness import KafkaHarness
@@ -63,3 +65,39 @@ async def test_poison_event_is_dead_lettered_and_its_partition_flows(
     assert headers["ce_id"] == poison.id
     offsets = await asyncio.to_thread(committed_offsets, group, stream, 1)
     assert offsets == {0: 52}, "the group committed past the dead-lettered event"
+
+
+async def test_copies_are_not_held_for_the_publishing_linger(kafka: KafkaHarness) -> None:
+    """Retry and dead-letter copies go out at once. A subscription settles its records in
+    order, so a copy that lingered for a batch would hold every record behind it for the
+    whole linger: here the publishing producer lingers a minute, and three bad records
+    and a delayed retry are all stored within seconds."""
+    stream, group = unique("linger"), unique("g")
+
+    class Job(Event, stream=stream, type="job"):
+        name: str
+
+    tries: list[tuple[str, int]] = []
+    bus = kafka.bus(partitions=1, linger_ms=60_000)
+    metrics = bus.enable_metrics()
+
+    @bus.subscribe(group=group, retry=RetryPolicy(attempts=2, backoff=0.01, delayed=True))
+    async def handle(event: Job, ctx: Context) -> None:
+        tries.append((event.name, ctx.attempt))
+        if event.name == "flaky" and ctx.attempt == 1:
+            raise RuntimeError("later, please")
+
+    def failed(outcome: str) -> int:
+        return sum(n for key, n in metrics.failed.items() if key[3] == outcome)
+
+    async with bus:
+        for _ in range(3):
+            await kafka.inject_raw(stream, "job", b"\xff{not json", key="k")
+        await kafka.inject_raw(stream, "job", json.dumps({"name": "flaky"}).encode(), key="k")
+        await until(
+            lambda: ("flaky", 2) in tries and failed(BAD_INPUT) == 3,
+            timeout=30,
+            what="three dead letters and a retry, each far sooner than the linger",
+        )
+    assert failed(RETRIED) == 1
+    assert tries == [("flaky", 1), ("flaky", 2)]
