@@ -9,7 +9,7 @@ Retry and dead-letter copies have a producer of their own, started with the firs
 subscription: the same durable config, without `linger.ms`. A subscription settles its
 records in order, so a copy holds everything behind it until it is stored; lingering for a
 batch would cost each failed or bad record the whole linger (5 ms: a flood of bad input
-dead-lettered at 200 records/s instead of ~1,700/s).
+was dead-lettered at ~170 records/s, ~2,400/s without it).
 """
 
 from __future__ import annotations
@@ -283,10 +283,12 @@ class KafkaBroker:
 
     def _copies(self) -> AsyncProducer:
         """The producer of retry and dead-letter copies (started on first use)."""
-        if self._copy_producer is None:
-            self._copy_producer = AsyncProducer(self.configs, COPY_PRODUCER)
-            self._copy_producer.start()
-        return self._copy_producer
+        copies = self._copy_producer
+        if copies is None:
+            copies = AsyncProducer(self.configs, COPY_PRODUCER)
+            copies.start()
+            self._copy_producer = copies
+        return copies
 
     def _forget(self, consumer: KafkaConsumer) -> None:
         if consumer in self._consumers:
