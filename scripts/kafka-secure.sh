@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # A second local single-node Apache Kafka broker (KRaft, combined broker+controller) with a
 # SASL_SSL listener, for the security tests:
-#   SASL_SSL  127.0.0.1:39092  SCRAM-SHA-512 over TLS (the clients' listener)
-#   CONTROLLER 127.0.0.1:39093
-#   INTERNAL  127.0.0.1:39094  plaintext, unauthenticated: inter-broker traffic and this
+#   SASL_SSL  127.0.0.1:19092  SCRAM-SHA-512 over TLS (the clients' listener)
+#   CONTROLLER 127.0.0.1:19093
+#   INTERNAL  127.0.0.1:19094  plaintext, unauthenticated: inter-broker traffic and this
 #                              script's readiness check only (loopback)
-# It reuses the jars and the functions of scripts/kafka.sh (sourced). Idempotent: a second
-# run changes nothing and only prints the status line.
+# The ports sit below Linux's ephemeral range (32768-60999): a listener inside it fails to
+# bind when a client connection holds the port as its local one (a CI run once found 39092
+# taken so). It reuses the jars and the functions of scripts/kafka.sh (sourced).
+# Idempotent: a second run changes nothing and only prints the status line.
 #
 #   scripts/kafka-secure.sh start DIR   install DIR's material, ensure the broker runs
 #   scripts/kafka-secure.sh start       ensure the broker runs with the installed material
@@ -43,9 +45,9 @@ OUT="$CACHE/kafka.out"
 SERVER_LOG="$CACHE/server.log"
 CERTS="$CACHE/certs"
 USERS="$CACHE/scram-users"
-PORT=39092
-CONTROLLER_PORT=39093
-INTERNAL="$HOST:39094"
+PORT=19092
+CONTROLLER_PORT=19093
+INTERNAL="$HOST:19094"
 BOOTSTRAP="$HOST:$PORT"
 HEAP_OPTS="${KAFKA_SECURE_HEAP_OPTS:--Xms128m -Xmx384m}"
 

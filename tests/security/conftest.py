@@ -96,7 +96,7 @@ class SecureKafka:
     pki: Pki
     username: str
     password: str = field(repr=False)
-    url: str = "kafka://127.0.0.1:39092"
+    url: str = "kafka://127.0.0.1:19092"
 
     def options(self, **changes: Any) -> dict[str, Any]:
         """EventBus options for SASL_SSL with SCRAM-SHA-512 as this user (`changes` win)."""

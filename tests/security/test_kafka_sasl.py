@@ -103,7 +103,7 @@ async def test_round_trip_over_sasl_ssl_with_scram_sha_512(buses: Buses) -> None
 
 async def test_credentials_in_the_url_work_too_and_stay_hidden(buses: Buses) -> None:
     kafka = buses.kafka
-    url = f"kafka://{kafka.username}:{kafka.password}@127.0.0.1:39092"
+    url = f"kafka://{kafka.username}:{kafka.password}@127.0.0.1:19092"
     options = kafka.options()
     del options["sasl_username"], options["sasl_password"]
     bus = buses.bus(url, **options)
@@ -111,7 +111,7 @@ async def test_credentials_in_the_url_work_too_and_stay_hidden(buses: Buses) -> 
     async with bus:
         await bus.publish(events.Created(order_id="o-1"), key="o-1")
     text = buses.watch.assert_hidden(kafka.password)
-    assert f"kafka://{kafka.username}:***@127.0.0.1:39092" in text
+    assert f"kafka://{kafka.username}:***@127.0.0.1:19092" in text
 
 
 async def test_a_wrong_password_fails_at_start_up_promptly_and_clearly(buses: Buses) -> None:
