@@ -1,10 +1,10 @@
-"""Concurrency per subscription with per-key order: N lanes, a key's events on one lane
-while any of them is queued or running."""
+"""Concurrency per subscription with per-key order: N lanes, a key always on the same lane."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import zlib
 from collections.abc import Awaitable, Callable
 
 from .log import get_logger
@@ -17,13 +17,9 @@ class Dispatcher:
     """Feeds deliveries to the pipeline.
 
     The adapter awaits `submit` for one delivery at a time (back-pressure). With
-    `concurrency == 1` the delivery is processed inline; otherwise it goes to a lane:
-    the lane its key already has events on, or else an idle lane (round-robin when none
-    is idle; deliveries without a key too). So events with the same key are handled one
-    after the other, in order, while different keys run in parallel. A key is not tied to
-    a lane by a hash: two busy keys that hashed alike would share one lane, and since a
-    full lane blocks `submit`, that lane would set the pace of every other (64 keys on 64
-    hashed lanes use 48 of them, 16 twice).
+    `concurrency == 1` the delivery is processed inline; otherwise it goes to the lane of
+    its key (deliveries without a key spread round-robin), so events with the same key
+    are handled one after the other, in order, while different keys run in parallel.
     """
 
     def __init__(
@@ -44,16 +40,11 @@ class Dispatcher:
         self._rr = itertools.count()
         self._lanes: list[asyncio.Queue[Delivery | None]] = []
         self._workers: list[asyncio.Task[None]] = []
-        #: per lane, its deliveries queued or running; the lanes with none
-        self._load = [0] * concurrency
-        self._idle_lanes = set(range(concurrency))
-        #: key -> [its lane, its deliveries queued or running there]
-        self._keys: dict[str, list[int]] = {}
         if concurrency > 1:
             for n in range(concurrency):
                 lane: asyncio.Queue[Delivery | None] = asyncio.Queue(lane_buffer)
                 self._lanes.append(lane)
-                self._workers.append(asyncio.create_task(self._work(n), name=f"lane-{n}"))
+                self._workers.append(asyncio.create_task(self._work(lane), name=f"lane-{n}"))
 
     @property
     def in_flight(self) -> int:
@@ -73,57 +64,27 @@ class Dispatcher:
             return
         key = delivery.key
         if key is None:
-            index = self._free_lane()
+            index = next(self._rr) % self.concurrency
         else:
-            held = self._keys.get(key)
-            if held is None:
-                held = self._keys[key] = [self._free_lane(), 0]
-            held[1] += 1
-            index = held[0]
-        if not self._load[index]:
-            self._idle_lanes.discard(index)
-        self._load[index] += 1
+            index = zlib.crc32(key.encode()) % self.concurrency
         lane = self._lanes[index]
         await lane.put(delivery)
         if self._swept:  # the put waited while drain swept the lanes: give it back too
             await _sweep(lane)
 
-    def _free_lane(self) -> int:
-        """An idle lane if there is one, else the next one round-robin."""
-        if self._idle_lanes:
-            return self._idle_lanes.pop()
-        return next(self._rr) % self.concurrency
-
-    def _left(self, index: int, key: str | None) -> None:
-        """A delivery of `key` left lane `index` (processed or given back)."""
-        load = self._load[index] - 1
-        self._load[index] = load
-        if not load:
-            self._idle_lanes.add(index)
-        if key is not None:
-            held = self._keys.get(key)
-            if held is not None:
-                held[1] -= 1
-                if not held[1]:
-                    del self._keys[key]
-
-    async def _work(self, index: int) -> None:
-        lane = self._lanes[index]
+    async def _work(self, lane: asyncio.Queue[Delivery | None]) -> None:
         while True:
             delivery = await lane.get()
             if delivery is None:
                 return
+            if self._closing:  # queued before the stop, not started: back to the broker
+                await _quiet_nack(delivery)
+                continue
+            self._inflight += 1
             try:
-                if self._closing:  # queued before the stop, not started: back to the broker
-                    await _quiet_nack(delivery)
-                    continue
-                self._inflight += 1
-                try:
-                    await self._process(delivery)
-                finally:
-                    self._finished()
+                await self._process(delivery)
             finally:
-                self._left(index, delivery.key)
+                self._finished()
 
     def _finished(self) -> None:
         """A delivery's processing ended (however it ended)."""

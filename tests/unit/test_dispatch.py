@@ -2,7 +2,6 @@
 
 import asyncio
 import random
-import zlib
 from collections import defaultdict
 
 from hypothesis import given, settings
@@ -119,39 +118,3 @@ def test_a_submit_waiting_on_a_full_lane_is_given_back_at_drain() -> None:
     assert done == ["0"]
     assert sorted(nacked) == ["1", "2", "3", "4"]
     assert len(done) + len(nacked) == 5
-
-
-def test_two_busy_keys_get_lanes_of_their_own_while_lanes_are_free() -> None:
-    """A key is not tied to a lane by a hash. Two keys that a crc32 hash puts on one of
-    four lanes still run at the same time: each handler waits until both run, which on a
-    shared lane would never happen."""
-    first = "a"
-    second = next(
-        k
-        for k in (f"k{n}" for n in range(100))
-        if zlib.crc32(k.encode()) % 4 == zlib.crc32(first.encode()) % 4
-    )
-    running: set[str] = set()
-    finished: list[str] = []
-
-    async def main() -> None:
-        both, done = asyncio.Event(), asyncio.Event()
-
-        async def process(d: Delivery) -> None:
-            assert d.key is not None
-            running.add(d.key)
-            if len(running) == 2:
-                both.set()
-            await asyncio.wait_for(both.wait(), 5)
-            finished.append(d.key)
-            if len(finished) == 2:
-                done.set()
-
-        dispatcher = Dispatcher(process, concurrency=4)
-        for key in (first, second):
-            await dispatcher.submit(FakeDelivery(stream="s", body=b"", attributes={}, key=key))
-        await asyncio.wait_for(done.wait(), 10)
-        await dispatcher.drain(5)
-
-    asyncio.run(main())
-    assert sorted(finished) == sorted([first, second])
