@@ -1,10 +1,9 @@
-"""Concurrency per subscription with per-key order: N lanes, a key always on the same lane."""
+"""Concurrency per subscription with per-key order: N lanes; a key holds one lane while
+any of its events is queued or running there, and a key without one waits for an idle lane."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import zlib
 from collections.abc import Awaitable, Callable
 
 from .log import get_logger
@@ -17,9 +16,17 @@ class Dispatcher:
     """Feeds deliveries to the pipeline.
 
     The adapter awaits `submit` for one delivery at a time (back-pressure). With
-    `concurrency == 1` the delivery is processed inline; otherwise it goes to the lane of
-    its key (deliveries without a key spread round-robin), so events with the same key
-    are handled one after the other, in order, while different keys run in parallel.
+    `concurrency == 1` the delivery is processed inline. Otherwise a delivery goes to the
+    lane its key already holds (queued behind that key's earlier events, so a key's events
+    run one after the other, in order), or, if its key holds none (and for a delivery
+    without a key), to an idle lane, which its key then holds until the lane runs dry.
+    When no lane is idle, `submit` waits for one.
+
+    A delivery never queues behind another key's events. So a handler that hangs stalls
+    its own key only (and, once its lane is full, the pump: that is the back-pressure),
+    and N busy keys run N at a time. A lane per key by hash did neither: keys that hash
+    alike share a lane (64 keys on 64 lanes use 48 of them), and a new key hashed onto a
+    held handler's lane waited behind it and, once that lane was full, blocked the pump.
     """
 
     def __init__(
@@ -37,14 +44,22 @@ class Dispatcher:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._rr = itertools.count()
         self._lanes: list[asyncio.Queue[Delivery | None]] = []
         self._workers: list[asyncio.Task[None]] = []
+        #: per lane: its deliveries queued or running, and the key that holds it
+        self._load = [0] * concurrency
+        self._holder: list[str | None] = [None] * concurrency
+        #: the lanes with nothing queued or running (a stack: the last freed is warm)
+        self._free = list(range(concurrency - 1, -1, -1))
+        #: key -> the lane it holds
+        self._held: dict[str, int] = {}
+        #: set when a lane becomes free (or the dispatcher closes) while `submit` waits
+        self._freed = asyncio.Event()
         if concurrency > 1:
             for n in range(concurrency):
                 lane: asyncio.Queue[Delivery | None] = asyncio.Queue(lane_buffer)
                 self._lanes.append(lane)
-                self._workers.append(asyncio.create_task(self._work(lane), name=f"lane-{n}"))
+                self._workers.append(asyncio.create_task(self._work(n), name=f"lane-{n}"))
 
     @property
     def in_flight(self) -> int:
@@ -63,28 +78,56 @@ class Dispatcher:
                 self._finished()
             return
         key = delivery.key
-        if key is None:
-            index = next(self._rr) % self.concurrency
-        else:
-            index = zlib.crc32(key.encode()) % self.concurrency
+        index = self._held.get(key) if key is not None else None
+        while index is None:
+            if self._free:
+                index = self._free.pop()
+                if key is not None:
+                    self._held[key] = index
+                    self._holder[index] = key
+                break
+            self._freed.clear()
+            await self._freed.wait()
+            if self._closing:  # the stop began while this waited for a lane
+                await _quiet_nack(delivery)
+                return
+            if key is not None:  # (another submit may have given the key a lane)
+                index = self._held.get(key)
+        self._load[index] += 1
         lane = self._lanes[index]
         await lane.put(delivery)
         if self._swept:  # the put waited while drain swept the lanes: give it back too
             await _sweep(lane)
 
-    async def _work(self, lane: asyncio.Queue[Delivery | None]) -> None:
+    def _left(self, index: int) -> None:
+        """A delivery left lane `index` (processed, or given back at the stop)."""
+        self._load[index] -= 1
+        if self._load[index]:
+            return
+        key = self._holder[index]
+        if key is not None:
+            self._holder[index] = None
+            del self._held[key]
+        self._free.append(index)
+        self._freed.set()
+
+    async def _work(self, index: int) -> None:
+        lane = self._lanes[index]
         while True:
             delivery = await lane.get()
             if delivery is None:
                 return
-            if self._closing:  # queued before the stop, not started: back to the broker
-                await _quiet_nack(delivery)
-                continue
-            self._inflight += 1
             try:
-                await self._process(delivery)
+                if self._closing:  # queued before the stop, not started: back to the broker
+                    await _quiet_nack(delivery)
+                    continue
+                self._inflight += 1
+                try:
+                    await self._process(delivery)
+                finally:
+                    self._finished()
             finally:
-                self._finished()
+                self._left(index)
 
     def _finished(self) -> None:
         """A delivery's processing ended (however it ended)."""
@@ -96,8 +139,9 @@ class Dispatcher:
         """Let in-flight handlers finish; give queued, unstarted deliveries back (nack).
 
         Every delivery ever submitted is settled exactly once: processed, or nacked here
-        (also one whose `submit` was still waiting for room in a full lane)."""
+        (also one whose `submit` was still waiting for a lane or for room in one)."""
         self._closing = True
+        self._freed.set()  # a submit waiting for a free lane gives its delivery back
         if self._inflight:
             self._idle.clear()
         try:

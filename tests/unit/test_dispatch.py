@@ -3,7 +3,9 @@
 import asyncio
 import random
 from collections import defaultdict
+from collections.abc import Callable
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,11 +69,13 @@ def test_drain_gives_back_unstarted_and_waits_for_inflight() -> None:
 
     async def main() -> None:
         dispatcher = Dispatcher(process, concurrency=2, lane_buffer=10)
-        for n in range(6):
-            await dispatcher.submit(
-                FakeDelivery(stream="s", body=b"", attributes={"n": str(n)}, key=None)
-            )
-        await asyncio.sleep(0.01)  # one in flight per lane, the rest queued
+        submitted = [  # two keys: one in flight per lane, the rest queued behind them
+            FakeDelivery(stream="s", body=b"", attributes={"n": str(n)}, key="ab"[n % 2])
+            for n in range(6)
+        ]
+        for item in submitted:
+            await dispatcher.submit(item)
+        await until(lambda: dispatcher.in_flight == 2)
         draining = asyncio.create_task(dispatcher.drain(5))
         await asyncio.sleep(0.01)
         assert not draining.done(), "drain returned while handlers were running"
@@ -83,6 +87,99 @@ def test_drain_gives_back_unstarted_and_waits_for_inflight() -> None:
     asyncio.run(main())
     assert sorted(done) == ["0", "1"]
     assert sorted(nacked) == ["2", "3", "4", "5", "late"]
+
+
+def test_a_submit_waiting_for_a_free_lane_is_given_back_at_drain() -> None:
+    nacked.clear()
+    done: list[str] = []
+    gate = asyncio.Event()
+
+    async def process(d: Delivery) -> None:
+        await gate.wait()
+        done.append(d.attributes["n"])
+
+    async def main() -> None:
+        dispatcher = Dispatcher(process, concurrency=2)
+        submitted = [
+            FakeDelivery(stream="s", body=b"", attributes={"n": str(n)}, key=key)
+            for n, key in enumerate(["a", None, "c", "d"])
+        ]
+        feeder = asyncio.create_task(_feed(dispatcher, submitted))
+        await until(lambda: dispatcher.in_flight == 2)
+        assert not feeder.done(), "a third key got a lane while two lanes were busy"
+        draining = asyncio.create_task(dispatcher.drain(5))
+        await feeder  # the waiting submit is given back without waiting for the lanes
+        assert sorted(nacked) == ["2", "3"]
+        gate.set()
+        await draining
+
+    asyncio.run(main())
+    assert sorted(done) == ["0", "1"]
+    assert sorted(nacked) == ["2", "3"]
+
+
+@pytest.mark.parametrize("concurrency", [2, 4])
+def test_a_held_handler_stalls_its_own_key_only(concurrency: int) -> None:
+    """Every other key goes on, however many there are: none waits behind the held one
+    (on lanes chosen by crc32, "b" and "k1" shared the lane of "held")."""
+    release = asyncio.Event()
+    done: list[str] = []
+
+    async def process(d: Delivery) -> None:
+        if d.key == "held":
+            await release.wait()
+        done.append(f"{d.key}:{d.attributes['n']}")
+
+    async def main() -> None:
+        dispatcher = Dispatcher(process, concurrency, lane_buffer=2)
+        await dispatcher.submit(
+            FakeDelivery(stream="s", body=b"", attributes={"n": "0"}, key="held")
+        )
+        others = [
+            FakeDelivery(stream="s", body=b"", attributes={"n": str(n)}, key=key)
+            for n in range(20)
+            for key in ("a", "b", "k1", None)
+        ]
+        await asyncio.wait_for(_feed(dispatcher, others), 5)
+        await until(lambda: len(done) == len(others))
+        assert "held:0" not in done
+        release.set()
+        await until(lambda: "held:0" in done)
+        await dispatcher.drain(5)
+
+    asyncio.run(main())
+
+
+def test_distinct_keys_run_as_many_at_a_time_as_there_are_lanes() -> None:
+    """Four keys on four lanes run all at once (by crc32, "held" and "b" shared one)."""
+    running: set[str] = set()
+    most = 0
+    release = asyncio.Event()
+
+    async def process(d: Delivery) -> None:
+        nonlocal most
+        assert d.key is not None
+        running.add(d.key)
+        most = max(most, len(running))
+        await release.wait()
+        running.discard(d.key)
+
+    async def main() -> None:
+        dispatcher = Dispatcher(process, concurrency=4)
+        for key in ("held", "b", "d", "e"):
+            await dispatcher.submit(FakeDelivery(stream="s", body=b"", attributes={}, key=key))
+        await until(lambda: len(running) == 4)
+        release.set()
+        await dispatcher.drain(5)
+
+    asyncio.run(main())
+    assert most == 4
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - polling plain state
+            await asyncio.sleep(0.001)
 
 
 def test_a_submit_waiting_on_a_full_lane_is_given_back_at_drain() -> None:
@@ -110,11 +207,12 @@ def test_a_submit_waiting_on_a_full_lane_is_given_back_at_drain() -> None:
         await draining
         await feeder
 
-    async def _feed(dispatcher: Dispatcher, items: list[FakeDelivery]) -> None:
-        for item in items:
-            await dispatcher.submit(item)
-
     asyncio.run(main())
     assert done == ["0"]
     assert sorted(nacked) == ["1", "2", "3", "4"]
     assert len(done) + len(nacked) == 5
+
+
+async def _feed(dispatcher: Dispatcher, items: list[FakeDelivery]) -> None:
+    for item in items:
+        await dispatcher.submit(item)
