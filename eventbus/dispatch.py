@@ -53,8 +53,9 @@ class Dispatcher:
         self._free = list(range(concurrency - 1, -1, -1))
         #: key -> the lane it holds
         self._held: dict[str, int] = {}
-        #: set when a lane becomes free (or the dispatcher closes) while `submit` waits
-        self._freed = asyncio.Event()
+        #: what a `submit` waiting for a free lane awaits: resolved when a lane becomes
+        #: free or the dispatcher closes
+        self._waiter: asyncio.Future[None] | None = None
         if concurrency > 1:
             for n in range(concurrency):
                 lane: asyncio.Queue[Delivery | None] = asyncio.Queue(lane_buffer)
@@ -86,8 +87,8 @@ class Dispatcher:
                     self._held[key] = index
                     self._holder[index] = key
                 break
-            self._freed.clear()
-            await self._freed.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
             if self._closing:  # the stop began while this waited for a lane
                 await _quiet_nack(delivery)
                 return
@@ -109,7 +110,12 @@ class Dispatcher:
             self._holder[index] = None
             del self._held[key]
         self._free.append(index)
-        self._freed.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _work(self, index: int) -> None:
         lane = self._lanes[index]
@@ -141,7 +147,7 @@ class Dispatcher:
         Every delivery ever submitted is settled exactly once: processed, or nacked here
         (also one whose `submit` was still waiting for a lane or for room in one)."""
         self._closing = True
-        self._freed.set()  # a submit waiting for a free lane gives its delivery back
+        self._wake()  # a submit waiting for a free lane gives its delivery back
         if self._inflight:
             self._idle.clear()
         try:
