@@ -4,6 +4,7 @@ any of its events is queued or running there, and a key without one waits for an
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from .log import get_logger
@@ -53,9 +54,9 @@ class Dispatcher:
         self._free = list(range(concurrency - 1, -1, -1))
         #: key -> the lane it holds
         self._held: dict[str, int] = {}
-        #: what a `submit` waiting for a free lane awaits: resolved when a lane becomes
-        #: free or the dispatcher closes
-        self._waiter: asyncio.Future[None] | None = None
+        #: submits waiting for a free lane, each with what it awaits: True once a lane
+        #: took its delivery, False to look again (or, at the stop, to give it back)
+        self._parked: deque[tuple[Delivery, asyncio.Future[bool]]] = deque()
         if concurrency > 1:
             for n in range(concurrency):
                 lane: asyncio.Queue[Delivery | None] = asyncio.Queue(lane_buffer)
@@ -79,29 +80,38 @@ class Dispatcher:
                 self._finished()
             return
         key = delivery.key
-        index = self._held.get(key) if key is not None else None
-        while index is None:
+        while True:
+            index = self._held.get(key) if key is not None else None
+            if index is not None:
+                break
             if self._free:
                 index = self._free.pop()
-                if key is not None:
-                    self._held[key] = index
-                    self._holder[index] = key
+                self._hold(index, key)
                 break
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
+            # no lane is free: park here; the lane that frees first takes the delivery
+            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._parked.append((delivery, waiter))
+            if await waiter:  # on a lane now
+                return
             if self._closing:  # the stop began while this waited for a lane
                 await _quiet_nack(delivery)
                 return
-            if key is not None:  # (another submit may have given the key a lane)
-                index = self._held.get(key)
+            # (else another submit gave its key a lane meanwhile: queue behind that)
         self._load[index] += 1
         lane = self._lanes[index]
         await lane.put(delivery)
         if self._swept:  # the put waited while drain swept the lanes: give it back too
             await _sweep(lane)
 
+    def _hold(self, index: int, key: str | None) -> None:
+        """Lane `index`, free, now carries `key`'s events (or one keyless delivery)."""
+        if key is not None:
+            self._held[key] = index
+            self._holder[index] = key
+
     def _left(self, index: int) -> None:
-        """A delivery left lane `index` (processed, or given back at the stop)."""
+        """A delivery left lane `index` (processed, or given back at the stop). A lane
+        that runs dry goes to the submit parked for one, or else back to the free ones."""
         self._load[index] -= 1
         if self._load[index]:
             return
@@ -109,13 +119,26 @@ class Dispatcher:
         if key is not None:
             self._holder[index] = None
             del self._held[key]
+        while self._parked and not self._closing:
+            delivery, waiter = self._parked.popleft()
+            if waiter.done():  # that submit was cancelled
+                continue
+            if delivery.key is not None and delivery.key in self._held:
+                waiter.set_result(False)  # its key has a lane now: it queues there
+                continue
+            self._hold(index, delivery.key)
+            self._load[index] = 1
+            self._lanes[index].put_nowait(delivery)  # the lane is empty: no wait
+            waiter.set_result(True)
+            return
         self._free.append(index)
-        self._wake()
 
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _release_parked(self) -> None:
+        """At the stop: every parked submit gives its delivery back."""
+        while self._parked:
+            _, waiter = self._parked.popleft()
+            if not waiter.done():
+                waiter.set_result(False)
 
     async def _work(self, index: int) -> None:
         lane = self._lanes[index]
@@ -130,6 +153,10 @@ class Dispatcher:
                 self._inflight += 1
                 try:
                     await self._process(delivery)
+                except Exception as exc:  # the pipeline settles, never raises: keep the lane
+                    _log.error(
+                        "dispatch.failed", event_id=delivery.attributes.get("id"), error=repr(exc)
+                    )
                 finally:
                     self._finished()
             finally:
@@ -147,7 +174,7 @@ class Dispatcher:
         Every delivery ever submitted is settled exactly once: processed, or nacked here
         (also one whose `submit` was still waiting for a lane or for room in one)."""
         self._closing = True
-        self._wake()  # a submit waiting for a free lane gives its delivery back
+        self._release_parked()
         if self._inflight:
             self._idle.clear()
         try:
