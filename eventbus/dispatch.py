@@ -1,5 +1,5 @@
-"""Concurrency per subscription with per-key order: N lanes; a key holds one lane while
-any of its events is queued or running there, and a key without one waits for an idle lane."""
+"""Concurrency per subscription with per-key order: N workers take deliveries from one
+ready queue; a key's later deliveries wait for its earlier one, never another key's."""
 
 from __future__ import annotations
 
@@ -16,63 +16,69 @@ _log = get_logger()
 class Dispatcher:
     """Feeds deliveries to the pipeline.
 
-    The adapter awaits `submit` for one delivery at a time (back-pressure). With
-    `concurrency == 1` the delivery is processed inline. Otherwise a delivery goes to the
-    lane its key already holds (queued behind that key's earlier events, so a key's events
-    run one after the other, in order), or, if its key holds none (and for a delivery
-    without a key), to an idle lane, which its key then holds until the lane runs dry.
-    When no lane is idle, `submit` waits for one.
+    The adapter awaits `submit` for one delivery at a time. With `concurrency == 1` the
+    delivery is processed inline. Otherwise N workers run the handlers:
 
-    A delivery never queues behind another key's events. So a handler that hangs stalls
-    its own key only (and, once its lane is full, the pump: that is the back-pressure),
-    and N busy keys run N at a time. A lane per key by hash did neither: keys that hash
-    alike share a lane (64 keys on 64 lanes use 48 of them), and a new key hashed onto a
-    held handler's lane waited behind it and, once that lane was full, blocked the pump.
+    - a delivery whose key has no delivery running or ready (and one without a key) joins
+      the **ready** queue, which the N workers take from in order;
+    - a delivery whose key has one waits in that key's **later** queue; the worker that
+      ran the key's delivery runs the key's next one when it finishes, so a key's
+      deliveries run one after the other, in the order they were submitted.
+
+    So nothing waits behind another key's delivery: a handler that hangs holds its own key
+    and one worker, while the other keys run on the N-1 others. `submit` returns once
+    fewer than `backlog` deliveries (default 16 per worker) wait to start: that is the
+    back-pressure on the broker client. (A lane per key by hash did not keep this: keys
+    that hash alike share a lane, 64 keys on 64 lanes used 48 of them, and a new key
+    hashed onto a held handler's lane waited behind it.)
     """
 
     def __init__(
         self,
         process: Callable[[Delivery], Awaitable[object]],
         concurrency: int = 1,
-        lane_buffer: int = 16,
+        backlog: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self._process = process
         self.concurrency = concurrency
+        self._backlog = max(1, backlog if backlog is not None else 16 * concurrency)
         self._closing = False
-        self._swept = False
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._lanes: list[asyncio.Queue[Delivery | None]] = []
-        self._workers: list[asyncio.Task[None]] = []
-        #: per lane: its deliveries queued or running, and the key that holds it
-        self._load = [0] * concurrency
-        self._holder: list[str | None] = [None] * concurrency
-        #: the lanes with nothing queued or running (a stack: the last freed is warm)
-        self._free = list(range(concurrency - 1, -1, -1))
-        #: key -> the lane it holds
-        self._held: dict[str, int] = {}
-        #: submits waiting for a free lane, each with what it awaits: True once a lane
-        #: took its delivery, False to look again (or, at the stop, to give it back)
-        self._parked: deque[tuple[Delivery, asyncio.Future[bool]]] = deque()
-        if concurrency > 1:
-            for n in range(concurrency):
-                lane: asyncio.Queue[Delivery | None] = asyncio.Queue(lane_buffer)
-                self._lanes.append(lane)
-                self._workers.append(asyncio.create_task(self._work(n), name=f"lane-{n}"))
+        #: deliveries that can start now, in the order they were submitted
+        self._ready: deque[Delivery] = deque()
+        #: key -> its deliveries after the one ready or running (present while it is)
+        self._later: dict[str, deque[Delivery]] = {}
+        #: deliveries submitted and not started (ready and later)
+        self._waiting = 0
+        #: what the workers with nothing to do await
+        self._sleepers: deque[asyncio.Future[None]] = deque()
+        #: what `submit` awaits while the backlog is full
+        self._pump: asyncio.Future[None] | None = None
+        self._workers = (
+            [asyncio.create_task(self._work(), name=f"worker-{n}") for n in range(concurrency)]
+            if concurrency > 1
+            else []
+        )
 
     @property
     def in_flight(self) -> int:
         """Deliveries being processed now."""
         return self._inflight
 
+    @property
+    def waiting(self) -> int:
+        """Deliveries submitted and not started yet."""
+        return self._waiting
+
     async def submit(self, delivery: Delivery) -> None:
         if self._closing:
             await _quiet_nack(delivery)
             return
-        if not self._lanes:  # processed inline (no coroutine between: once per event)
+        if not self._workers:  # processed inline (no coroutine between: once per event)
             self._inflight += 1
             try:
                 await self._process(delivery)
@@ -80,87 +86,64 @@ class Dispatcher:
                 self._finished()
             return
         key = delivery.key
-        while True:
-            index = self._held.get(key) if key is not None else None
-            if index is not None:
-                break
-            if self._free:
-                index = self._free.pop()
-                self._hold(index, key)
-                break
-            # no lane is free: park here; the lane that frees first takes the delivery
-            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._parked.append((delivery, waiter))
-            if await waiter:  # on a lane now
-                return
-            if self._closing:  # the stop began while this waited for a lane
-                await _quiet_nack(delivery)
-                return
-            # (else another submit gave its key a lane meanwhile: queue behind that)
-        self._load[index] += 1
-        lane = self._lanes[index]
-        await lane.put(delivery)
-        if self._swept:  # the put waited while drain swept the lanes: give it back too
-            await _sweep(lane)
+        later = self._later.get(key) if key is not None else None
+        if later is not None:
+            later.append(delivery)
+        else:
+            if key is not None:
+                self._later[key] = deque()
+            self._ready.append(delivery)
+            while self._sleepers:
+                sleeper = self._sleepers.popleft()
+                if not sleeper.done():
+                    sleeper.set_result(None)
+                    break
+        self._waiting += 1
+        while self._waiting >= self._backlog and not self._closing:
+            self._pump = asyncio.get_running_loop().create_future()
+            await self._pump  # (a stop meanwhile: drain gives the waiting ones back)
 
-    def _hold(self, index: int, key: str | None) -> None:
-        """Lane `index`, free, now carries `key`'s events (or one keyless delivery)."""
-        if key is not None:
-            self._held[key] = index
-            self._holder[index] = key
-
-    def _left(self, index: int) -> None:
-        """A delivery left lane `index` (processed, or given back at the stop). A lane
-        that runs dry goes to the submit parked for one, or else back to the free ones."""
-        self._load[index] -= 1
-        if self._load[index]:
-            return
-        key = self._holder[index]
-        if key is not None:
-            self._holder[index] = None
-            del self._held[key]
-        while self._parked and not self._closing:
-            delivery, waiter = self._parked.popleft()
-            if waiter.done():  # that submit was cancelled
+    async def _work(self) -> None:
+        ready = self._ready
+        while not self._closing:
+            if not ready:
+                sleeper = asyncio.get_running_loop().create_future()
+                self._sleepers.append(sleeper)
+                await sleeper
                 continue
-            if delivery.key is not None and delivery.key in self._held:
-                waiter.set_result(False)  # its key has a lane now: it queues there
-                continue
-            self._hold(index, delivery.key)
-            self._load[index] = 1
-            self._lanes[index].put_nowait(delivery)  # the lane is empty: no wait
-            waiter.set_result(True)
-            return
-        self._free.append(index)
-
-    def _release_parked(self) -> None:
-        """At the stop: every parked submit gives its delivery back."""
-        while self._parked:
-            _, waiter = self._parked.popleft()
-            if not waiter.done():
-                waiter.set_result(False)
-
-    async def _work(self, index: int) -> None:
-        lane = self._lanes[index]
-        while True:
-            delivery = await lane.get()
-            if delivery is None:
-                return
-            try:
-                if self._closing:  # queued before the stop, not started: back to the broker
-                    await _quiet_nack(delivery)
-                    continue
+            delivery: Delivery | None = ready.popleft()
+            while delivery is not None:
+                self._started()
                 self._inflight += 1
                 try:
                     await self._process(delivery)
-                except Exception as exc:  # the pipeline settles, never raises: keep the lane
+                except Exception as exc:  # the pipeline settles, never raises: keep working
                     _log.error(
                         "dispatch.failed", event_id=delivery.attributes.get("id"), error=repr(exc)
                     )
                 finally:
                     self._finished()
-            finally:
-                self._left(index)
+                delivery = self._next_of(delivery.key)
+
+    def _next_of(self, key: str | None) -> Delivery | None:
+        """The key's next delivery, for the worker that ran its last one (None: the key
+        has no delivery left, or the stop began: drain gives the rest back)."""
+        if key is None:
+            return None
+        later = self._later[key]
+        if not later:
+            del self._later[key]
+            return None
+        return None if self._closing else later.popleft()
+
+    def _started(self) -> None:
+        """A waiting delivery starts: room for one more in the backlog."""
+        self._waiting -= 1
+        pump = self._pump
+        if pump is not None and self._waiting < self._backlog:
+            self._pump = None
+            if not pump.done():
+                pump.set_result(None)
 
     def _finished(self) -> None:
         """A delivery's processing ended (however it ended)."""
@@ -169,18 +152,20 @@ class Dispatcher:
             self._idle.set()
 
     async def drain(self, timeout: float) -> None:
-        """Let in-flight handlers finish; give queued, unstarted deliveries back (nack).
+        """Let in-flight handlers finish; give waiting, unstarted deliveries back (nack).
 
         Every delivery ever submitted is settled exactly once: processed, or nacked here
-        (also one whose `submit` was still waiting for a lane or for room in one)."""
+        (also one whose `submit` was still waiting for room in the backlog)."""
         self._closing = True
-        self._release_parked()
+        for waiter in (self._pump, *self._sleepers):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        self._pump = None
+        self._sleepers.clear()
         if self._inflight:
             self._idle.clear()
         try:
             async with asyncio.timeout(timeout):
-                for lane in self._lanes:  # the worker nacks what is queued ahead of it
-                    await lane.put(None)
                 await self._idle.wait()
                 if self._workers:
                     await asyncio.gather(*self._workers)
@@ -189,16 +174,12 @@ class Dispatcher:
             for task in self._workers:
                 task.cancel()
             await asyncio.gather(*self._workers, return_exceptions=True)
-        self._swept = True
-        for lane in self._lanes:
-            await _sweep(lane)
-
-
-async def _sweep(lane: asyncio.Queue[Delivery | None]) -> None:
-    while not lane.empty():
-        queued = lane.get_nowait()
-        if queued is not None:
-            await _quiet_nack(queued)
+        unstarted = [*self._ready, *(d for later in self._later.values() for d in later)]
+        self._ready.clear()
+        self._later.clear()
+        self._waiting = 0
+        for delivery in unstarted:
+            await _quiet_nack(delivery)
 
 
 async def _quiet_nack(delivery: Delivery) -> None:

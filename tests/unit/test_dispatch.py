@@ -1,4 +1,4 @@
-"""Per-key order under concurrency: the dispatcher's lanes, property-tested."""
+"""Per-key order under concurrency: the dispatcher's workers, property-tested."""
 
 import asyncio
 import random
@@ -32,7 +32,7 @@ def test_same_key_is_processed_in_submission_order(
     keys: list[str], concurrency: int, feeders: int, seed: int
 ) -> None:
     """One key's events never run at once, and run in the order one caller submitted
-    them. The contract asks for one caller at a time (the adapter's pump); the lanes keep
+    them. The contract asks for one caller at a time (the adapter's pump); the workers keep
     this with two callers too (inline processing, `concurrency=1`, does not)."""
     assume(feeders == 1 or concurrency > 1)
     rng = random.Random(seed)
@@ -77,8 +77,8 @@ def test_drain_gives_back_unstarted_and_waits_for_inflight() -> None:
         done.append(d.attributes["n"])
 
     async def main() -> None:
-        dispatcher = Dispatcher(process, concurrency=2, lane_buffer=10)
-        submitted = [  # two keys: one in flight per lane, the rest queued behind them
+        dispatcher = Dispatcher(process, concurrency=2, backlog=10)
+        submitted = [  # two keys: one of each in flight, the rest waiting behind them
             FakeDelivery(stream="s", body=b"", attributes={"n": str(n)}, key="ab"[n % 2])
             for n in range(6)
         ]
@@ -98,7 +98,7 @@ def test_drain_gives_back_unstarted_and_waits_for_inflight() -> None:
     assert sorted(nacked) == ["2", "3", "4", "5", "late"]
 
 
-def test_a_submit_waiting_for_a_free_lane_is_given_back_at_drain() -> None:
+def test_a_submit_waiting_for_room_returns_at_drain_and_its_delivery_is_given_back() -> None:
     nacked.clear()
     done: list[str] = []
     gate = asyncio.Event()
@@ -108,23 +108,24 @@ def test_a_submit_waiting_for_a_free_lane_is_given_back_at_drain() -> None:
         done.append(d.attributes["n"])
 
     async def main() -> None:
-        dispatcher = Dispatcher(process, concurrency=2)
+        dispatcher = Dispatcher(process, concurrency=2, backlog=2)
         submitted = [
             FakeDelivery(stream="s", body=b"", attributes={"n": str(n)}, key=key)
-            for n, key in enumerate(["a", None, "c", "d"])
+            for n, key in enumerate(["a", None, "c", "d", "e"])
         ]
         feeder = asyncio.create_task(_feed(dispatcher, submitted))
-        await until(lambda: dispatcher.in_flight == 2)
-        assert not feeder.done(), "a third key got a lane while two lanes were busy"
+        await until(lambda: dispatcher.in_flight == 2 and dispatcher.waiting == 2)
+        await asyncio.sleep(0.01)
+        assert not feeder.done(), "submit returned with two waiting to start (backlog 2)"
         draining = asyncio.create_task(dispatcher.drain(5))
-        await feeder  # the waiting submit is given back without waiting for the lanes
-        assert sorted(nacked) == ["2", "3"]
+        await feeder  # returns without waiting for the handlers; "e" is given back at once
+        assert nacked == ["4"]
         gate.set()
         await draining
 
     asyncio.run(main())
     assert sorted(done) == ["0", "1"]
-    assert sorted(nacked) == ["2", "3"]
+    assert sorted(nacked) == ["2", "3", "4"]
 
 
 @pytest.mark.parametrize("concurrency", [2, 4])
@@ -140,7 +141,7 @@ def test_a_held_handler_stalls_its_own_key_only(concurrency: int) -> None:
         done.append(f"{d.key}:{d.attributes['n']}")
 
     async def main() -> None:
-        dispatcher = Dispatcher(process, concurrency, lane_buffer=2)
+        dispatcher = Dispatcher(process, concurrency, backlog=2)
         await dispatcher.submit(
             FakeDelivery(stream="s", body=b"", attributes={"n": "0"}, key="held")
         )
@@ -159,8 +160,9 @@ def test_a_held_handler_stalls_its_own_key_only(concurrency: int) -> None:
     asyncio.run(main())
 
 
-def test_distinct_keys_run_as_many_at_a_time_as_there_are_lanes() -> None:
-    """Four keys on four lanes run all at once (by crc32, "held" and "b" shared one)."""
+def test_distinct_keys_run_as_many_at_a_time_as_there_are_workers() -> None:
+    """Four keys on four workers run all at once (on crc32 lanes "held" and "b" shared
+    one)."""
     running: set[str] = set()
     most = 0
     release = asyncio.Event()
@@ -185,7 +187,7 @@ def test_distinct_keys_run_as_many_at_a_time_as_there_are_lanes() -> None:
     assert most == 4
 
 
-def test_a_lane_outlives_a_process_that_raises() -> None:
+def test_a_worker_outlives_a_process_that_raises() -> None:
     done: list[str] = []
 
     async def process(d: Delivery) -> None:
@@ -215,9 +217,9 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.001)
 
 
-def test_a_submit_waiting_on_a_full_lane_is_given_back_at_drain() -> None:
+def test_a_submit_waiting_on_a_full_backlog_is_given_back_at_drain() -> None:
     """Every submitted delivery is settled exactly once, even one whose `submit` was
-    blocked on a full lane when the stop began."""
+    waiting for room in the backlog when the stop began."""
     nacked.clear()
     done: list[str] = []
     gate = asyncio.Event()
@@ -227,13 +229,14 @@ def test_a_submit_waiting_on_a_full_lane_is_given_back_at_drain() -> None:
         done.append(d.attributes["n"])
 
     async def main() -> None:
-        dispatcher = Dispatcher(process, concurrency=2, lane_buffer=1)
+        dispatcher = Dispatcher(process, concurrency=2, backlog=2)
         submitted = [
             FakeDelivery(stream="s", body=b"", attributes={"n": str(n)}, key="same")
             for n in range(5)
         ]
         feeder = asyncio.create_task(_feed(dispatcher, submitted))
-        await asyncio.sleep(0.01)  # one in flight, one queued, the feeder blocked on put
+        await until(lambda: dispatcher.in_flight == 1 and dispatcher.waiting == 2)
+        assert not feeder.done()
         draining = asyncio.create_task(dispatcher.drain(5))
         await asyncio.sleep(0.01)
         gate.set()

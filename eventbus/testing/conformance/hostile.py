@@ -194,13 +194,13 @@ class HostileInputTests(UsesHarness):
             for event_id in ids:
                 assert sorted(a for i, a in tries if i == event_id) == [1, 2]
 
-    @pytest.mark.parametrize("kind", ["async", "sync", "lanes"])
+    @pytest.mark.parametrize("kind", ["async", "sync", "workers"])
     async def test_handler_raising_any_base_exception_is_a_failed_attempt(
         self, harness: Harness, kind: str
     ) -> None:
         """`CancelledError` raised by a handler itself, `KeyboardInterrupt`, `SystemExit`, ...
         are failed attempts like any exception: retried, then dead-lettered; the consumer (or
-        its per-key lane) goes on, and the process is not ended."""
+        its worker, with concurrency) goes on, and the process is not ended."""
         ev = make_events(unique())
         tries: list[tuple[str, int]] = []
         bus = harness.bus()
@@ -220,7 +220,7 @@ class HostileInputTests(UsesHarness):
 
         else:
 
-            @bus.subscribe(group="g", retry=policy, concurrency=4 if kind == "lanes" else 1)
+            @bus.subscribe(group="g", retry=policy, concurrency=4 if kind == "workers" else 1)
             async def handle(event: ev.Created, ctx: Context) -> None:  # type: ignore[name-defined]
                 body(event, ctx)
 

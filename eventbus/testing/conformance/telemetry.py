@@ -236,7 +236,7 @@ class TelemetryTests(UsesHarness):
             if not hasattr(bus._consumers[0], "backlog"):
                 pytest.skip("this adapter does not report a backlog")
             await bus.publish_many(
-                [(ev.Created(order_id=f"o{n}"), "k") for n in range(5)]  # one key: one lane
+                [(ev.Created(order_id=f"o{n}"), "k") for n in range(5)]  # one key: one at a time
             )
             await until(lambda: len(started) == 1, what="the first event in the handler")
 
