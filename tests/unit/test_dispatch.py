@@ -3,7 +3,7 @@
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from hypothesis import assume, given, settings
@@ -69,12 +69,7 @@ def test_same_key_is_processed_in_submission_order(
 
 def test_drain_gives_back_unstarted_and_waits_for_inflight() -> None:
     nacked.clear()
-    done: list[str] = []
-    gate = asyncio.Event()
-
-    async def process(d: Delivery) -> None:
-        await gate.wait()
-        done.append(d.attributes["n"])
+    process, done, gate = gated()
 
     async def main() -> None:
         dispatcher = Dispatcher(process, concurrency=2, backlog=10)
@@ -98,8 +93,39 @@ def test_drain_gives_back_unstarted_and_waits_for_inflight() -> None:
     assert sorted(nacked) == ["2", "3", "4", "5", "late"]
 
 
-def test_a_submit_waiting_for_room_returns_at_drain_and_its_delivery_is_given_back() -> None:
+@pytest.mark.parametrize(("keys", "running"), [(["a", None, "c", "d", "e"], 2), (["same"] * 5, 1)])
+def test_a_submit_waiting_for_room_returns_at_drain_and_its_delivery_is_given_back(
+    keys: list[str | None], running: int
+) -> None:
+    """Every submitted delivery is settled exactly once, also the one whose `submit` was
+    waiting for room in the backlog when the stop began (two keys running and two waiting;
+    or one key running and two of it waiting behind)."""
     nacked.clear()
+    process, done, gate = gated()
+
+    async def main() -> None:
+        dispatcher = Dispatcher(process, concurrency=2, backlog=2)
+        submitted = [
+            FakeDelivery(stream="s", body=b"", attributes={"n": str(n)}, key=key)
+            for n, key in enumerate(keys)
+        ]
+        feeder = asyncio.create_task(_feed(dispatcher, submitted))
+        await until(lambda: dispatcher.in_flight == running and dispatcher.waiting == 2)
+        await asyncio.sleep(0.01)
+        assert not feeder.done(), "submit returned with two waiting to start (backlog 2)"
+        draining = asyncio.create_task(dispatcher.drain(5))
+        await feeder  # returns without waiting for the handlers; the rest is given back
+        assert sorted(nacked) == [str(n) for n in range(running + 2, len(keys))]
+        gate.set()
+        await draining
+
+    asyncio.run(main())
+    assert sorted(done) == [str(n) for n in range(running)]
+    assert sorted(nacked) == [str(n) for n in range(running, len(keys))]
+
+
+def gated() -> tuple[Callable[[Delivery], Awaitable[None]], list[str], asyncio.Event]:
+    """A process that waits for the gate, the numbers it finished, and the gate."""
     done: list[str] = []
     gate = asyncio.Event()
 
@@ -107,25 +133,7 @@ def test_a_submit_waiting_for_room_returns_at_drain_and_its_delivery_is_given_ba
         await gate.wait()
         done.append(d.attributes["n"])
 
-    async def main() -> None:
-        dispatcher = Dispatcher(process, concurrency=2, backlog=2)
-        submitted = [
-            FakeDelivery(stream="s", body=b"", attributes={"n": str(n)}, key=key)
-            for n, key in enumerate(["a", None, "c", "d", "e"])
-        ]
-        feeder = asyncio.create_task(_feed(dispatcher, submitted))
-        await until(lambda: dispatcher.in_flight == 2 and dispatcher.waiting == 2)
-        await asyncio.sleep(0.01)
-        assert not feeder.done(), "submit returned with two waiting to start (backlog 2)"
-        draining = asyncio.create_task(dispatcher.drain(5))
-        await feeder  # returns without waiting for the handlers; "e" is given back at once
-        assert nacked == ["4"]
-        gate.set()
-        await draining
-
-    asyncio.run(main())
-    assert sorted(done) == ["0", "1"]
-    assert sorted(nacked) == ["2", "3", "4"]
+    return process, done, gate
 
 
 @pytest.mark.parametrize("concurrency", [2, 4])
@@ -215,38 +223,6 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():  # noqa: ASYNC110 - polling plain state
             await asyncio.sleep(0.001)
-
-
-def test_a_submit_waiting_on_a_full_backlog_is_given_back_at_drain() -> None:
-    """Every submitted delivery is settled exactly once, even one whose `submit` was
-    waiting for room in the backlog when the stop began."""
-    nacked.clear()
-    done: list[str] = []
-    gate = asyncio.Event()
-
-    async def process(d: Delivery) -> None:
-        await gate.wait()
-        done.append(d.attributes["n"])
-
-    async def main() -> None:
-        dispatcher = Dispatcher(process, concurrency=2, backlog=2)
-        submitted = [
-            FakeDelivery(stream="s", body=b"", attributes={"n": str(n)}, key="same")
-            for n in range(5)
-        ]
-        feeder = asyncio.create_task(_feed(dispatcher, submitted))
-        await until(lambda: dispatcher.in_flight == 1 and dispatcher.waiting == 2)
-        assert not feeder.done()
-        draining = asyncio.create_task(dispatcher.drain(5))
-        await asyncio.sleep(0.01)
-        gate.set()
-        await draining
-        await feeder
-
-    asyncio.run(main())
-    assert done == ["0"]
-    assert sorted(nacked) == ["1", "2", "3", "4"]
-    assert len(done) + len(nacked) == 5
 
 
 async def _feed(dispatcher: Dispatcher, items: list[FakeDelivery]) -> None:
