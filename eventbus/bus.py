@@ -833,6 +833,22 @@ class EventBus:
 
         Items are events or `(event, key)` pairs; `key=` derives a key from each event.
         """
+        messages = await self._messages_of(events, key)
+        if not self._running or self._broker is None:
+            raise BusClosed("the bus is not running: use `async with bus:` before publishing")
+        ids = [m.attributes["id"] for m in messages]
+        # the broker may empty `messages` once sent: none is held while it awaits confirms
+        if self._observer is None:
+            await self._broker.publish_many(messages)
+        else:
+            await self._observer.publish_many(messages, self._broker.publish_many)
+        self._last_published = _now()
+        return ids
+
+    async def _messages_of(
+        self, events: Iterable[Event | tuple[Event, Any]], key: Callable[[Event], Any] | None
+    ) -> list[Message]:
+        """The messages of `publish_many`, through the publish middleware."""
         messages: list[Message] = []
 
         async def collect(message: Message) -> None:
@@ -853,14 +869,7 @@ class EventBus:
                 messages.append(message)
             else:
                 await wrapped(message)
-        if not self._running or self._broker is None:
-            raise BusClosed("the bus is not running: use `async with bus:` before publishing")
-        if self._observer is None:
-            await self._broker.publish_many(messages)
-        else:
-            await self._observer.publish_many(messages, self._broker.publish_many)
-        self._last_published = _now()
-        return [m.attributes["id"] for m in messages]
+        return messages
 
     # --- dead letters ----------------------------------------------------------------------
 

@@ -5,8 +5,7 @@ publish and consume run exactly as without this module.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -72,9 +71,11 @@ class Observer:
 
     async def publish_many(
         self,
-        messages: Sequence[Message],
-        send: Callable[[Sequence[Message]], Awaitable[None]],
+        messages: list[Message],
+        send: Callable[[list[Message]], Awaitable[None]],
     ) -> None:
+        """`send(messages)`, traced and measured; what it needs of the messages is read
+        before the send, which may empty the list (`Broker.publish_many`)."""
         if not messages:
             await send(messages)
             return
@@ -82,22 +83,24 @@ class Observer:
         streams = {m.stream for m in messages}
         stream = next(iter(streams)) if len(streams) == 1 else "(several)"
         span = tracing.start_publish_batch(stream, messages) if tracing is not None else None
+        by_stream: dict[str, dict[str, int]] = {}
+        if metrics is not None:
+            for m in messages:
+                types = by_stream.setdefault(m.stream, {})
+                types[m.type] = types.get(m.type, 0) + 1
         started = perf_counter()
         try:
             await send(messages)
         except BaseException as exc:
             if metrics is not None:
-                for (s, t), n in Counter((m.stream, m.type) for m in messages).items():
-                    metrics.record_publish_error(s, t, n)
+                for s, types in by_stream.items():
+                    for t, n in types.items():
+                        metrics.record_publish_error(s, t, n)
             if span is not None:
                 tracing.end(span, exc)  # type: ignore[union-attr]
             raise
         if metrics is not None:
             elapsed = perf_counter() - started
-            by_stream: dict[str, dict[str, int]] = {}
-            for m in messages:
-                types = by_stream.setdefault(m.stream, {})
-                types[m.type] = types.get(m.type, 0) + 1
             for s, types in by_stream.items():
                 metrics.record_publish(s, types, elapsed)
         if span is not None:

@@ -308,8 +308,13 @@ class Broker(Protocol):
     async def publish(self, message: Message) -> None:
         """Store one event durably; return only when the broker confirmed it."""
 
-    async def publish_many(self, messages: Sequence[Message]) -> None:
-        """Store several events durably (pipelined); return when all are confirmed."""
+    async def publish_many(self, messages: list[Message]) -> None:
+        """Store several events durably (pipelined); return when all are confirmed.
+
+        The list is the adapter's: it may empty it once its client holds the records, so
+        that the messages are freed while the confirmations are awaited (a batch of
+        thousands kept alive that long is promoted to the collector's oldest generation,
+        whose full passes then cost every event). The caller reads nothing of it after."""
 
     async def subscribe(self, spec: SubscriptionSpec, deliver: Deliver) -> Consumer:
         """Declare the group's topology and start delivering. When this returns, every

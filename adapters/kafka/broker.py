@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from eventbus.toolkit import (
     Capabilities,
@@ -188,7 +188,7 @@ class KafkaBroker:
         else:
             await (await self._publish_in_order([stream], [record_of(message)]))
 
-    async def publish_many(self, messages: Sequence[Message]) -> None:
+    async def publish_many(self, messages: list[Message]) -> None:
         streams = sorted({m.stream for m in messages})
         waiters = self._topic_waiters
         if all(s in self.topics.known and s not in waiters for s in streams):

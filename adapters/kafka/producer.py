@@ -285,10 +285,11 @@ class AsyncProducer:
                 await self._produce(record, reports)
         return future
 
-    async def send_messages(self, messages: Sequence[EventMessage]) -> None:
+    async def send_messages(self, messages: list[EventMessage]) -> None:
         """Produce the records of `messages` (the publish path), then wait for all reports;
         the first failure is raised. Each record's headers are made just before it is
-        produced; no Python object per record stays alive while it is in flight."""
+        produced, and the list is emptied once all are produced: no Python object per
+        record stays alive while it is in flight."""
         if not messages:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -308,6 +309,9 @@ class AsyncProducer:
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else exc
                 raise _failure(self.configs, record_of(message), error) from None
+        # ours (`Broker.publish_many`): none stays alive while the reports are awaited
+        del message
+        messages.clear()
         await future
 
     async def close(self, timeout: float = 30.0) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from eventbus.toolkit import (
     DEAD_LETTER_HEADERS,
@@ -62,7 +62,7 @@ class MemoryBroker:
     async def publish(self, message: Message) -> None:
         self.world.publish(message, self._loop)
 
-    async def publish_many(self, messages: Sequence[Message]) -> None:
+    async def publish_many(self, messages: list[Message]) -> None:
         publish = self.world.publish
         loop = self._loop
         for message in messages:

@@ -9,7 +9,7 @@ so those never share a channel with traffic).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -122,7 +122,7 @@ class RabbitMQBroker:
             message.stream, message.type, message.body, outgoing(message)
         )
 
-    async def publish_many(self, messages: Sequence[Message]) -> None:
+    async def publish_many(self, messages: list[Message]) -> None:
         """All in flight at once (bounded by the confirm window), written in the given
         order; every publish finishes before the first error, if any, is raised."""
         if len(messages) == 1:

@@ -1,8 +1,10 @@
 """Memory stays bounded: a stuck handler cannot make a subscription hold more fetched
-bytes than `partition_buffer_bytes`, and the dead-letter listing streams (it never reads
-the whole topic before yielding) and gives up within `admin_timeout` when it cannot read."""
+bytes than `partition_buffer_bytes`, `publish_many` holds no message while it awaits the
+confirmations, and the dead-letter listing streams (it never reads the whole topic before
+yielding) and gives up within `admin_timeout` when it cannot read."""
 
 import asyncio
+import sys
 import time
 import zlib
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from eventbus import Context, Event, EventBus
+from eventbus import Context, Event, EventBus, Message, PublishNext
 from eventbus.adapters.kafka import KafkaBroker, KafkaSubscription
 from eventbus.adapters.kafka.dlq import BATCH, DeadLetterReader
 from eventbus.testing.conformance import unique, until
@@ -69,6 +71,44 @@ async def test_partition_buffer_bytes_bounds_what_a_stuck_subscription_holds(
         release.set()
         await until(lambda: len(started) == count, what="every record after the release")
     assert sorted(started) == list(range(count)), "each record handled once, none skipped"
+
+
+async def test_publish_many_frees_its_messages_while_it_awaits_the_confirmations(
+    kafka: KafkaHarness,
+) -> None:
+    """Thousands of messages kept alive until their batch is confirmed would all reach the
+    collector's oldest generation, whose full passes then cost every event."""
+    stream, count = unique("freed"), 2_000
+
+    class Tick(Event, stream=stream, type="tick"):
+        n: int
+
+    built: list[Message] = []
+
+    async def keep(message: Message, call_next: PublishNext) -> None:
+        built.append(message)
+        await call_next(message)
+
+    def held_by_others() -> int:
+        # references of a message only `built` holds: the list, `m` and the argument
+        return sum(1 for m in built if sys.getrefcount(m) > 3)
+
+    bus = kafka.bus(partitions=1, publish_middleware=[keep])
+    held_while_waiting: list[int] = []
+    async with bus:
+        await bus.publish(Tick(n=-1))  # the topic exists: the pipelined path
+        built.clear()
+        publishing = asyncio.create_task(bus.publish_many(Tick(n=i) for i in range(count)))
+        while not publishing.done():
+            if len(built) == count:
+                held_while_waiting.append(held_by_others())
+            await asyncio.sleep(0)
+        ids = await publishing
+    assert len(ids) == count and len(set(ids)) == count
+    assert held_while_waiting, "publish_many returned before it had to wait"
+    assert min(held_while_waiting) == 0, (
+        f"{min(held_while_waiting)} messages held until every confirmation came back"
+    )
 
 
 async def test_dead_letter_listing_streams(
