@@ -83,7 +83,12 @@ if TYPE_CHECKING:
     from .producer import AsyncProducer
 
 _log = get_logger()
-_BATCH = 500
+#: records taken from librdkafka's queue at a time. Each one taken is a Python object for as
+#: long as the loop takes to reach it: batches of 500 made ~40% of the consumed records
+#: survive into the collector's oldest generation, and its full passes (over the whole
+#: heap) cost 1-1.3 us per event end to end; batches of 100 halve that and keep the
+#: throughput (Kafka end-to-end, 50k events, 4 runs each, interleaved)
+_BATCH = 100
 _IDLE_WAIT = 0.1
 _QUIET_ERRORS = (KafkaError._PARTITION_EOF,)
 #: a commit refused while the group rebalances (the next one, or the revoke's, retries it)
@@ -156,6 +161,11 @@ class PartitionState:
         if offset is None:
             return TopicPartition(self.topic, self.partition)
         return TopicPartition(self.topic, self.partition, offset)
+
+
+#: records of one partition handed to the loop together: (the partition, its generation
+#: when they were fetched, the records in offset order)
+Run = tuple[PartitionState, int, list[Message]]
 
 
 def _due_ms(part: PartitionState, message: Message) -> int:
@@ -237,7 +247,9 @@ class KafkaConsumer:
         self._committing = False
         # loop side
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: deque[tuple[PartitionState, int, Message]] = deque()
+        #: runs of one partition's records, as fetched: (partition, its generation then,
+        #: records); one tuple per run, not per record (see `_fetched`)
+        self._ready: deque[Run] = deque()
         self._wake = asyncio.Event()
         self._assigned: asyncio.Future[None] | None = None
         self._pump_task: asyncio.Task[None] | None = None
@@ -422,7 +434,7 @@ class KafkaConsumer:
 
     # --- loop side ---------------------------------------------------------------------
 
-    def _arrived(self, batch: list[tuple[PartitionState, int, Message]]) -> None:
+    def _arrived(self, batch: list[Run]) -> None:
         self._ready.extend(batch)
         if not self._wake.is_set():
             self._wake.set()
@@ -441,67 +453,70 @@ class KafkaConsumer:
                 wake.clear()
                 await wake.wait()
                 continue
-            part, generation, message = ready.popleft()
-            with lock:
-                if generation != part.generation or part.revoked:
-                    continue
-                part.inflight += 1
-                epoch = part.epoch
-            offset: int = message.offset()  # type: ignore[assignment]  # no cast() per record
-            try:
-                raw_key = message.key()
+            part, generation, run = ready.popleft()
+            for message in run:
+                if self._halted:
+                    break
+                with lock:
+                    if generation != part.generation or part.revoked:
+                        continue
+                    part.inflight += 1
+                    epoch = part.epoch
+                offset: int = message.offset()  # type: ignore[assignment]  # no cast() per record
                 try:
-                    raw_headers: Headers = get_headers(message) or []
-                    defect = None
-                except Exception as exc:  # a header name confluent-kafka cannot decode
-                    raw_headers, defect = salvage_headers(message, exc)
-                if part.defects:
-                    defect = part.defects.pop(offset, defect)
-                attributes, attempt = from_kafka_headers(raw_headers, raw_key, defects)
-                if defects:
-                    defect = "; ".join(defects if defect is None else [defect, *defects])
-                    defects.clear()
-                etype = attributes.get("type")
-                if (
-                    etype
-                    and (
-                        (types is not None and etype not in types)
-                        or (types is None and not matches_any(patterns, etype))
+                    raw_key = message.key()
+                    try:
+                        raw_headers: Headers = get_headers(message) or []
+                        defect = None
+                    except Exception as exc:  # a header name confluent-kafka cannot decode
+                        raw_headers, defect = salvage_headers(message, exc)
+                    if part.defects:
+                        defect = part.defects.pop(offset, defect)
+                    attributes, attempt = from_kafka_headers(raw_headers, raw_key, defects)
+                    if defects:
+                        defect = "; ".join(defects if defect is None else [defect, *defects])
+                        defects.clear()
+                    etype = attributes.get("type")
+                    if (
+                        etype
+                        and (
+                            (types is not None and etype not in types)
+                            or (types is None and not matches_any(patterns, etype))
+                        )
+                        and (defect is None or "\ufffd" not in etype)
+                    ):  # another type on the stream: not this group's business
+                        self.settle(part, offset, True, epoch)
+                        continue
+                    if part.delayed:  # the group's own retry/replay topic: its bookkeeping counts
+                        topic, partition, origin_offset = _origin(raw_headers, part, offset, stream)
+                    else:  # the stream: a foreign producer's attempt/origin headers do not count
+                        attempt = 1
+                        topic, partition, origin_offset = stream, part.partition, offset
+                    if not attributes.get("id"):  # id-less: one stable id from its position
+                        attributes["id"] = derived_id("kafka", topic, partition, origin_offset)
+                    delivery = KafkaDelivery(  # positional: this runs once per record
+                        self,
+                        part,
+                        offset,
+                        raw_key,
+                        raw_headers,
+                        stream,
+                        message.value() or b"",
+                        attributes,
+                        attributes.get("partitionkey") if raw_key is not None else None,
+                        attempt,
+                        partition,
+                        origin_offset,
+                        defect,
+                        epoch,
                     )
-                    and (defect is None or "\ufffd" not in etype)
-                ):  # another type on the stream: not this group's business
-                    self.settle(part, offset, True, epoch)
-                    continue
-                if part.delayed:  # the group's own retry/replay topic: its bookkeeping counts
-                    topic, partition, origin_offset = _origin(raw_headers, part, offset, stream)
-                else:  # the stream: a foreign producer's attempt/origin headers do not count
-                    attempt = 1
-                    topic, partition, origin_offset = stream, part.partition, offset
-                if not attributes.get("id"):  # id-less: one stable id from its position
-                    attributes["id"] = derived_id("kafka", topic, partition, origin_offset)
-                delivery = KafkaDelivery(  # positional: this runs once per record
-                    self,
-                    part,
-                    offset,
-                    raw_key,
-                    raw_headers,
-                    stream,
-                    message.value() or b"",
-                    attributes,
-                    attributes.get("partitionkey") if raw_key is not None else None,
-                    attempt,
-                    partition,
-                    origin_offset,
-                    defect,
-                    epoch,
-                )
-            except Exception as exc:  # never die of a record: it is bad input
-                defects.clear()
-                delivery = self._undecodable(part, message, offset, exc, epoch)
-            try:
-                await deliver(delivery)
-            except Exception as exc:  # the kernel never raises here; never die silently
-                self._log.error("kafka.deliver_failed", error=repr(exc))
+                except Exception as exc:  # never die of a record: it is bad input
+                    defects.clear()
+                    delivery = self._undecodable(part, message, offset, exc, epoch)
+                try:
+                    await deliver(delivery)
+                except Exception as exc:  # the kernel never raises here; never die silently
+                    self._log.error("kafka.deliver_failed", error=repr(exc))
 
     def _undecodable(
         self, part: PartitionState, message: Message, offset: int, exc: Exception, epoch: int
@@ -607,14 +622,21 @@ class KafkaConsumer:
             with contextlib.suppress(RuntimeError):  # loop closed
                 loop.call_soon_threadsafe(self._thread_failed, what, error)
 
-    def _hand_over(self, batch: list[tuple[PartitionState, int, Message]]) -> None:
+    def _hand_over(self, batch: list[Run]) -> None:
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # loop closed
                 loop.call_soon_threadsafe(self._arrived, batch)
 
     def _fetched(self, messages: list[Message]) -> None:
-        batch: list[tuple[PartitionState, int, Message]] = []
+        """Take a fetched batch: track its records and hand them to the loop as runs of
+        one partition's records. Per record no Python object is made here: a batch whose
+        records each needed one would reach the collector's older generations (it is
+        alive for as long as the loop works through it) and make its full passes, over
+        the whole heap, come that much more often."""
+        batch: list[Run] = []
+        run: list[Message] = []
+        last: PartitionState | None = None
         errors = []
         now_ms = time.time() * 1000
         with self._mutex:
@@ -640,21 +662,28 @@ class KafkaConsumer:
                     continue
                 if part.delayed and (part.held or _due_ms(part, message) > now_ms):
                     part.held.append(message)
+                elif part is last:
+                    run.append(message)
                 else:
-                    batch.append((part, part.generation, message))
+                    run = [message]
+                    batch.append((part, part.generation, run))
+                    last = part
         if batch:
             self._hand_over(batch)
         for message in errors:
             self._consume_error(message)
 
-    def _release_due(self, now: float) -> list[tuple[PartitionState, int, Message]]:
-        released: list[tuple[PartitionState, int, Message]] = []
+    def _release_due(self, now: float) -> list[Run]:
+        released: list[Run] = []
         now_ms = now * 1000
         with self._lock:
             for part in self._parts.values():
                 held = part.held
-                while held and _due_ms(part, held[0]) <= now_ms:
-                    released.append((part, part.generation, held.popleft()))
+                if held and _due_ms(part, held[0]) <= now_ms:
+                    run = [held.popleft()]
+                    while held and _due_ms(part, held[0]) <= now_ms:
+                        run.append(held.popleft())
+                    released.append((part, part.generation, run))
         return released
 
     def _flow(self, now: float) -> float:
