@@ -292,7 +292,7 @@ class SqliteEventStore(EventStore):
 
     async def _fetch(self, query: str, params: Params) -> list[StoredEvent]:
         return await self._db.run(
-            lambda conn: rows_to_events(conn.execute(query, params).fetchall())
+            lambda conn: rows_to_events(conn.execute(query, params))
         )
 
     async def _scalar(self, query: str, params: Params = ()) -> int:

@@ -4,7 +4,7 @@ tables, the statements (with `?` placeholders; PostgreSQL converts them with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from .database import Row
 from .inbox import SCHEMA as INBOX_SCHEMA
@@ -131,8 +131,9 @@ def row_to_snapshot(stream_id: str, row: Row | None) -> Snapshot | None:
     return Snapshot(stream_id, row[0], bytes(row[1]), row[2], row[3])
 
 
-def rows_to_events(rows: list[Row]) -> list[StoredEvent]:
-    """Rows of `COLUMNS` -> events (a replay runs through here: kept to one comprehension)."""
+def rows_to_events(rows: Iterable[Row]) -> list[StoredEvent]:
+    """Rows of `COLUMNS` -> events (a replay runs through here: kept to one comprehension).
+    `rows` may be a cursor: each row is then freed as soon as its event is made."""
     return [
         StoredEvent(
             p, s, v, i, t, sv, d if type(d) is bytes else bytes(d), st, k, tm, c, ca,
