@@ -334,7 +334,9 @@ class PostgresEventStore(EventStore):
 
     async def _fetch(self, query: str, params: Params, operation: str) -> list[StoredEvent]:
         async def fetch(conn: Connection) -> list[Row]:
-            cur = await conn.execute(query, params)
+            # results in binary: `data` arrives as its bytes, not as hex text to decode,
+            # and the integers unparsed (a replay: 2.6 -> 2.1 us of CPU per event)
+            cur = await conn.execute(query, params, binary=True)
             return await cur.fetchall()
 
         return rows_to_events(await self._db.pool.run(fetch, operation))
