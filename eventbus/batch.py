@@ -231,6 +231,11 @@ class BatchDispatcher:
         """Deliveries of the batch being handled now."""
         return self._inflight
 
+    @property
+    def waiting(self) -> int:
+        """Deliveries collected for the next batch."""
+        return len(self._pending)
+
     async def submit(self, delivery: Delivery) -> None:
         if self._closing:
             await _quiet_nack(delivery)

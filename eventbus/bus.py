@@ -592,7 +592,7 @@ class EventBus:
         consumers, pipelines, dispatchers = self._consumers, self._pipelines, self._dispatchers
         for i, sub in enumerate(self._subscriptions):
             attached, why = False, "not started"
-            in_flight, last = 0, None
+            in_flight, waiting, last = 0, 0, None
             if running and i < len(consumers):
                 attached, why = True, ""
                 consumer = consumers[i]
@@ -603,6 +603,7 @@ class EventBus:
                     elif isinstance(state, str):
                         attached, why = False, state
                 in_flight = dispatchers[i].in_flight
+                waiting = dispatchers[i].waiting
                 last = pipelines[i].last_handled
             subscriptions.append(
                 SubscriptionHealth(
@@ -611,6 +612,7 @@ class EventBus:
                     attached=attached,
                     detail=why,
                     in_flight=in_flight,
+                    waiting=waiting,
                     last_handled=last,
                     backlog=self._backlogs.get(i),
                 )

@@ -18,6 +18,9 @@ class SubscriptionHealth:
     detail: str = ""
     #: deliveries being handled now
     in_flight: int = 0
+    #: deliveries received and not started (behind their key, waiting for a worker, or
+    #: collected for the next batch): a hung handler shows here before it stops fetching
+    waiting: int = 0
     #: unix time a handler last finished a delivery of this subscription
     last_handled: float | None = None
     #: events waiting per source (Kafka `topic[partition]` lag, RabbitMQ queue), as of

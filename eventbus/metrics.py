@@ -125,6 +125,14 @@ IN_FLIGHT = Family(
     ("stream", "group"),
     "Deliveries being handled now.",
 )
+WAITING = Family(
+    "eventbus_handlers_waiting",
+    "gauge",
+    "",
+    ("stream", "group"),
+    "Deliveries received and not started: behind an earlier delivery of their key, waiting "
+    "for a free worker (concurrency=N), or collected for the next batch.",
+)
 BACKLOG = Family(
     "eventbus_backlog",
     "gauge",
@@ -186,7 +194,7 @@ TIMED_OUT = "timed_out"
 
 FAMILIES = (
     PUBLISHED, PUBLISH_ERRORS, PUBLISH_DURATION, HANDLED_TOTAL, FAILED_TOTAL,
-    HANDLER_DURATION, IN_FLIGHT, BACKLOG, CONNECTED, RECONNECTS, ATTACHED,
+    HANDLER_DURATION, IN_FLIGHT, WAITING, BACKLOG, CONNECTED, RECONNECTS, ATTACHED,
     REQUESTS, REQUEST_DURATION, REPLIES_DROPPED,
 )  # fmt: skip
 

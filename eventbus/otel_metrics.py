@@ -44,6 +44,7 @@ from .metrics import (
     REPLIES_DROPPED,
     REQUEST_DURATION,
     REQUESTS,
+    WAITING,
     Counts,
     Family,
 )
@@ -121,6 +122,8 @@ def bridge(bus: EventBus, provider: MeterProvider, system: str) -> None:
                 labels = (sub.stream, sub.group)
                 if family is IN_FLIGHT:
                     out.append(Observation(sub.in_flight, attributes(family, labels)))
+                elif family is WAITING:
+                    out.append(Observation(sub.waiting, attributes(family, labels)))
                 elif family is ATTACHED:
                     out.append(Observation(int(sub.attached), attributes(family, labels)))
                 elif sub.backlog is not None:
@@ -135,9 +138,10 @@ def bridge(bus: EventBus, provider: MeterProvider, system: str) -> None:
     )
     for family in (CONNECTED, ATTACHED, BACKLOG):
         meter.create_observable_gauge(otel_name(family), [gauges(family)], description=family.help)
-    meter.create_observable_up_down_counter(
-        otel_name(IN_FLIGHT), [gauges(IN_FLIGHT)], description=IN_FLIGHT.help
-    )
+    for family in (IN_FLIGHT, WAITING):
+        meter.create_observable_up_down_counter(
+            otel_name(family), [gauges(family)], description=family.help
+        )
 
     histograms: dict[str, Histogram] = {
         family.name: meter.create_histogram(

@@ -37,6 +37,7 @@ from .metrics import (
     REPLIES_DROPPED,
     REQUEST_DURATION,
     REQUESTS,
+    WAITING,
     Counts,
     Family,
     Histograms,
@@ -76,15 +77,18 @@ class BusCollector(Collector):
         reconnects.add_metric([], health.reconnects)
         yield reconnects
         in_flight = GaugeMetricFamily(IN_FLIGHT.name, IN_FLIGHT.help, labels=IN_FLIGHT.labels)
+        waiting = GaugeMetricFamily(WAITING.name, WAITING.help, labels=WAITING.labels)
         attached = GaugeMetricFamily(ATTACHED.name, ATTACHED.help, labels=ATTACHED.labels)
         backlog = GaugeMetricFamily(BACKLOG.name, BACKLOG.help, labels=BACKLOG.labels)
         for sub in health.subscriptions:
             labels = [sub.stream, sub.group]
             in_flight.add_metric(labels, sub.in_flight)
+            waiting.add_metric(labels, sub.waiting)
             attached.add_metric(labels, int(sub.attached))
             for source, n in (sub.backlog or {}).items():
                 backlog.add_metric([*labels, source], n)
         yield in_flight
+        yield waiting
         yield attached
         yield backlog
 

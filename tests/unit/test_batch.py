@@ -128,6 +128,27 @@ async def test_batch_context_names_items_by_index_event_or_context() -> None:
     assert [e.n for e in seen[0].events] == [0, 1, 2]  # type: ignore[union-attr]
 
 
+async def test_the_events_collected_for_the_next_batch_are_reported_as_waiting() -> None:
+    stream = unique()
+    Tick = events_on(stream)
+    handled: list[int] = []
+    bus = EventBus(f"memory://{unique()}")
+
+    @bus.subscribe(group="g", batch_size=10, batch_timeout=60.0)
+    async def many(events: list[Tick]) -> None:  # type: ignore[valid-type]
+        handled.extend(e.n for e in events)  # type: ignore[attr-defined]
+
+    async with bus:
+        await bus.publish_many([Tick(n=i) for i in range(3)])
+        await until(lambda: bus.health().subscriptions[0].waiting == 3, what="three collected")
+        [sub] = bus.health().subscriptions
+        assert sub.in_flight == 0 and not handled
+        await bus.publish_many([Tick(n=i) for i in range(3, 10)])  # the batch is full
+        await until(lambda: handled == list(range(10)), what="one batch of ten")
+        [sub] = bus.health().subscriptions
+        assert sub.waiting == 0
+
+
 async def test_a_stop_lets_the_running_batch_finish_and_gives_the_rest_back() -> None:
     """The batch running when the stop begins finishes; what was collected or not yet
     delivered goes back to the broker, and the next member gets exactly the rest."""

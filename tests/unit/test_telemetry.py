@@ -72,6 +72,49 @@ async def test_metrics_reach_an_opentelemetry_meter_provider() -> None:
     assert [p.value for p in points["eventbus.broker.connected"]] == [1]
 
 
+async def test_deliveries_waiting_behind_their_key_are_reported() -> None:
+    """`waiting`: in `bus.health()`, on /metrics and in OpenTelemetry. A handler that hangs
+    shows there (its key's later events pile up) long before the subscription stops."""
+    from prometheus_client import generate_latest
+
+    from eventbus.prometheus import registry_of
+
+    stream = unique("waiting")
+
+    class Order(Event, stream=stream, type="order.placed"):
+        order_id: str
+
+    reader = InMemoryMetricReader()
+    bus = EventBus(f"memory://{stream}", meter_provider=MeterProvider(metric_readers=[reader]))
+    release = asyncio.Event()
+    started: list[str] = []
+
+    @bus.subscribe(group="billing", concurrency=2)
+    async def bill(order: Order) -> None:
+        started.append(order.order_id)
+        await release.wait()
+
+    def sub() -> Any:
+        [subscription] = bus.health().subscriptions
+        return subscription
+
+    async with bus:
+        for n in range(5):
+            await bus.publish(Order(order_id=f"held-{n}"), key="held")
+        await bus.publish(Order(order_id="other"), key="other")
+        await until(
+            lambda: sub().in_flight == 2 and sub().waiting == 4,
+            what="two running (one per key), four behind the held key",
+        )
+        assert sorted(started) == ["held-0", "other"]
+        text = generate_latest(registry_of(bus)).decode()
+        assert f'eventbus_handlers_waiting{{group="billing",stream="{stream}"}} 4.0' in text
+        [point] = _points(reader)["eventbus.handlers.waiting"]
+        assert point.value == 4
+        release.set()
+        await until(lambda: len(started) == 6 and sub().waiting == 0 and sub().in_flight == 0)
+
+
 async def test_the_sync_face_traces_its_publishes() -> None:
     stream = unique("sync")
 
