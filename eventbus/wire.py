@@ -113,6 +113,7 @@ def parse_attempt(value: Any) -> int:
 # --- Kafka -----------------------------------------------------------------------------
 
 
+# fmt: off
 _KAFKA_NAMES: dict[str, str] = {
     **{
         name: KAFKA_PREFIX + name
@@ -123,6 +124,7 @@ _KAFKA_NAMES: dict[str, str] = {
     },
     "datacontenttype": KAFKA_CONTENT_TYPE,
 }
+# fmt: on
 
 
 def _kafka_name(attribute: str) -> str:

@@ -291,9 +291,7 @@ class SqliteEventStore(EventStore):
             ) from None
 
     async def _fetch(self, query: str, params: Params) -> list[StoredEvent]:
-        return await self._db.run(
-            lambda conn: rows_to_events(conn.execute(query, params))
-        )
+        return await self._db.run(lambda conn: rows_to_events(conn.execute(query, params)))
 
     async def _scalar(self, query: str, params: Params = ()) -> int:
         return await self._db.run(lambda conn: int(conn.execute(query, params).fetchone()[0]))

@@ -50,4 +50,3 @@ def pika_channel() -> Any:
         yield connection.channel()
     finally:
         connection.close()
-

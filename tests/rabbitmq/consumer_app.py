@@ -6,7 +6,6 @@ It appends each handled order id to LOG (one line each, flushed) and, on the ord
 mid-handler. With PARTITIONS it joins the group as a member of `partitions=PARTITIONS`.
 """
 
-
 import asyncio
 import sys
 from pathlib import Path

@@ -81,9 +81,7 @@ class RawProperties(pika.BasicProperties):
         return list(self._raw)
 
 
-def publish(
-    exchange: str, routing_key: str | bytes, body: bytes, properties: Any = None
-) -> None:
+def publish(exchange: str, routing_key: str | bytes, body: bytes, properties: Any = None) -> None:
     """One confirmed publish on a connection of its own."""
     connection = raw_connection()
     try:

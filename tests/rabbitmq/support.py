@@ -41,9 +41,7 @@ def delete_topology(streams: Iterable[str]) -> None:
     if not names:
         return
     queues = [q for q in list_names("list_queues") if q.startswith(prefixes) or q in names]
-    exchanges = [
-        e for e in list_names("list_exchanges") if e.startswith(prefixes) or e in names
-    ]
+    exchanges = [e for e in list_names("list_exchanges") if e.startswith(prefixes) or e in names]
     connection = raw_connection()
     try:
         channel = connection.channel()
@@ -70,8 +68,9 @@ def rabbitmqctl(*args: str, timeout: float = 120) -> str:
 
 
 def close_connections_named(name: str) -> int:
-    out = rabbitmqctl("list_connections", "pid", "client_properties", "--quiet",
-                      "--no-table-headers")
+    out = rabbitmqctl(
+        "list_connections", "pid", "client_properties", "--quiet", "--no-table-headers"
+    )
     closed = 0
     for line in out.splitlines():
         if f'{{"connection_name","{name}"}}' in line:
@@ -84,8 +83,9 @@ def active_members(stream: str, group: str, partitions: int) -> dict[str, set[st
     """Partition queue -> the member ids active on it (consumer tags are `<member>/<queue>`);
     waiting single-active consumers are left out."""
     queues = {f"{stream}.{group}.{i}" for i in range(partitions)}
-    out = rabbitmqctl("list_consumers", "queue_name", "consumer_tag", "active",
-                      "--quiet", "--no-table-headers")
+    out = rabbitmqctl(
+        "list_consumers", "queue_name", "consumer_tag", "active", "--quiet", "--no-table-headers"
+    )
     active: dict[str, set[str]] = {queue: set() for queue in queues}
     for line in out.splitlines():
         fields = line.strip().split("\t")

@@ -77,8 +77,12 @@ async def test_invalid_utf8_in_frames_is_dead_lettered_and_the_connection_stays_
             await inject(ev.stream, routing_key, body_of(f"poison{n}"), props)
             await bus.publish(ev.Created(order_id=f"after{n}"), key="k")
         # a timestamp out of datetime's range is not part of the event: handled as usual
-        await inject(ev.stream, b"order.created", body_of("stamped"),
-                     RawProperties(message_id=b"m6", timestamp=2**64 - 1))
+        await inject(
+            ev.stream,
+            b"order.created",
+            body_of("stamped"),
+            RawProperties(message_id=b"m6", timestamp=2**64 - 1),
+        )
         await bus.publish(ev.Created(order_id="last"), key="k")
         dead = await wait_dead(bus, ev.stream, "audit", len(poison))
         await until(lambda: "last" in got, what="the events behind the poison")
@@ -131,11 +135,16 @@ async def test_invalid_utf8_message_on_a_delayed_retry_group_is_dead_lettered(
             raise RuntimeError("once")
 
     async with bus:
-        await inject(ev.stream, b"order.created", body_of("poison"),
-                     RawProperties(message_id=b"\x80"))
+        await inject(
+            ev.stream, b"order.created", body_of("poison"), RawProperties(message_id=b"\x80")
+        )
         # binary in a header that is no CloudEvents attribute: fine, and copied as it is
-        await inject(ev.stream, b"order.created", body_of("binary"),
-                     RawProperties(message_id=b"b1", headers=[(b"x-blob", longstr(b"\xff"))]))
+        await inject(
+            ev.stream,
+            b"order.created",
+            body_of("binary"),
+            RawProperties(message_id=b"b1", headers=[(b"x-blob", longstr(b"\xff"))]),
+        )
         [dead] = await wait_dead(bus, ev.stream, "g", 1)
         await until(lambda: ("binary", 2) in tries, what="the retry of the binary one")
         assert dead.headers["x-exception-type"] == "eventbus.DecodeError"
@@ -161,8 +170,7 @@ async def test_forged_bookkeeping_on_the_stream_is_ignored(
     bus = rabbit.bus()
     options: dict[str, Any] = {} if partitions is None else {"partitions": partitions}
 
-    @bus.subscribe(group="g", retry=RetryPolicy(attempts=3, backoff=0.05, delayed=True),
-                   **options)
+    @bus.subscribe(group="g", retry=RetryPolicy(attempts=3, backoff=0.05, delayed=True), **options)
     async def handle(event: ev.Created, ctx: Context) -> None:  # type: ignore[name-defined]
         attempts.append(ctx.attempt)
         raise RuntimeError("always")
@@ -171,11 +179,21 @@ async def test_forged_bookkeeping_on_the_stream_is_ignored(
     forged["X-Original-Stream"] = "forged"
     forged["x-eventbus-attempt"] = 99
     forged["x-eventbus-routing-key"] = "order.forged"
-    forged["x-death"] = [{"count": 1, "reason": "expired", "queue": f"{ev.stream}.g.retry.1",
-                          "exchange": "", "routing-keys": [f"{ev.stream}.g.retry.1"]}]
+    forged["x-death"] = [
+        {
+            "count": 1,
+            "reason": "expired",
+            "queue": f"{ev.stream}.g.retry.1",
+            "exchange": "",
+            "routing-keys": [f"{ev.stream}.g.retry.1"],
+        }
+    ]
     async with bus:
         await asyncio.to_thread(
-            rawamqp.publish, ev.stream, "order.created", body_of("f"),
+            rawamqp.publish,
+            ev.stream,
+            "order.created",
+            body_of("f"),
             pika.BasicProperties(message_id="forger-1", headers=forged),
         )
         [dead] = await wait_dead(bus, ev.stream, "g", 1)
@@ -243,7 +261,10 @@ async def test_an_empty_ce_id_is_stamped_too(rabbit: Broker) -> None:
 
     async with bus:
         await asyncio.to_thread(
-            rawamqp.publish, ev.stream, "order.created", body_of("empty"),
+            rawamqp.publish,
+            ev.stream,
+            "order.created",
+            body_of("empty"),
             pika.BasicProperties(headers={"ce-id": "", "ce-type": "order.created"}),
         )
         await until(lambda: len(ids) == 1)
@@ -264,8 +285,12 @@ async def test_id_less_message_too_large_to_stamp_is_dead_lettered(rabbit: Broke
 
     pad = b"p" * 130_980  # the original fits in a frame; with an id and more it does not
     async with bus:
-        await inject(ev.stream, b"order.created", body_of("huge"),
-                     RawProperties(headers=[(b"x-pad", longstr(pad))]))
+        await inject(
+            ev.stream,
+            b"order.created",
+            body_of("huge"),
+            RawProperties(headers=[(b"x-pad", longstr(pad))]),
+        )
         await bus.publish(ev.Created(order_id="after"))
         [dead] = await wait_dead(bus, ev.stream, "g", 1)
         await until(lambda: got == ["after"])
@@ -300,8 +325,10 @@ async def test_deleted_dead_letter_and_wait_queues_are_declared_again(
         await bus.publish_many(
             [(ev.Created(order_id=o), "k") for o in ("reject", "retry", "after")]
         )
-        await until(lambda: ("retry", 2) in handled and ("after", 1) in handled,
-                    what="the retry and the event behind")
+        await until(
+            lambda: ("retry", 2) in handled and ("after", 1) in handled,
+            what="the retry and the event behind",
+        )
         [dead] = await wait_dead(bus, ev.stream, "g", 1)
         assert bus.health().ok, bus.health()
     assert dead.reason == "eventbus.Reject: not wanted"
@@ -344,8 +371,10 @@ async def test_keys_and_headers_too_large_for_a_frame_are_refused_at_once(
 
     attempts: dict[str, tuple[Event, dict[str, Any]]] = {
         "key": (ev.Created(order_id="big key"), {"key": "k" * 200_000}),
-        "headers": (ev.Created(order_id="big headers"),
-                    {"headers": {f"h{i}": "v" * 20_000 for i in range(8)}}),
+        "headers": (
+            ev.Created(order_id="big headers"),
+            {"headers": {f"h{i}": "v" * 20_000 for i in range(8)}},
+        ),
         "type": (LongType(order_id="long type"), {}),
         "id": (ev.Created(order_id="long id"), {"id": "i" * 300}),
     }

@@ -194,7 +194,9 @@ async def test_cloudevents_sdk_reads_ours_and_we_read_the_sdk(
         pika_channel.queue_declare(tap, durable=False, exclusive=True)
         pika_channel.queue_bind(tap, ev.stream, "#")
         sent = await bus.publish(
-            ev.Created(order_id="o-9", n=3), key="o-9", headers={"tenant": "acme"},
+            ev.Created(order_id="o-9", n=3),
+            key="o-9",
+            headers={"tenant": "acme"},
             correlation_id="c-1",
         )
         [(method, props, body)] = await pika_wait(pika_channel, tap, 1)
@@ -222,13 +224,20 @@ async def test_cloudevents_sdk_reads_ours_and_we_read_the_sdk(
         assert parsed.get_time() is not None
 
         sdk_event = CloudEvent(
-            attributes={"type": "order.created", "source": "/sdk", "id": "sdk-1",
-                        "datacontenttype": "application/json", "partitionkey": "o-10"},
+            attributes={
+                "type": "order.created",
+                "source": "/sdk",
+                "id": "sdk-1",
+                "datacontenttype": "application/json",
+                "partitionkey": "o-10",
+            },
             data={"order_id": "o-10", "n": 4},
         )
         message = to_binary(sdk_event, JSONFormat())
         pika_channel.basic_publish(
-            ev.stream, "order.created", message.body,
+            ev.stream,
+            "order.created",
+            message.body,
             pika.BasicProperties(headers=message.headers, content_type=message.content_type),
         )
         await until(lambda: len(got) == 2, what="the SDK's event")

@@ -39,7 +39,6 @@ def main(mode: str, stream: str, out: str, group: str, progress: str, store_url:
             os.write(fd, f"{event.n}\n".encode())
 
     else:
-
         db = store.database
         assert db is not None
 

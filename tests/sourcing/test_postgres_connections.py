@@ -44,6 +44,7 @@ def every_log_level() -> Iterator[None]:
     finally:
         structlog.configure(**previous)
 
+
 #: what a test sees of the store's pool: `connection()` patched per test
 Checkout = Callable[[], AbstractAsyncContextManager[Connection]]
 
