@@ -8,7 +8,6 @@ so those never share a channel with traffic).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -124,18 +123,20 @@ class RabbitMQBroker:
 
     async def publish_many(self, messages: list[Message]) -> None:
         """All in flight at once (bounded by the confirm window), written in the given
-        order; every publish finishes before the first error, if any, is raised."""
+        order, as few writes as the window allows (`Publisher.send_many`); every publish
+        finishes before the first error, if any, is raised."""
         if len(messages) == 1:
             await self.publish(messages[0])
             return
-        await self.publisher.prepare({m.stream for m in messages})
-        results = await asyncio.gather(*(self.publish(m) for m in messages), return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
+        publishes = [(m.stream, m.type, m.body, outgoing(m)) for m in messages]
+        messages.clear()  # the list is ours: the bodies live on in `publishes` alone
+        results = await self.publisher.send_many(publishes)
+        failed = [r for r in results if r is not None]
         if failed:
             first = failed[0]
             if len(failed) == 1 or not isinstance(first, PublishError):
                 raise first
-            raise type(first)(f"{len(failed)} of {len(messages)} events failed; first: {first}")
+            raise type(first)(f"{len(failed)} of {len(results)} events failed; first: {first}")
 
     # --- request/reply: direct reply-to (`replies`) ----------------------------------------
 

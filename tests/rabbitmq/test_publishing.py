@@ -1,0 +1,158 @@
+"""Batched publishing (`Publisher.send_many`, `frames.write_batch`): many publishes in one
+write, each still confirmed, returned or refused on its own, in the order of the call,
+within the confirm window; and the same outcome through aiormq's own publish when the
+channel cannot take a batch.
+
+No `from __future__ import annotations`: handlers are annotated with per-test classes.
+"""
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from eventbus import Event
+from eventbus.adapters.rabbitmq import frames
+from eventbus.errors import PublishError, UnroutableError
+from eventbus.testing.conformance import make_events, until
+
+from .conftest import Broker
+from .support import broker_of
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture(params=["batched", "one by one"])
+def batching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a batch is written: in one go, and through aiormq's `basic_publish`."""
+    if request.param == "one by one":
+        monkeypatch.setattr(frames, "batching", lambda channel: False)
+    return str(request.param)
+
+
+def publisher_channel(bus: Any) -> Any:
+    channel = broker_of(bus).publisher._channel
+    assert channel is not None
+    return channel
+
+
+async def test_a_batch_larger_than_the_window_arrives_whole_and_in_order(
+    rabbit: Broker, batching: str
+) -> None:
+    ev = make_events(rabbit.stream())
+    seen: list[int] = []
+    bus = rabbit.bus(confirm_window=7)
+
+    @bus.subscribe(group="g")
+    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+        seen.append(event.n)
+
+    async with bus:
+        await bus.publish_many([(ev.Created(order_id=f"o{i}", n=i), "k") for i in range(300)])
+        assert broker_of(bus).publisher._window._value == 7  # every slot given back
+        await until(lambda: len(seen) == 300, what="300 events")
+        channel = publisher_channel(bus)
+        # nothing kept to match returns with once the publishes are confirmed
+        assert channel.message_id_delivery_tag == {}
+        assert channel.confirmations == {}
+        # the delivery tags still count as the broker does: a later publish is confirmed
+        await bus.publish(ev.Created(order_id="after", n=300), key="k")
+        await until(lambda: len(seen) == 301, what="the publish after the batch")
+    assert seen == list(range(301))
+
+
+async def test_one_unroutable_event_fails_alone_and_the_rest_is_stored(
+    rabbit: Broker, batching: str
+) -> None:
+    ev = make_events(rabbit.stream())
+    seen: list[str] = []
+    bus = rabbit.bus(confirm_window=16)
+
+    @bus.subscribe(group="g")
+    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+        seen.append(event.order_id)
+
+    batch: list[Any] = [ev.Created(order_id=f"a{i}") for i in range(40)]
+    batch.insert(17, ev.Shipped(order_id="nobody"))  # no group takes this type
+    async with bus:
+        with pytest.raises(UnroutableError, match="reached no queue") as info:
+            await bus.publish_many(batch)
+        assert "1 of" not in str(info.value)  # a single failure is raised as it is
+        await until(lambda: len(seen) == 40, what="the 40 routable events")
+        assert publisher_channel(bus).message_id_delivery_tag == {}
+    assert seen == [f"a{i}" for i in range(40)]
+
+
+async def test_an_event_that_cannot_travel_is_refused_and_the_others_go(rabbit: Broker) -> None:
+    ev = make_events(rabbit.stream())
+    seen: list[str] = []
+    bus = rabbit.bus()
+
+    @bus.subscribe(group="g")
+    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+        seen.append(event.order_id)
+
+    batch = [(ev.Created(order_id=f"b{i}"), f"k{i}") for i in range(10)]
+    batch[3] = (ev.Created(order_id="long key"), "k" * 300_000)  # over one AMQP frame
+    batch[6] = (ev.Created(order_id="also"), "k" * 300_000)
+    async with bus:
+        with pytest.raises(PublishError, match=r"2 of 10 events failed; first: .*frame"):
+            await bus.publish_many(batch)
+        await until(lambda: len(seen) == 8, what="the 8 events that fit")
+    assert sorted(seen) == sorted(f"b{i}" for i in range(10) if i not in (3, 6))
+
+
+async def test_bodies_larger_than_a_frame_are_split_and_arrive_intact(
+    rabbit: Broker, batching: str
+) -> None:
+    class Noted(Event, stream=rabbit.stream(), type="order.noted"):
+        order_id: str
+        note: str
+
+    seen: dict[str, int] = {}
+    bus = rabbit.bus()
+
+    @bus.subscribe(group="g")
+    async def handle(event: Noted) -> None:
+        seen[event.order_id] = len(event.note)
+
+    sizes = [0, 10, 131_072 - 9, 131_072, 300_000, 5]  # around frame_max (131072)
+    async with bus:
+        await bus.publish_many(
+            [Noted(order_id=f"s{i}", note="x" * size) for i, size in enumerate(sizes)]
+        )
+        await until(lambda: len(seen) == len(sizes), what="every size")
+    assert seen == {f"s{i}": size for i, size in enumerate(sizes)}
+
+
+async def test_a_cancelled_batch_leaves_the_channel_counting_right(rabbit: Broker) -> None:
+    """Cancelled while part of it waits for the window: what was written stays written,
+    the rest is never written, and later publishes are confirmed (a delivery tag taken
+    and not written would shift every later confirm onto the wrong publish)."""
+    ev = make_events(rabbit.stream())
+    seen: list[str] = []
+    bus = rabbit.bus(confirm_window=4)
+
+    @bus.subscribe(group="g")
+    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+        seen.append(event.order_id)
+
+    async with bus:
+        task = asyncio.create_task(
+            bus.publish_many([ev.Created(order_id=f"c{i}") for i in range(5_000)])
+        )
+        await until(lambda: len(seen) >= 20, what="part of the batch handled")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        publisher = broker_of(bus).publisher
+        assert publisher._pending == {}
+        assert publisher._window._value == 4
+        await bus.publish_many([ev.Created(order_id=f"after{i}") for i in range(10)])
+        await bus.publish(ev.Created(order_id="last"))
+        await until(lambda: "last" in seen, what="the publishes after the cancelled batch")
+        assert publisher_channel(bus).message_id_delivery_tag == {}
+    handled_before = [s for s in seen if s.startswith("c")]
+    assert handled_before == [f"c{i}" for i in range(len(handled_before))]  # a prefix, in order
+    assert len(handled_before) < 5_000
+    assert seen[len(handled_before) :] == [*(f"after{i}" for i in range(10)), "last"]
