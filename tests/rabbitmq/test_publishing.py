@@ -10,9 +10,11 @@ import asyncio
 from typing import Any
 
 import pytest
+from pamqp import commands as spec
 
 from eventbus import Event
 from eventbus.adapters.rabbitmq import frames
+from eventbus.adapters.rabbitmq.publisher import _Pending
 from eventbus.errors import PublishError, UnroutableError
 from eventbus.testing.conformance import make_events, until
 
@@ -30,6 +32,19 @@ def batching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     return str(request.param)
 
 
+def recording(rabbit: Broker, **options: Any) -> tuple[Any, list[str], Any]:
+    """(events, the order ids group `g` handled in turn, the bus)."""
+    ev = make_events(rabbit.stream())
+    seen: list[str] = []
+    bus = rabbit.bus(**options)
+
+    @bus.subscribe(group="g")
+    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+        seen.append(event.order_id)
+
+    return ev, seen, bus
+
+
 def publisher_channel(bus: Any) -> Any:
     channel = broker_of(bus).publisher._channel
     assert channel is not None
@@ -39,16 +54,9 @@ def publisher_channel(bus: Any) -> Any:
 async def test_a_batch_larger_than_the_window_arrives_whole_and_in_order(
     rabbit: Broker, batching: str
 ) -> None:
-    ev = make_events(rabbit.stream())
-    seen: list[int] = []
-    bus = rabbit.bus(confirm_window=7)
-
-    @bus.subscribe(group="g")
-    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
-        seen.append(event.n)
-
+    ev, seen, bus = recording(rabbit, confirm_window=7)
     async with bus:
-        await bus.publish_many([(ev.Created(order_id=f"o{i}", n=i), "k") for i in range(300)])
+        await bus.publish_many([(ev.Created(order_id=f"o{i}"), "k") for i in range(300)])
         assert broker_of(bus).publisher._window._value == 7  # every slot given back
         await until(lambda: len(seen) == 300, what="300 events")
         channel = publisher_channel(bus)
@@ -56,22 +64,15 @@ async def test_a_batch_larger_than_the_window_arrives_whole_and_in_order(
         assert channel.message_id_delivery_tag == {}
         assert channel.confirmations == {}
         # the delivery tags still count as the broker does: a later publish is confirmed
-        await bus.publish(ev.Created(order_id="after", n=300), key="k")
+        await bus.publish(ev.Created(order_id="o300"), key="k")
         await until(lambda: len(seen) == 301, what="the publish after the batch")
-    assert seen == list(range(301))
+    assert seen == [f"o{i}" for i in range(301)]
 
 
 async def test_one_unroutable_event_fails_alone_and_the_rest_is_stored(
     rabbit: Broker, batching: str
 ) -> None:
-    ev = make_events(rabbit.stream())
-    seen: list[str] = []
-    bus = rabbit.bus(confirm_window=16)
-
-    @bus.subscribe(group="g")
-    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
-        seen.append(event.order_id)
-
+    ev, seen, bus = recording(rabbit, confirm_window=16)
     batch: list[Any] = [ev.Created(order_id=f"a{i}") for i in range(40)]
     batch.insert(17, ev.Shipped(order_id="nobody"))  # no group takes this type
     async with bus:
@@ -84,14 +85,7 @@ async def test_one_unroutable_event_fails_alone_and_the_rest_is_stored(
 
 
 async def test_an_event_that_cannot_travel_is_refused_and_the_others_go(rabbit: Broker) -> None:
-    ev = make_events(rabbit.stream())
-    seen: list[str] = []
-    bus = rabbit.bus()
-
-    @bus.subscribe(group="g")
-    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
-        seen.append(event.order_id)
-
+    ev, seen, bus = recording(rabbit)
     batch = [(ev.Created(order_id=f"b{i}"), f"k{i}") for i in range(10)]
     batch[3] = (ev.Created(order_id="long key"), "k" * 300_000)  # over one AMQP frame
     batch[6] = (ev.Created(order_id="also"), "k" * 300_000)
@@ -129,14 +123,7 @@ async def test_a_cancelled_batch_leaves_the_channel_counting_right(rabbit: Broke
     """Cancelled while part of it waits for the window: what was written stays written,
     the rest is never written, and later publishes are confirmed (a delivery tag taken
     and not written would shift every later confirm onto the wrong publish)."""
-    ev = make_events(rabbit.stream())
-    seen: list[str] = []
-    bus = rabbit.bus(confirm_window=4)
-
-    @bus.subscribe(group="g")
-    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
-        seen.append(event.order_id)
-
+    ev, seen, bus = recording(rabbit, confirm_window=4)
     async with bus:
         task = asyncio.create_task(
             bus.publish_many([ev.Created(order_id=f"c{i}") for i in range(5_000)])
@@ -156,3 +143,45 @@ async def test_a_cancelled_batch_leaves_the_channel_counting_right(rabbit: Broke
     assert handled_before == [f"c{i}" for i in range(len(handled_before))]  # a prefix, in order
     assert len(handled_before) < 5_000
     assert seen[len(handled_before) :] == [*(f"after{i}" for i in range(10)), "last"]
+
+
+async def test_a_batch_cancelled_before_its_frames_were_queued_gives_its_tags_back(
+    rabbit: Broker,
+) -> None:
+    """Cancelled while waiting for room in the connection's frame queue: nothing was
+    written, so the delivery tags taken are given back (the broker numbers only what it
+    received) and nothing is left to match a return with."""
+    ev, seen, bus = recording(rabbit)
+    async with bus:
+        await bus.publish(ev.Created(order_id="first"))
+        channel = publisher_channel(bus)
+        tag = channel.delivery_tag
+        own = channel.write_queue
+        full: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        full.put_nowait(None)
+        channel.write_queue = full  # the writer is busy: no room for the batch's frames
+        entries = [
+            _Pending(
+                ev.stream,
+                "order.created",
+                b"{}",
+                spec.Basic.Properties(message_id=f"never{i}", delivery_mode=2),
+                True,
+                ev.stream,
+                channel,
+            )
+            for i in range(3)
+        ]
+        task = asyncio.create_task(frames.write_batch(channel, entries))
+        await until(lambda: bool(full._putters), what="the batch waiting for room")  # type: ignore[attr-defined]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        channel.write_queue = own
+        assert channel.delivery_tag == tag
+        assert channel.confirmations == {}
+        assert channel.message_id_delivery_tag == {}
+        assert all(entry.match is None for entry in entries)
+        await bus.publish_many([ev.Created(order_id="second"), ev.Created(order_id="third")])
+        await until(lambda: len(seen) == 3, what="the publishes after the cancelled batch")
+    assert seen == ["first", "second", "third"]
