@@ -2,7 +2,10 @@
 
 Every publish is persistent and `mandatory`; it returns once the broker confirmed it.
 Many publishes are in flight at once (up to `confirm_window`), each awaiting its own
-confirm, so throughput is not one round trip per message.
+confirm, so throughput is not one round trip per message. A batch (`send_many`) fills
+the window's free slots in one write (`frames`) and collects its confirms in one
+coroutine; its publishes take their tickets, keep their order and recover exactly as
+single ones do.
 
 aiormq correlates a `basic.return` with its publish by `message_id` (the event id) and
 the broker sends the return before the confirm, so an unroutable event fails its own
