@@ -29,7 +29,7 @@ for run in $(seq 1 "$runs"); do
   log=".stress/run-$run.log"
   started=$(date +%s)
   if .venv/bin/pytest "$@" >"$log" 2>&1; then
-    summary=$(grep -E '^=+ .*(passed|failed)' "$log" | tail -1)
+    summary=$(grep -E '(passed|failed).* in [0-9.]+s' "$log" | tail -1 || true)
     echo "run $run of $runs: passed in $(( $(date +%s) - started )) s (${summary:-$(tail -1 "$log")})"
   else
     echo "run $run of $runs: FAILED after $(( $(date +%s) - started )) s, see $log:"
