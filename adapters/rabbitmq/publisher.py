@@ -592,13 +592,6 @@ class Publisher:
             "is unreachable"
         )
 
-    async def prepare(self, streams: set[str]) -> None:
-        """Open the channel and declare the streams' exchanges before a batch, so the
-        batch's publishes reach the wire in the order they were issued."""
-        deadline = time.monotonic() + self._timeout
-        for stream in sorted(streams):
-            await self._ready(stream, deadline, spec.Basic.Properties())
-
     async def _declare(self, channel: AbstractChannel, stream: str) -> None:
         async with self._declaring:  # one declaration; concurrent publishes wait in order
             if stream not in self._declared and channel is self._channel:
