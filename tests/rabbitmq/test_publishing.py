@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import pytest
+import structlog.testing
 from pamqp import commands as spec
 
 from eventbus import Event
@@ -29,7 +30,28 @@ def batching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Both ways a batch is written: in one go, and through aiormq's `basic_publish`."""
     if request.param == "one by one":
         monkeypatch.setattr(frames, "batching", lambda channel: False)
+        monkeypatch.setattr(frames, "_warned", [True])  # reported: see the test below
     return str(request.param)
+
+
+async def test_a_channel_that_cannot_take_a_batch_is_reported_once_and_still_publishes(
+    rabbit: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An aiormq whose channel lacks an attribute the batch writes through: the batch goes
+    one publish at a time, and a warning names the attribute, once per process."""
+    ev, seen, bus = recording(rabbit)
+    monkeypatch.setattr(frames, "_NEEDED", (*frames._NEEDED, "no_such_attribute"))
+    monkeypatch.setattr(frames, "_warned", [])
+    async with bus:
+        with structlog.testing.capture_logs() as logs:
+            await bus.publish_many([ev.Created(order_id=f"f{i}") for i in range(5)])
+            await bus.publish_many([ev.Created(order_id=f"g{i}") for i in range(5)])
+        await until(lambda: len(seen) == 10, what="both batches")
+    warnings = [log for log in logs if log["event"] == "publish.batching_unavailable"]
+    assert len(warnings) == 1, logs
+    assert warnings[0]["missing"] == ["no_such_attribute"]
+    assert warnings[0]["log_level"] == "warning"
+    assert seen == [*(f"f{i}" for i in range(5)), *(f"g{i}" for i in range(5))]
 
 
 def recording(rabbit: Broker, **options: Any) -> tuple[Any, list[str], Any]:
