@@ -37,6 +37,7 @@ def now_rfc3339() -> str:
 
 
 _LOW48 = (1 << 48) - 1
+_BIT48 = 1 << 48
 
 
 class _Ids:
@@ -64,7 +65,9 @@ class _Ids:
         n = next(self.counter)
         if n >= self.limit:  # once per 2**48 ids
             self._head(n)
-        return f"{self.head}{n & _LOW48:012x}"
+        # hex() of the low 48 bits with bit 48 set: "0x1" + exactly 12 digits, zero-padded
+        # (a third cheaper than formatting with a width: this runs on every publish)
+        return self.head + hex((n & _LOW48) | _BIT48)[3:]
 
 
 _ids = _Ids()

@@ -1,4 +1,7 @@
-"""Our binary-mode headers are what the CloudEvents SDK writes and reads."""
+"""Our binary-mode headers are what the CloudEvents SDK writes and reads; event ids."""
+
+import itertools
+import uuid
 
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.bindings import rabbitmq as ce_rabbitmq
@@ -8,7 +11,7 @@ from cloudevents.core.v1.event import CloudEvent
 from eventbus import Event
 from eventbus.messages import build_message
 from eventbus.protocol import Message
-from eventbus.wire import from_amqp, from_kafka_headers, to_amqp, to_kafka_headers
+from eventbus.wire import _Ids, from_amqp, from_kafka_headers, to_amqp, to_kafka_headers
 
 
 class Paid(Event, stream="orders", type="order.paid"):
@@ -143,3 +146,30 @@ def test_kafka_headers_read_the_same_on_the_fast_and_the_careful_path() -> None:
     assert from_kafka_headers(records[2][0], b"k")[0] == {"type": "t2", "partitionkey": "k"}
     assert from_kafka_headers(records[3][0], b"k")[0]["newext"] == "v"
     assert from_kafka_headers(records[6][0], b"k")[0] == {"type": "t", "partitionkey": "k"}
+
+
+def test_event_ids_are_uuid4_shaped_and_sort_by_creation_across_the_counters_carry() -> None:
+    """The low 48 bits are written zero-padded (12 hex digits), and the fixed head changes
+    when the counter carries into bit 48: ids stay valid UUIDs and keep sorting."""
+    ids = _Ids()
+    made = []
+    for start in (0, 0xABC, (1 << 48) - 2):
+        ids.counter = itertools.count(start)
+        ids._head(start)
+        made += [ids.next() for _ in range(4)]
+    for made_id in made:
+        parsed = uuid.UUID(made_id)
+        assert str(parsed) == made_id
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert made[0].endswith("-000000000000") and made[4].endswith("-000000000abc")
+    assert made[9].endswith("-ffffffffffff") and made[10].endswith("-000000000000")
+    assert made == sorted(made) and len(set(made)) == len(made)
+
+
+def test_event_ids_of_a_forked_process_start_elsewhere() -> None:
+    """`reset` (run in every forked child) draws a new random prefix and counter."""
+    ids = _Ids()
+    before = ids.next()
+    ids.reset()
+    after = ids.next()
+    assert before[:18] != after[:18] and uuid.UUID(after).version == 4
