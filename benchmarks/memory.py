@@ -7,6 +7,7 @@ No `from __future__ import annotations`: handlers are annotated with per-run eve
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -14,7 +15,12 @@ from eventbus import Context, EventBus, Reject, RetryPolicy
 
 from .core import Scenario, Stopwatch, metrics_of
 from .pacing import paced, wait_for_count
-from .workload import STANDARD, Load, OrderPayload, make_event_class, payload_fields
+from .workload import STANDARD, TYPE, Load, OrderPayload, make_event_class, payload_fields
+
+#: the raw loop with the CloudEvents attributes beside each body
+RAW_CE = "raw asyncio.Queue (CloudEvents attributes)"
+#: what eventbus writes as `dataschema` (a stream name as long as the benchmark's)
+SCHEMA = f"urn:eventbus:schema:bench{'0' * 8}:{TYPE}"
 
 
 async def eventbus_e2e(count: int, load: Load = STANDARD, **options: Any) -> dict[str, float]:
@@ -63,6 +69,43 @@ async def raw_e2e(count: int, load: Load = STANDARD) -> dict[str, float]:
                 await queue.put(body)
         await asyncio.gather(*consumers)
     return metrics_of(count * load.groups, watch.wall, latencies, watch)
+
+
+async def raw_cloudevents_e2e(count: int) -> dict[str, float]:
+    """The raw loop carrying what eventbus carries, written by hand (the memory analog of
+    Kafka's same-headers loop): each body travels with its CloudEvents attributes (a new
+    id and time, source, specversion, type, content type, schema) and the consumer reads
+    the type and the id before it validates, as any consumer of CloudEvents does."""
+    queue: asyncio.Queue[tuple[bytes, dict[str, str]]] = asyncio.Queue()
+    latencies: list[int] = []
+
+    async def handle(event: OrderPayload) -> None:
+        latencies.append(time.perf_counter_ns() - event.sent_ns)
+
+    async def consume() -> None:
+        for _ in range(count):
+            body, attributes = await queue.get()
+            if attributes["type"] != TYPE or not attributes["id"]:
+                raise AssertionError("not the benchmark's event")
+            await handle(OrderPayload.model_validate_json(body))
+
+    consumer = asyncio.create_task(consume())
+    with Stopwatch() as watch:
+        for i in range(count):
+            body = OrderPayload(**payload_fields(i)).model_dump_json().encode()
+            now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            attributes = {
+                "id": str(uuid.uuid4()),
+                "source": "bench",
+                "specversion": "1.0",
+                "type": TYPE,
+                "time": now,
+                "datacontenttype": "application/json",
+                "dataschema": SCHEMA,
+            }
+            await queue.put((body, attributes))
+        await consumer
+    return metrics_of(count, watch.wall, latencies, watch)
 
 
 async def eventbus_latency(count: int, rate: float) -> dict[str, float]:
@@ -140,7 +183,11 @@ def scenarios(quick: bool) -> list[Scenario]:
             "memory",
             "end-to-end",
             "publish -> typed pydantic handler, in-process",
-            {"eventbus": lambda: eventbus_e2e(n), "raw asyncio.Queue": lambda: raw_e2e(n)},
+            {
+                "eventbus": lambda: eventbus_e2e(n),
+                "raw asyncio.Queue": lambda: raw_e2e(n),
+                RAW_CE: lambda: raw_cloudevents_e2e(n),
+            },
         )
     ]
     for rate, count in lat_n.items():

@@ -15,6 +15,7 @@ import asyncio
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from functools import partial
 from importlib.metadata import version
@@ -30,6 +31,8 @@ BODY = b'{"order_id":"o-123456","customer_id":"c-42","email":"c42@example.com","
 BATCH = 100
 #: the peer baseline's name in the reports
 PEER = f"eventsourcing {version('eventsourcing')}"
+#: the peer called as eventbus's async store is: one trip to a database thread per append
+PEER_PER_CALL = f"{PEER} (a thread trip per append)"
 
 
 @asynccontextmanager
@@ -156,6 +159,29 @@ async def peer_run(backend: str, events: int, which: str) -> dict[str, float]:
     return await asyncio.to_thread(peer_measure, backend, events, which)
 
 
+async def peer_append_per_call(events: int) -> dict[str, float]:
+    """The peer's SQLite appends made the way eventbus's async store makes them: the event
+    loop hands each `insert_events` to one database thread and awaits it (the peer alone
+    runs its whole loop in one thread, without a trip per call)."""
+    from eventsourcing.persistence import StoredEvent
+
+    loop = asyncio.get_running_loop()
+    batches = [
+        [StoredEvent(owner, v + 1, "bench:OrderCreated", BODY) for v in range(BATCH)]
+        for owner in (uuid.uuid4() for _ in range(events // BATCH))
+    ]
+    peer = _sqlite_peer()
+    with ThreadPoolExecutor(1) as thread:  # the recorder is made and used in that thread
+        recorder = await loop.run_in_executor(thread, peer.__enter__)
+        try:
+            with Stopwatch() as append:
+                for chunk in batches:
+                    await loop.run_in_executor(thread, recorder.insert_events, chunk)
+        finally:
+            await loop.run_in_executor(thread, peer.__exit__, None, None, None)
+    return metrics_of(len(batches) * BATCH, append.wall, watch=append)
+
+
 def scenarios(quick: bool) -> list[Scenario]:
     n = 20_000 if quick else 200_000
     result = []
@@ -168,6 +194,11 @@ def scenarios(quick: bool) -> list[Scenario]:
                 {
                     "eventbus": partial(measure, backend, n, "append"),
                     PEER: partial(peer_run, backend, n, "append"),
+                    **(
+                        {PEER_PER_CALL: partial(peer_append_per_call, n)}
+                        if backend == "sqlite"
+                        else {}
+                    ),
                 },
             )
         )

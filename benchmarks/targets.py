@@ -115,7 +115,12 @@ def evaluate(outcomes: list[Outcome]) -> list[dict[str, object]]:
                 baseline = (
                     target.baseline
                     if target.baseline in outcome.samples
-                    else next((i for i in outcome.samples if i.startswith(target.baseline)), None)
+                    # a name with a version after it; the shortest: not a variant of it
+                    else min(
+                        (i for i in outcome.samples if i.startswith(target.baseline)),
+                        key=len,
+                        default=None,
+                    )
                 )
                 if target.impl not in outcome.samples:
                     baseline = None
