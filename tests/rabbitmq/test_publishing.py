@@ -14,7 +14,7 @@ import structlog.testing
 from pamqp import commands as spec
 
 from eventbus import Event
-from eventbus.adapters.rabbitmq import frames
+from eventbus.adapters.rabbitmq import frames, publisher
 from eventbus.adapters.rabbitmq.publisher import _Pending
 from eventbus.errors import PublishError, UnroutableError
 from eventbus.testing.conformance import make_events, until
@@ -139,6 +139,44 @@ async def test_bodies_larger_than_a_frame_are_split_and_arrive_intact(
         )
         await until(lambda: len(seen) == len(sizes), what="every size")
     assert seen == {f"s{i}": size for i, size in enumerate(sizes)}
+
+
+async def test_large_events_go_in_writes_of_bounded_size_and_small_ones_in_one(
+    rabbit: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window of 100 KB events is not one buffer of megabytes: each write carries at
+    most `WRITE_BYTES` of bodies past its first publish. A window of small events still
+    goes in one write. Both arrive whole and in order."""
+
+    class Noted(Event, stream=rabbit.stream(), type="order.noted"):
+        order_id: str
+        note: str
+
+    writes: list[list[int]] = []
+    write_batch = frames.write_batch
+
+    async def recorded(channel: Any, publishes: Any) -> list[Any]:
+        writes.append([len(p.body) for p in publishes])
+        return await write_batch(channel, publishes)
+
+    monkeypatch.setattr(publisher, "write_batch", recorded)
+    seen: list[str] = []
+    bus = rabbit.bus(confirm_window=64)
+
+    @bus.subscribe(group="g")
+    async def handle(event: Noted) -> None:
+        seen.append(event.order_id)
+
+    async with bus:
+        await bus.publish_many([Noted(order_id=f"s{i}", note="x") for i in range(50)])
+        assert len(writes) == 1 and len(writes[0]) == 50
+        writes.clear()
+        big = [Noted(order_id=f"b{i}", note="x" * 100_000) for i in range(40)]
+        await bus.publish_many(big)
+        await until(lambda: len(seen) == 90, what="every event")
+    assert len(writes) > 1 and sum(len(w) for w in writes) == 40
+    assert all(sum(w[:-1]) < publisher.WRITE_BYTES for w in writes), writes
+    assert seen == [*(f"s{i}" for i in range(50)), *(f"b{i}" for i in range(40))]
 
 
 async def test_a_cancelled_batch_leaves_the_channel_counting_right(rabbit: Broker) -> None:
