@@ -23,12 +23,14 @@ before (slower, the same outcome), and a warning names what is missing, once per
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+import contextlib
+from collections.abc import Awaitable, Iterator, Sequence
 from importlib.metadata import version as _version
 from typing import Any, Protocol
 from uuid import uuid4
 
 from aiormq.abc import AbstractChannel, ChannelFrame
+from aiormq.exceptions import ChannelInvalidStateError
 from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
@@ -61,6 +63,40 @@ class Publish(Protocol):
     match: tuple[AbstractChannel, int] | None
 
     def write(self, channel: AbstractChannel) -> Awaitable[Any]: ...
+
+
+@contextlib.contextmanager
+def lost_with(channel: AbstractChannel) -> Iterator[None]:
+    """A write on `channel` that is still waiting when the channel closes ends with
+    `ChannelInvalidStateError` (the publisher's "lost": the recovery writes it again).
+
+    aiormq rejects a closed channel's confirmations, but not a write that waits for its
+    lock or for room in the connection's frame queue (ten frames): once the connection
+    died, nothing empties that queue, and such a write would wait forever. The block runs
+    in the caller's task, so the write still queues its frames before that task first
+    suspends (the publisher's wire order relies on it)."""
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("lost_with needs a running task")
+    closing = channel.closing
+    state = {"inside": True, "fired": False}
+
+    def closed(_: asyncio.Future[Any]) -> None:
+        if state["inside"] and not task.done():
+            state["fired"] = True
+            task.cancel("eventbus: the channel closed under a waiting write")
+
+    closing.add_done_callback(closed)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if state["fired"] and task.uncancel() == 0:  # ours alone, not the caller's
+            raise ChannelInvalidStateError("the channel closed while the write waited") from None
+        raise
+    finally:
+        state["inside"] = False
+        closing.remove_done_callback(closed)
+        closing.cancel()  # only stops observing (aiormq: an independent observer)
 
 
 def batching(channel: AbstractChannel) -> bool:
@@ -98,6 +134,12 @@ async def write_batch(channel: AbstractChannel, publishes: Sequence[Publish]) ->
     if not batching(channel):
         _fall_back(channel)
         return [asyncio.ensure_future(publish.write(channel)) for publish in publishes]
+    with lost_with(channel):
+        return await _queued(channel, publishes)
+
+
+async def _queued(channel: AbstractChannel, publishes: Sequence[Publish]) -> list[Any]:
+    """`write_batch` on a channel that can take it: the frames queued, the futures."""
     ch: Any = channel
     frames: list[Any] = []
     futures: list[asyncio.Future[Any]] = []

@@ -51,7 +51,7 @@ from eventbus.toolkit import (
     get_logger,
 )
 
-from .frames import unmatch, write_batch
+from .frames import lost_with, unmatch, write_batch
 from .limits import DEFAULT_FRAME_MAX, check_publish
 from .link import LOST, Link
 from .topology import declare_stream
@@ -102,20 +102,20 @@ class _Pending:
         #: (channel, delivery tag) of a batch's write (`frames.unmatch`)
         self.match: tuple[AbstractChannel, int] | None = None
 
-    def write(self, channel: AbstractChannel) -> Awaitable[Any]:
+    async def write(self, channel: AbstractChannel) -> Any:
         """aiormq's own publish (a recovery's writes, a single `send`): it queues the
         frames before it first suspends, and does not wait for the socket (the confirm
-        says more, later)."""
+        says more, later). Lost, not stuck, when the channel closes first (`lost_with`)."""
         aio: Any = channel  # `wait` is not on aiormq's abstract channel
-        written: Awaitable[Any] = aio.basic_publish(
-            self.body,
-            exchange=self.exchange,
-            routing_key=self.routing_key,
-            properties=self.properties,
-            mandatory=self.mandatory,
-            wait=False,
-        )
-        return written
+        with lost_with(channel):
+            return await aio.basic_publish(
+                self.body,
+                exchange=self.exchange,
+                routing_key=self.routing_key,
+                properties=self.properties,
+                mandatory=self.mandatory,
+                wait=False,
+            )
 
 
 class Publisher:

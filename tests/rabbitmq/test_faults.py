@@ -215,6 +215,55 @@ async def test_a_connection_the_broker_dropped_is_closed_before_the_next(
         await until(lambda: "1" in handled)
 
 
+class _FullQueue(asyncio.Queue[object]):
+    """A frame queue that is full and stays full; counts the writes waiting for room."""
+
+    def __init__(self) -> None:
+        super().__init__(maxsize=1)
+        self.put_nowait(None)
+        self.waiting = 0
+
+    async def put(self, item: object) -> None:
+        self.waiting += 1
+        await super().put(item)
+
+
+@pytest.mark.parametrize("how", ["publish", "publish_many"])
+async def test_a_write_waiting_on_a_connection_that_dies_is_written_on_the_next(
+    rabbit: Broker, how: str
+) -> None:
+    """A write waits for room in the connection's frame queue (aiormq holds ten frames)
+    when the broker drops the connection: nothing will ever empty that queue, and aiormq
+    does not end such a wait. The publisher takes it as lost and writes it on the next
+    connection, instead of waiting until `publish_timeout` (120 s) and failing."""
+    ev = make_events(rabbit.stream())
+    handled: list[str] = []
+    name = f"stuck-{ev.stream}"
+    bus = rabbit.bus(connection_name=name, publish_timeout=600)
+
+    @bus.subscribe(group="g")
+    async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+        handled.append(event.order_id)
+
+    async with bus:
+        await bus.publish(ev.Created(order_id="first"))  # the stream is declared
+        channel: Any = broker_of(bus).publisher._channel
+        full = _FullQueue()
+        channel.write_queue = full  # as the frame queue of a dead connection: never emptied
+        stuck: asyncio.Task[Any]
+        if how == "publish":
+            stuck = asyncio.create_task(bus.publish(ev.Created(order_id="stuck")))
+        else:
+            batch = [ev.Created(order_id="stuck"), ev.Created(order_id="stuck too")]
+            stuck = asyncio.create_task(bus.publish_many(batch))
+        await until(lambda: full.waiting > 0, what="the write waiting for room")
+        assert await asyncio.to_thread(close_connections_named, name) == 1
+        await asyncio.wait_for(stuck, 60)  # written again on the next connection
+        expected = ["stuck"] if how == "publish" else ["stuck", "stuck too"]
+        await until(lambda: all(e in handled for e in expected), what="the written events")
+    assert handled[0] == "first"
+
+
 async def test_password_never_in_logs_reprs_or_errors(rabbit: Broker, secret_user: str) -> None:
     import structlog
 
