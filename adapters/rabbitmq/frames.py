@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Awaitable, Iterator, Sequence
 from importlib.metadata import version as _version
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from uuid import uuid4
 
 from aiormq.abc import AbstractChannel, ChannelFrame
@@ -65,6 +66,32 @@ class Publish(Protocol):
     def write(self, channel: AbstractChannel) -> Awaitable[Any]: ...
 
 
+class _Watch:
+    """The tasks writing on one channel now: the channel's closing cancels them.
+
+    One future of the channel's own per channel (aiormq rejects all of them when the
+    channel closes, at once if it is closed already), not one per write: a write only
+    enters and leaves `tasks`. Not `channel.closing`: before aiormq 7.2 that is the
+    channel's closing future itself."""
+
+    __slots__ = ("closed", "tasks")
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        #: task -> whether the closing cancelled it
+        self.tasks: dict[asyncio.Task[Any], bool] = {}
+        self.closed: asyncio.Future[Any] = cast(Any, channel).create_future()
+        self.closed.add_done_callback(self._on_closed)
+
+    def _on_closed(self, future: asyncio.Future[Any]) -> None:
+        for task in list(self.tasks):
+            if not task.done():
+                self.tasks[task] = True
+                task.cancel("eventbus: the channel closed under a waiting write")
+
+
+_watches: weakref.WeakKeyDictionary[AbstractChannel, _Watch] = weakref.WeakKeyDictionary()
+
+
 @contextlib.contextmanager
 def lost_with(channel: AbstractChannel) -> Iterator[None]:
     """A write on `channel` that is still waiting when the channel closes ends with
@@ -78,25 +105,24 @@ def lost_with(channel: AbstractChannel) -> Iterator[None]:
     task = asyncio.current_task()
     if task is None:
         raise RuntimeError("lost_with needs a running task")
-    closing = channel.closing
-    state = {"inside": True, "fired": False}
-
-    def closed(_: asyncio.Future[Any]) -> None:
-        if state["inside"] and not task.done():
-            state["fired"] = True
-            task.cancel("eventbus: the channel closed under a waiting write")
-
-    closing.add_done_callback(closed)
+    watch = _watches.get(channel)
+    if watch is None:
+        watch = _watches[channel] = _Watch(channel)
+    if watch.closed.done():  # closed already: a write now would wait forever
+        raise ChannelInvalidStateError("the channel is closed")
+    tasks = watch.tasks
+    if task in tasks:  # nested in a write of the same task: that one watches
+        yield
+        return
+    tasks[task] = False
     try:
         yield
     except asyncio.CancelledError:
-        if state["fired"] and task.uncancel() == 0:  # ours alone, not the caller's
+        if tasks.get(task) and task.uncancel() == 0:  # ours alone, not the caller's
             raise ChannelInvalidStateError("the channel closed while the write waited") from None
         raise
     finally:
-        state["inside"] = False
-        closing.remove_done_callback(closed)
-        closing.cancel()  # only stops observing (aiormq: an independent observer)
+        del tasks[task]
 
 
 def batching(channel: AbstractChannel) -> bool:
