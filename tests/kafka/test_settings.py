@@ -82,6 +82,18 @@ def test_a_resumed_partition_waits_at_most_25_ms_for_the_fetch_in_flight() -> No
     assert consumer["fetch.wait.max.ms"] == 25
 
 
+def test_a_consumer_behind_by_its_prefetch_fetches_again_within_25_ms() -> None:
+    """librdkafka postpones a partition's fetch once its local queue is full by
+    fetch.queue.backoff.ms, 1000 ms by default: a backlog larger than the prefetch was
+    read in bursts a second apart. A user's value still wins."""
+    configs = ClientConfigs(parse_url("kafka://h:1"), load_kafka_settings({}))
+    consumer = configs.consumer("g")
+    assert consumer["fetch.queue.backoff.ms"] == 25
+    assert consumer["queued.max.messages.kbytes"] == 16 * 1024
+    chosen = configs.consumer("g", {"fetch.queue.backoff.ms": 200})
+    assert chosen["fetch.queue.backoff.ms"] == 200
+
+
 def test_environment_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EVENTBUS_KAFKA_PARTITIONS", "12")
     monkeypatch.setenv("EVENTBUS_KAFKA_CONFIG", '{"fetch.wait.max.ms": 50}')
