@@ -133,7 +133,12 @@ async def eventbus_run(
 
 
 class _RawConsumer(threading.Thread):
-    """The raw consumer done well: batch consume, validate, explicit async commits.
+    """The raw consumer done well: batch consume, read the headers its producer wrote,
+    validate, explicit async commits.
+
+    Before it validates, it reads what any consumer of its records must: the type ("type
+    only": the least a consumer needs to know what it got), or the type and the id
+    ("CloudEvents", as the memory loop with the CloudEvents attributes does).
 
     `load`: its group is the load's `group(index)`; the latencies go to `latencies`
     (shared by the consumers of every group: appending is atomic under the GIL)."""
@@ -145,16 +150,20 @@ class _RawConsumer(threading.Thread):
         load: Load = STANDARD,
         index: int = 0,
         latencies: Latencies | None = None,
+        headers: str = "type only",
     ) -> None:
         super().__init__(daemon=True)
         from confluent_kafka import Consumer
 
         self.count = count
+        self.with_id = headers == "CloudEvents"
         self.model = load.model()
         self.latencies = latencies if latencies is not None else load.latencies()
         self.handled = 0
         self.assigned = threading.Event()
         self.stop = threading.Event()
+        #: what stopped the thread early (a record that is not the benchmark's, a bad body)
+        self.failure: BaseException | None = None
         self.consumer = Consumer(
             {
                 "bootstrap.servers": KAFKA_BOOTSTRAP,
@@ -169,6 +178,7 @@ class _RawConsumer(threading.Thread):
         consumer = self.consumer
         model = self.model
         latencies = self.latencies
+        with_id = self.with_id
         try:
             while not self.stop.is_set() and self.handled < self.count:
                 first = consumer.poll(0.1)  # low latency: block for one, then take what's there
@@ -178,22 +188,34 @@ class _RawConsumer(threading.Thread):
                 for record in batch:
                     if record.error():
                         continue
+                    headers = dict(record.headers() or ())
+                    if headers.get("ce_type") != _TYPE or (with_id and not headers.get("ce_id")):
+                        raise AssertionError("not the benchmark's event")
                     event = model.model_validate_json(record.value() or b"")
                     latencies.append(time.perf_counter_ns() - event.sent_ns)
                     self.handled += 1
                 consumer.commit(asynchronous=True)
             with contextlib.suppress(KafkaException):  # nothing new to commit is fine
                 consumer.commit(asynchronous=False)
+        except BaseException as exc:
+            self.failure = exc
         finally:
             consumer.close()
 
+    def received(self) -> int:
+        """Records handled so far by every consumer of the run (raises what stopped one)."""
+        if self.failure is not None:
+            raise RuntimeError("the raw consumer failed") from self.failure
+        return len(self.latencies)
 
-def _raw_producer(topic: str, load: Load = STANDARD) -> Any:
-    """A producer that has delivered the warm-up record (an event of the `load`)."""
+
+def _raw_producer(topic: str, load: Load = STANDARD, headers: str = "type only") -> Any:
+    """A producer that has delivered the warm-up record (an event of the `load`, with the
+    run's `headers`)."""
     from confluent_kafka import Producer
 
     producer = Producer(PRODUCER)
-    _raw_send(producer, topic, 0, None, pad=load.pad, model=load.model())
+    _raw_send(producer, topic, 0, None, headers, pad=load.pad, model=load.model())
     producer.flush(30)
     return producer
 
@@ -275,6 +297,11 @@ def _raw_produce(
     return time.perf_counter() - start
 
 
+def _received(consumers: list[_RawConsumer]) -> int:
+    """Records the consumers of a run handled (they share one latency list)."""
+    return max(consumer.received() for consumer in consumers)
+
+
 async def raw_run(
     count: int,
     rate: float | None,
@@ -286,7 +313,7 @@ async def raw_run(
     topic = _topic()
     latencies = load.latencies()
     consumers = (
-        [_RawConsumer(topic, count, load, i, latencies) for i in range(load.groups)]
+        [_RawConsumer(topic, count, load, i, latencies, headers) for i in range(load.groups)]
         if consume
         else []
     )
@@ -296,14 +323,14 @@ async def raw_run(
             consumer.start()
             await asyncio.to_thread(consumer.assigned.wait, 60)
         # warm-up, as for every implementation: one event through the whole path, unmeasured
-        producer = await asyncio.to_thread(_raw_producer, topic, load)
+        producer = await asyncio.to_thread(_raw_producer, topic, load, headers)
         if not consumers:
             with Stopwatch() as watch:
                 published = await asyncio.to_thread(
                     _raw_produce, producer, topic, count, rate, headers, load
                 )
             return metrics_of(count, published, watch=watch)
-        await wait_for_count(lambda: len(latencies), load.groups, 60)
+        await wait_for_count(lambda: _received(consumers), load.groups, 60)
         latencies.clear()
         for consumer in consumers:
             consumer.handled = 0
@@ -311,7 +338,7 @@ async def raw_run(
             published = await asyncio.to_thread(
                 _raw_produce, producer, topic, count, rate, headers, load
             )
-            await wait_for_count(lambda: len(latencies), deliveries, 300)
+            await wait_for_count(lambda: _received(consumers), deliveries, 300)
         return metrics_of(deliveries, published if rate else watch.wall, latencies, watch)
     finally:
         for consumer in consumers:
