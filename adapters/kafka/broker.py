@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from eventbus.toolkit import (
     Capabilities,
@@ -181,12 +182,18 @@ class KafkaBroker:
         self._record_limits[stream] = limit
         return limit
 
-    async def publish(self, message: Message) -> None:
+    def publish(self, message: Message) -> Coroutine[Any, Any, None]:
+        """Not a coroutine function: it returns the coroutine that publishes, so a
+        publish in flight is one coroutine fewer for the collector to carry (see
+        `AsyncProducer.send_message`)."""
         stream = message.stream
         if stream in self.topics.known and stream not in self._topic_waiters:
-            await self.producer.send(record_of(message))
-        else:
-            await (await self._publish_in_order([stream], [record_of(message)]))
+            return self.producer.send_message(message)
+        return self._publish_new(message)
+
+    async def _publish_new(self, message: Message) -> None:
+        """`publish` to a topic not known yet (or that publishes are waiting for)."""
+        await (await self._publish_in_order([message.stream], [record_of(message)]))
 
     async def publish_many(self, messages: list[Message]) -> None:
         streams = sorted({m.stream for m in messages})

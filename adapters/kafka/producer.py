@@ -110,50 +110,56 @@ def record_bytes(record: Record) -> int:
     return len(record.value) + key + header_bytes(record.headers) + RECORD_OVERHEAD
 
 
-def _failure(configs: ClientConfigs, record: Record, error: Any) -> PublishError:
+def _failure(
+    configs: ClientConfigs, record: Record, error: Any, headers_known: bool = True
+) -> PublishError:
+    """`error` of `record` as the publish's PublishError (MessageTooLarge for a record
+    too large). Without `headers_known` (a delivery report of a batch: librdkafka reports
+    no headers), the record's event id and headers are not known."""
     text = configs.scrub(str(error))
+    key_text = record.key.decode("utf-8", "replace") if record.key is not None else None
+    event = (
+        f"event {record.label}"
+        if record.label
+        else f"an event with key {key_text!r} (its id is not reported back)"
+    )
     if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
         key = len(record.key) if record.key is not None else 0
-        return MessageTooLarge(  # permanent: an outbox relay parks it rather than retry
-            f"Kafka refused event {record.label or '?'} on topic {record.topic!r} as too "
-            f"large: the record is about {record_bytes(record)} bytes (key {key}, headers "
-            f"{header_bytes(record.headers)}, body {len(record.value)}), more than the topic "
-            "accepts (its max.message.bytes) or the producer sends (message.max.bytes "
-            f"{configs.producer_max_bytes}); send a smaller key, headers or body ({text})"
+        size, headers = (
+            (f"about {record_bytes(record)} bytes", str(header_bytes(record.headers)))
+            if headers_known
+            else (f"over {record_bytes(record)} bytes", "not reported")
         )
-    return PublishError(
-        f"Kafka did not store event {record.label or '?'} on topic {record.topic!r}: {text}"
-    )
+        return MessageTooLarge(  # permanent: an outbox relay parks it rather than retry
+            f"Kafka refused {event} on topic {record.topic!r} as too large: the record is "
+            f"{size} (key {key}, headers {headers}, body {len(record.value)}), more than "
+            "the topic accepts (its max.message.bytes) or the producer sends "
+            f"(message.max.bytes {configs.producer_max_bytes}); send a smaller key, "
+            f"headers or body ({text})"
+        )
+    return PublishError(f"Kafka did not store {event} on topic {record.topic!r}: {text}")
 
 
 def _reported(configs: ClientConfigs, err: Any, msg: Message) -> PublishError:
-    """The failure of a delivery report, described from the record librdkafka reports
-    (no Python object is kept per record in flight: fewer survivors for the GC to scan)."""
-    headers: Headers = []
-    with contextlib.suppress(Exception):  # names that are not UTF-8 cannot be ours
-        raw = msg.headers() or []
-        headers = list(raw.items()) if isinstance(raw, dict) else list(raw)
-    label = ""
-    for name, value in headers:
-        if name == "ce_id" and value is not None:
-            label = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-            break
+    """The failure of one record of a batch, described from what its delivery report
+    holds: the topic, key and value. The batch keeps no Python object per record in
+    flight (fewer survivors for the GC to scan), and confluent-kafka's reports carry no
+    headers, so the event id is not known here."""
     key = msg.key()
     record = Record(
         msg.topic() or "?",
         msg.value() or b"",
         key.encode() if isinstance(key, str) else key,
-        headers,
-        label,
+        [],
     )
-    return _failure(configs, record, err)
+    return _failure(configs, record, err, headers_known=False)
 
 
 class _Reports:
     """The delivery reports of one or several records, resolved as one future: the
     `on_delivery` callback of each of them (one object per call, none per record)."""
 
-    __slots__ = ("error", "future", "owner", "record", "remaining")
+    __slots__ = ("error", "future", "message", "owner", "record", "remaining")
 
     def __init__(
         self,
@@ -161,19 +167,26 @@ class _Reports:
         future: asyncio.Future[None],
         count: int,
         record: Record | None = None,
+        message: EventMessage | None = None,
     ) -> None:
         self.owner = owner
         self.future = future
         self.remaining = count
-        #: the one record reported (a single send): what a failure describes
+        #: the one record reported (a single send), or the one event message (a single
+        #: publish, which its caller keeps alive anyway): what a failure describes.
+        #: librdkafka's reports carry no headers, so without them a failure can name
+        #: neither the event id nor the headers' size.
         self.record = record
+        self.message = message
         self.error: PublishError | None = None
 
     def __call__(self, err: Any, msg: Message) -> None:
         if err is not None and self.error is None:
-            configs, record = self.owner.configs, self.record
+            configs, record, message = self.owner.configs, self.record, self.message
             if record is not None:
                 self.error = _failure(configs, record, err)
+            elif message is not None:
+                self.error = _failure(configs, record_of(message), err)
             else:
                 self.error = _reported(configs, err, msg)
         self.remaining -= 1
@@ -258,6 +271,30 @@ class AsyncProducer:
         reports = _Reports(self, future, 1, record)
         if not self._try_produce(record, reports):  # (no coroutine unless the queue is full)
             await self._produce(record, reports)
+        await future
+
+    async def send_message(self, message: EventMessage) -> None:
+        """`send` for one event message (the publish path). Its record's headers are made
+        as it is produced, and while its report is awaited nothing of the record is kept:
+        a publish in flight lives long enough to reach the collector's old generation,
+        and many of them in flight (a busy service's concurrent publishes) make the
+        collector's full passes come that much more often. A failure is described from
+        `message`, which the publishing caller holds anyway."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        reports = _Reports(self, future, 1, message=message)
+        try:
+            self.producer.produce(
+                message.stream,
+                message.body,
+                message.key,
+                headers=to_kafka_headers(message.attributes, message.attempt),  # type: ignore[arg-type]
+                on_delivery=reports,
+            )
+        except BufferError:  # local queue full: wait for room (rare; a record is made)
+            await self._produce(record_of(message), reports)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else exc
+            raise _failure(self.configs, record_of(message), error) from None
         await future
 
     async def submit(self, record: Record) -> asyncio.Future[None]:

@@ -1,9 +1,11 @@
 """Memory stays bounded: a stuck handler cannot make a subscription hold more fetched
 bytes than `partition_buffer_bytes`, `publish_many` holds no message while it awaits the
-confirmations, and the dead-letter listing streams (it never reads the whole topic before
+confirmations, a single publish holds no record of its own while it awaits its
+confirmation, and the dead-letter listing streams (it never reads the whole topic before
 yielding) and gives up within `admin_timeout` when it cannot read."""
 
 import asyncio
+import gc
 import sys
 import time
 import zlib
@@ -15,6 +17,7 @@ from confluent_kafka import Producer
 from eventbus import Context, Event, EventBus, Message, PublishNext
 from eventbus.adapters.kafka import KafkaBroker, KafkaSubscription
 from eventbus.adapters.kafka.dlq import BATCH, DeadLetterReader
+from eventbus.adapters.kafka.producer import Record
 from eventbus.testing.conformance import unique, until
 
 from .harness import BOOTSTRAP, KafkaHarness
@@ -108,6 +111,43 @@ async def test_publish_many_frees_its_messages_while_it_awaits_the_confirmations
     assert held_while_waiting, "publish_many returned before it had to wait"
     assert min(held_while_waiting) == 0, (
         f"{min(held_while_waiting)} messages held until every confirmation came back"
+    )
+
+
+async def test_a_publish_in_flight_keeps_no_record_or_header_list(kafka: KafkaHarness) -> None:
+    """An awaited publish in flight holds its message, its report callback and its future,
+    not a record and its list of headers too: a busy service's concurrent publishes live
+    long enough to be promoted, and each object they hold makes the collector's full
+    passes come sooner (see `AsyncProducer.send_message`)."""
+    stream, count = unique("inflight"), 500
+
+    class Tick(Event, stream=stream, type="tick"):
+        n: int
+
+    def held() -> tuple[int, int]:
+        objects = gc.get_objects()
+        records = sum(1 for o in objects if type(o) is Record)
+        header_lists = sum(
+            1
+            for o in objects
+            if type(o) is list
+            and o
+            and type(o[0]) is tuple
+            and any(type(h) is tuple and h[:1] == ("ce_id",) for h in o)
+        )
+        return records, header_lists
+
+    bus = kafka.bus(partitions=1)
+    async with bus:
+        await bus.publish(Tick(n=-1))  # the topic exists: the direct path
+        publishing = [asyncio.create_task(bus.publish(Tick(n=i))) for i in range(count)]
+        await asyncio.sleep(0)  # each publish produced its record and awaits its report
+        waiting = sum(1 for task in publishing if not task.done())
+        records, header_lists = held()
+        await asyncio.gather(*publishing)
+    assert waiting > count // 2, f"only {waiting} of {count} publishes were in flight"
+    assert (records, header_lists) == (0, 0), (
+        f"{records} records and {header_lists} header lists held by {waiting} publishes"
     )
 
 

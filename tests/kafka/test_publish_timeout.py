@@ -11,6 +11,7 @@ from eventbus import PublishError
 from eventbus.adapters.kafka import producer as producer_module
 from eventbus.adapters.kafka.producer import AsyncProducer, Record
 from eventbus.adapters.kafka.settings import ClientConfigs, load_kafka_settings, parse_url
+from eventbus.toolkit import Message
 
 pytestmark = pytest.mark.kafka
 
@@ -29,6 +30,48 @@ async def test_a_publish_nobody_confirms_raises_publish_error_after_publish_time
             await asyncio.wait_for(producer.send(Record("t", b"{}", b"k", [], "e-1")), 30)
         took = time.monotonic() - started
         assert 0.9 <= took < 10, took
+    finally:
+        await producer.close(timeout=1)
+
+
+async def test_a_published_event_nobody_confirms_is_named_in_its_publish_error() -> None:
+    """The publish path keeps nothing of a record in flight (`send_message`): the error of
+    its delivery report is described from the record librdkafka reports, with the event's
+    id and topic, as `send` describes it from its own record."""
+    configs = ClientConfigs(
+        parse_url("kafka://127.0.0.1:9"), load_kafka_settings({"publish_timeout": 1.0})
+    )
+    producer = AsyncProducer(configs)
+    producer.start()
+    message = Message(
+        "orders", "order.created", "k", b"{}", {"id": "e-42", "type": "order.created"}
+    )
+    try:
+        with pytest.raises(PublishError, match="timed out") as failure:
+            await asyncio.wait_for(producer.send_message(message), 30)
+        assert "e-42" in str(failure.value) and "'orders'" in str(failure.value)
+    finally:
+        await producer.close(timeout=1)
+
+
+async def test_a_batch_nobody_confirms_names_the_failed_record_by_its_key() -> None:
+    """A batch keeps nothing per record in flight and librdkafka's reports carry no
+    headers: its failure names the record by topic and key, and says the id is unknown
+    (instead of naming an event "?")."""
+    configs = ClientConfigs(
+        parse_url("kafka://127.0.0.1:9"), load_kafka_settings({"publish_timeout": 1.0})
+    )
+    producer = AsyncProducer(configs)
+    producer.start()
+    messages = [
+        Message("orders", "order.created", f"k{i}", b"{}", {"id": f"e-{i}"}) for i in range(3)
+    ]
+    try:
+        with pytest.raises(PublishError, match="timed out") as failure:
+            await asyncio.wait_for(producer.send_messages(messages), 30)
+        text = str(failure.value)
+        assert "on topic 'orders'" in text and "with key 'k" in text, text
+        assert "its id is not reported back" in text and "event ?" not in text, text
     finally:
         await producer.close(timeout=1)
 
