@@ -202,12 +202,6 @@ class _RawConsumer(threading.Thread):
         finally:
             consumer.close()
 
-    def received(self) -> int:
-        """Records handled so far by every consumer of the run (raises what stopped one)."""
-        if self.failure is not None:
-            raise RuntimeError("the raw consumer failed") from self.failure
-        return len(self.latencies)
-
 
 def _raw_producer(topic: str, load: Load = STANDARD, headers: str = "type only") -> Any:
     """A producer that has delivered the warm-up record (an event of the `load`, with the
@@ -297,9 +291,13 @@ def _raw_produce(
     return time.perf_counter() - start
 
 
-def _received(consumers: list[_RawConsumer]) -> int:
-    """Records the consumers of a run handled (they share one latency list)."""
-    return max(consumer.received() for consumer in consumers)
+def _received(consumers: list[_RawConsumer], latencies: Latencies) -> int:
+    """Records the consumers of a run handled (their shared `latencies`); raises what
+    stopped one of them."""
+    for consumer in consumers:
+        if consumer.failure is not None:
+            raise RuntimeError("the raw consumer failed") from consumer.failure
+    return len(latencies)
 
 
 async def raw_run(
@@ -330,7 +328,7 @@ async def raw_run(
                     _raw_produce, producer, topic, count, rate, headers, load
                 )
             return metrics_of(count, published, watch=watch)
-        await wait_for_count(lambda: _received(consumers), load.groups, 60)
+        await wait_for_count(lambda: _received(consumers, latencies), load.groups, 60)
         latencies.clear()
         for consumer in consumers:
             consumer.handled = 0
@@ -338,7 +336,7 @@ async def raw_run(
             published = await asyncio.to_thread(
                 _raw_produce, producer, topic, count, rate, headers, load
             )
-            await wait_for_count(lambda: _received(consumers), deliveries, 300)
+            await wait_for_count(lambda: _received(consumers, latencies), deliveries, 300)
         return metrics_of(deliveries, published if rate else watch.wall, latencies, watch)
     finally:
         for consumer in consumers:
