@@ -24,7 +24,7 @@ from confluent_kafka import KafkaException
 from eventbus import Context, EventBus
 
 from .core import Scenario, Stopwatch, metrics_of
-from .pacing import broker_scenarios, drive, wait_for_count
+from .pacing import broker_scenarios, drive, wait_for_count, warm_up_count
 from .servers import KAFKA_BOOTSTRAP
 from .targets import EVENTBUS, FASTSTREAM, LEAN, RAW_KAFKA
 from .workload import (
@@ -310,8 +310,12 @@ async def raw_run(
     """`load`: the curves' variations (a consumer thread per group)."""
     topic = _topic()
     latencies = load.latencies()
+    # warm-up, as for every implementation (`pacing.drive`), unmeasured: one event through
+    # the whole path (the producer's first record), then for a run at a rate the rest of
+    # the warm-up at that rate
+    warm = warm_up_count(rate)
     consumers = (
-        [_RawConsumer(topic, count, load, i, latencies, headers) for i in range(load.groups)]
+        [_RawConsumer(topic, warm + count, load, i, latencies, headers) for i in range(load.groups)]
         if consume
         else []
     )
@@ -320,7 +324,6 @@ async def raw_run(
         for consumer in consumers:
             consumer.start()
             await asyncio.to_thread(consumer.assigned.wait, 60)
-        # warm-up, as for every implementation: one event through the whole path, unmeasured
         producer = await asyncio.to_thread(_raw_producer, topic, load, headers)
         if not consumers:
             with Stopwatch() as watch:
@@ -328,10 +331,13 @@ async def raw_run(
                     _raw_produce, producer, topic, count, rate, headers, load
                 )
             return metrics_of(count, published, watch=watch)
-        await wait_for_count(lambda: _received(consumers, latencies), load.groups, 60)
+        if rate is not None and warm > 1:
+            await asyncio.to_thread(_raw_produce, producer, topic, warm - 1, rate, headers, load)
+        await wait_for_count(lambda: _received(consumers, latencies), warm * load.groups, 60)
         latencies.clear()
         for consumer in consumers:
             consumer.handled = 0
+            consumer.count = count
         with Stopwatch() as watch:
             published = await asyncio.to_thread(
                 _raw_produce, producer, topic, count, rate, headers, load

@@ -14,7 +14,7 @@ from typing import Any
 from eventbus import Context, EventBus, Reject, RetryPolicy
 
 from .core import Scenario, Stopwatch, metrics_of
-from .pacing import paced, wait_for_count
+from .pacing import paced, wait_for_count, warm_up, warm_up_count
 from .workload import STANDARD, TYPE, Load, OrderPayload, make_event_class, payload_fields
 
 #: the raw loop with the CloudEvents attributes beside each body
@@ -93,12 +93,13 @@ async def raw_cloudevents(count: int, rate: float | None = None) -> dict[str, fl
     CloudEvents does. `rate`: paced, for the latency scenarios (None: as fast as it goes)."""
     queue: asyncio.Queue[tuple[bytes, dict[str, str]]] = asyncio.Queue()
     latencies: list[int] = []
+    warm = 0 if rate is None else warm_up_count(rate)
 
     async def handle(event: OrderPayload) -> None:
         latencies.append(time.perf_counter_ns() - event.sent_ns)
 
     async def consume() -> None:
-        for _ in range(count):
+        for _ in range(warm + count):
             body, attributes = await queue.get()
             if attributes["type"] != TYPE or not attributes["id"]:
                 raise AssertionError("not the benchmark's event")
@@ -109,6 +110,8 @@ async def raw_cloudevents(count: int, rate: float | None = None) -> dict[str, fl
         await queue.put((body, cloudevents_attributes()))
 
     consumer = asyncio.create_task(consume())
+    if rate is not None:
+        await warm_up(warm, rate, send, latencies)
     with Stopwatch() as watch:
         if rate is None:
             for i in range(count):
@@ -133,6 +136,7 @@ async def eventbus_latency(count: int, rate: float) -> dict[str, float]:
         async def send(i: int) -> None:
             await bus.publish(cls(**payload_fields(i)))
 
+        await warm_up(warm_up_count(rate), rate, send, latencies)
         with Stopwatch() as watch:
             elapsed = await paced(count, rate, send)
             await wait_for_count(lambda: len(latencies), count, 60)
@@ -142,9 +146,10 @@ async def eventbus_latency(count: int, rate: float) -> dict[str, float]:
 async def raw_latency(count: int, rate: float) -> dict[str, float]:
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     latencies: list[int] = []
+    warm = warm_up_count(rate)
 
     async def consume() -> None:
-        for _ in range(count):
+        for _ in range(warm + count):
             event = OrderPayload.model_validate_json(await queue.get())
             latencies.append(time.perf_counter_ns() - event.sent_ns)
 
@@ -153,6 +158,7 @@ async def raw_latency(count: int, rate: float) -> dict[str, float]:
     async def send(i: int) -> None:
         await queue.put(OrderPayload(**payload_fields(i)).model_dump_json().encode())
 
+    await warm_up(warm, rate, send, latencies)
     with Stopwatch() as watch:
         elapsed = await paced(count, rate, send)
         await consumer

@@ -10,6 +10,18 @@ from functools import partial
 from .core import Runner, Scenario, Stopwatch, metrics_of
 from .workload import Latencies
 
+#: seconds of paced, unmeasured events before a latency run measures: the run's new topic
+#: or queue, connections and consumers reach their steady state first (the first 20-40 ms
+#: of a new Kafka topic wait 20-35 ms for acknowledgements, which alone moves a p99)
+WARM_UP_SECONDS = 0.5
+
+
+def warm_up_count(rate: float | None) -> int:
+    """The events of a run's warm-up: one through the whole path (connections, metadata,
+    the consumer's first fetch), or, for a run at `rate`, `WARM_UP_SECONDS` of them at that
+    rate."""
+    return 1 if rate is None else max(1, int(rate * WARM_UP_SECONDS))
+
 
 async def paced(
     count: int, rate: float, send: Callable[[int], Awaitable[None]], window: int = 256
@@ -57,6 +69,16 @@ async def wait_for_count(get: Callable[[], int], count: int, timeout: float) -> 
         await asyncio.sleep(0.001)
 
 
+async def warm_up(
+    count: int, rate: float, send: Callable[[int], Awaitable[None]], latencies: Latencies
+) -> None:
+    """`count` unmeasured events sent at `rate`; returns once all were handled, with
+    `latencies` emptied (a consumer's own loop: `drive` warms a broker run up)."""
+    await paced(count, rate, send)
+    await wait_for_count(lambda: len(latencies), count, 60)
+    latencies.clear()
+
+
 async def drive(
     count: int,
     rate: float | None,
@@ -66,17 +88,21 @@ async def drive(
     latencies: Latencies,
     groups: int = 1,
 ) -> dict[str, float]:
-    """One run of a broker scenario, the same for every implementation: a warm-up event,
-    then publish as fast as possible (`rate=None`, throughput) or at `rate` (latency), then
-    wait until `count` events were handled (`latencies` grows by one per handled event).
+    """One run of a broker scenario, the same for every implementation: a warm-up
+    (`warm_up_count`), then publish as fast as possible (`rate=None`, throughput) or at
+    `rate` (latency), then wait until `count` events were handled (`latencies` grows by
+    one per handled event).
 
     With several consumer `groups`, each handles every event: the run waits for, and
     counts, `count * groups` deliveries."""
-    # warm-up, as for every implementation: one event through the whole path (connections,
-    # metadata, the consumer's first fetch), not measured
-    await publish_one(0)
+    # warm-up, as for every implementation, not measured
+    warm = warm_up_count(rate)
+    if rate is None:
+        await publish_one(0)
+    else:
+        await paced(warm, rate, publish_one)
     if consume:
-        await wait_for_count(lambda: len(latencies), groups, 60)
+        await wait_for_count(lambda: len(latencies), warm * groups, 60)
         latencies.clear()
     watch = Stopwatch()
     if rate is None:
