@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from time import time as _now
@@ -26,7 +26,7 @@ from .health import Health, SubscriptionHealth
 from .heap import freeze_heap
 from .log import configure as configure_logging
 from .log import get_logger
-from .messages import build_message, envelope_of
+from .messages import PUBLISH_MANY_CHUNK, build_message, envelope_of
 from .metrics import Metrics
 from .middleware import chain, correlate
 from .observer import Observer, make_tracing
@@ -834,23 +834,57 @@ class EventBus:
         """Publish many events, pipelined; returns their ids once all are confirmed.
 
         Items are events or `(event, key)` pairs; `key=` derives a key from each event.
+        An iterable of any length (a generator reading a file) is published in bounded
+        memory: `PUBLISH_MANY_CHUNK` events at a time are built, sent and confirmed
+        before the next are read, which also keeps the order per key across chunks. A
+        chunk that fails raises at once: the chunks before it are stored, nothing after
+        it was read or sent (the error's note says how many were confirmed).
         """
-        messages = await self._messages_of(events, key)
-        if not self._running or self._broker is None:
-            raise BusClosed("the bus is not running: use `async with bus:` before publishing")
-        ids = [m.attributes["id"] for m in messages]
-        # the broker may empty `messages` once sent: none is held while it awaits confirms
-        if self._observer is None:
-            await self._broker.publish_many(messages)
-        else:
-            await self._observer.publish_many(messages, self._broker.publish_many)
+        items = iter(events)
+        ids: list[str] = []
+        exhausted = False
+        while not exhausted:
+            try:
+                exhausted = await self._publish_chunk(items, key, ids)
+            except Exception as exc:
+                if ids:
+                    exc.add_note(
+                        f"publish_many: the {len(ids)} events before this chunk are stored; "
+                        "none after it was sent"
+                    )
+                raise
         self._last_published = _now()
         return ids
 
+    async def _publish_chunk(
+        self,
+        items: Iterator[Event | tuple[Event, Any]],
+        key: Callable[[Event], Any] | None,
+        ids: list[str],
+    ) -> bool:
+        """Build, send and confirm the next chunk of `publish_many`, adding its ids to
+        `ids`; -> whether `items` ran out."""
+        messages, exhausted = await self._messages_of(items, key, PUBLISH_MANY_CHUNK)
+        if not self._running or self._broker is None:
+            raise BusClosed("the bus is not running: use `async with bus:` before publishing")
+        chunk_ids = [m.attributes["id"] for m in messages]
+        # the broker may empty `messages` once sent: none is held while it awaits confirms
+        if messages:  # (none: none given, or the publish middleware dropped them all)
+            if self._observer is None:
+                await self._broker.publish_many(messages)
+            else:
+                await self._observer.publish_many(messages, self._broker.publish_many)
+        ids.extend(chunk_ids)
+        return exhausted
+
     async def _messages_of(
-        self, events: Iterable[Event | tuple[Event, Any]], key: Callable[[Event], Any] | None
-    ) -> list[Message]:
-        """The messages of `publish_many`, through the publish middleware."""
+        self,
+        items: Iterator[Event | tuple[Event, Any]],
+        key: Callable[[Event], Any] | None,
+        limit: int,
+    ) -> tuple[list[Message], bool]:
+        """The messages of the next `limit` items of `publish_many`, through the publish
+        middleware (which may drop some); and whether `items` ran out."""
         messages: list[Message] = []
 
         async def collect(message: Message) -> None:
@@ -858,7 +892,7 @@ class EventBus:
 
         wrapped = None if self._fast_publish else chain(self._publish_middleware, collect)
         source, max_bytes, optional = self._source, self._max_bytes, self._optional_attributes
-        for item in events:
+        for taken, item in enumerate(items, 1):
             if isinstance(item, tuple):
                 event, item_key = item
             else:
@@ -871,7 +905,9 @@ class EventBus:
                 messages.append(message)
             else:
                 await wrapped(message)
-        return messages
+            if taken == limit:
+                return messages, False
+        return messages, True
 
     # --- dead letters ----------------------------------------------------------------------
 

@@ -28,6 +28,12 @@ def _class_info(cls: type[Event]) -> _ClassInfo:
     return info
 
 
+#: events `publish_many` builds and sends at a time: an iterable of any length is published
+#: in bounded memory (each chunk confirmed before the next is read); a chunk is one
+#: publish call for the adapter, the metrics and the trace
+PUBLISH_MANY_CHUNK = 10_000
+
+
 def build_message(
     event: Event,
     *,

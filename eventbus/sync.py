@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 from .context import correlate_attributes
 from .event import Envelope, Event
-from .messages import build_message, envelope_of
+from .messages import PUBLISH_MANY_CHUNK, build_message, envelope_of
 from .observer import make_tracing
 from .protocol import Message, SyncTransport
 from .registry import find_adapter
@@ -82,22 +83,46 @@ class SyncPublisher:
         return envelope_of(message)
 
     def publish_many(self, events: Iterable[Event | tuple[Event, Any]]) -> list[str]:
-        messages = [self._message(*_pair(item), None, None) for item in events]
+        """Publish many events, pipelined; returns their ids once all are confirmed. As
+        `EventBus.publish_many`: `PUBLISH_MANY_CHUNK` events at a time, each chunk
+        confirmed before the next is read (bounded memory for any length, order kept);
+        a chunk that fails raises, with a note of how many before it were stored."""
+        items = iter(events)
         transport = self._require()
-        tracing = self._tracing
-        if tracing is None or not messages:
-            transport.publish(messages)
-        else:
-            streams = {m.stream for m in messages}
-            stream = next(iter(streams)) if len(streams) == 1 else "(several)"
-            span = tracing.start_publish_batch(stream, messages)
+        ids: list[str] = []
+        while True:
             try:
-                transport.publish(messages)
-            except BaseException as exc:
-                tracing.end(span, exc)
+                messages = [
+                    self._message(*_pair(item), None, None)
+                    for item in islice(items, PUBLISH_MANY_CHUNK)
+                ]
+                if messages:
+                    self._send_many(transport, messages)
+            except Exception as exc:
+                if ids:
+                    exc.add_note(
+                        f"publish_many: the {len(ids)} events before this chunk are stored; "
+                        "none after it was sent"
+                    )
                 raise
-            tracing.end(span)
-        return [m.attributes["id"] for m in messages]
+            ids.extend(m.attributes["id"] for m in messages)
+            if len(messages) < PUBLISH_MANY_CHUNK:
+                return ids
+
+    def _send_many(self, transport: SyncTransport, messages: list[Message]) -> None:
+        tracing = self._tracing
+        if tracing is None:
+            transport.publish(messages)
+            return
+        streams = {m.stream for m in messages}
+        stream = next(iter(streams)) if len(streams) == 1 else "(several)"
+        span = tracing.start_publish_batch(stream, messages)
+        try:
+            transport.publish(messages)
+        except BaseException as exc:
+            tracing.end(span, exc)
+            raise
+        tracing.end(span)
 
     def _require(self) -> SyncTransport:
         if self._transport is None:

@@ -286,6 +286,57 @@ class ConformanceTests(UsesHarness):
         assert len(set(ids)) == 2
         assert sorted(got) == ["a:k1", "b:k2"]
 
+    async def test_publish_many_reads_a_long_iterable_a_chunk_at_a_time(
+        self, harness: Harness, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An iterable longer than a chunk: the broker gets one call per chunk, each made
+        before the next chunk is read (bounded memory), and every event arrives once, in
+        order per key across chunks; the sync face chunks the same way."""
+        import eventbus.bus
+        import eventbus.sync
+
+        monkeypatch.setattr(eventbus.bus, "PUBLISH_MANY_CHUNK", 7)
+        monkeypatch.setattr(eventbus.sync, "PUBLISH_MANY_CHUNK", 7)
+        ev = make_events(unique())
+        seen: dict[str, list[int]] = defaultdict(list)
+        bus = harness.bus()
+
+        @bus.subscribe(group="chunks")
+        async def handle(event: ev.Created) -> None:  # type: ignore[name-defined]
+            seen[event.order_id].append(event.n)
+
+        keys = ["k0", "k1", "k2", "k3"]
+        read = 0
+
+        def events(first: int, count: int) -> Any:
+            nonlocal read
+            for n in range(first, first + count):
+                read += 1
+                key = keys[n % len(keys)]
+                yield ev.Created(order_id=key, n=n), key
+
+        async with bus:
+            calls: list[tuple[int, int]] = []  # (events in the call, events read so far)
+            publish_many = bus.broker.publish_many
+
+            async def spy(messages: list[Any]) -> None:
+                calls.append((len(messages), read))
+                await publish_many(messages)
+
+            monkeypatch.setattr(bus.broker, "publish_many", spy)
+            ids = await bus.publish_many(events(0, 40))
+            assert calls == [(7, 7), (7, 14), (7, 21), (7, 28), (7, 35), (5, 40)]
+            assert len(set(ids)) == 40
+
+            def from_a_script() -> list[str]:
+                with SyncPublisher(bus.settings.url, **bus.settings.options) as publisher:
+                    return publisher.publish_many(events(40, 20))
+
+            assert len(set(await asyncio.to_thread(from_a_script))) == 20
+            await until(lambda: sum(map(len, seen.values())) >= 60, what="60 events")
+        for i, key in enumerate(keys):
+            assert seen[key] == list(range(i, 60, 4)), f"order broken for {key}: {seen[key]}"
+
     async def test_many_concurrent_publishers_lose_nothing(self, harness: Harness) -> None:
         ev = make_events(unique())
         handled: set[str] = set()
