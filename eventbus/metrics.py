@@ -93,7 +93,7 @@ PUBLISH_DURATION = Family(
     "histogram",
     "s",
     ("stream",),
-    "Time from publish to the broker's confirm (per call; publish_many counts one call).",
+    "Time from publish to the broker's confirm (per call; a publish_many counts one per chunk).",
 )
 HANDLED_TOTAL = Family(
     "eventbus_handled",

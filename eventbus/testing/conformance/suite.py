@@ -291,7 +291,8 @@ class ConformanceTests(UsesHarness):
     ) -> None:
         """An iterable longer than a chunk: the broker gets one call per chunk, each made
         before the next chunk is read (bounded memory), and every event arrives once, in
-        order per key across chunks; the sync face chunks the same way."""
+        order per key across chunks; so do the events of the sync face's long iterable
+        (its chunks: `tests/unit/test_publish_many.py`)."""
         import eventbus.bus
         import eventbus.sync
 
