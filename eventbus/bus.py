@@ -26,7 +26,7 @@ from .health import Health, SubscriptionHealth
 from .heap import freeze_heap
 from .log import configure as configure_logging
 from .log import get_logger
-from .messages import PUBLISH_MANY_CHUNK, build_message, envelope_of
+from .messages import PUBLISH_MANY_CHUNK, build_message, envelope_of, note_stored
 from .metrics import Metrics
 from .middleware import chain, correlate
 from .observer import Observer, make_tracing
@@ -847,11 +847,7 @@ class EventBus:
             try:
                 exhausted = await self._publish_chunk(items, key, ids)
             except Exception as exc:
-                if ids:
-                    exc.add_note(
-                        f"publish_many: the {len(ids)} events before this chunk are stored; "
-                        "none after it was sent"
-                    )
+                note_stored(exc, len(ids))
                 raise
         self._last_published = _now()
         return ids

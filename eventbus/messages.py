@@ -34,6 +34,16 @@ def _class_info(cls: type[Event]) -> _ClassInfo:
 PUBLISH_MANY_CHUNK = 10_000
 
 
+def note_stored(exc: BaseException, stored: int) -> None:
+    """A `publish_many` chunk failed with `exc` after `stored` events of earlier chunks
+    were confirmed: say so on the error (nothing is noted for a first chunk)."""
+    if stored:
+        exc.add_note(
+            f"publish_many: the {stored} events before this chunk are stored; "
+            "none after it was sent"
+        )
+
+
 def build_message(
     event: Event,
     *,

@@ -9,7 +9,7 @@ from typing import Any
 
 from .context import correlate_attributes
 from .event import Envelope, Event
-from .messages import PUBLISH_MANY_CHUNK, build_message, envelope_of
+from .messages import PUBLISH_MANY_CHUNK, build_message, envelope_of, note_stored
 from .observer import make_tracing
 from .protocol import Message, SyncTransport
 from .registry import find_adapter
@@ -99,11 +99,7 @@ class SyncPublisher:
                 if messages:
                     self._send_many(transport, messages)
             except Exception as exc:
-                if ids:
-                    exc.add_note(
-                        f"publish_many: the {len(ids)} events before this chunk are stored; "
-                        "none after it was sent"
-                    )
+                note_stored(exc, len(ids))
                 raise
             ids.extend(m.attributes["id"] for m in messages)
             if len(messages) < PUBLISH_MANY_CHUNK:
