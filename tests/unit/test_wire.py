@@ -1,8 +1,11 @@
 """Our binary-mode headers are what the CloudEvents SDK writes and reads; event ids."""
 
 import itertools
+import time
 import uuid
+from datetime import UTC, datetime
 
+import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.bindings import rabbitmq as ce_rabbitmq
 from cloudevents.core.formats.json import JSONFormat
@@ -11,7 +14,7 @@ from cloudevents.core.v1.event import CloudEvent
 from eventbus import Event
 from eventbus.messages import build_message
 from eventbus.protocol import Message
-from eventbus.wire import _Ids, from_amqp, from_kafka_headers, to_amqp, to_kafka_headers
+from eventbus.wire import _Clock, _Ids, from_amqp, from_kafka_headers, to_amqp, to_kafka_headers
 
 
 class Paid(Event, stream="orders", type="order.paid"):
@@ -173,3 +176,27 @@ def test_event_ids_of_a_forked_process_start_elsewhere() -> None:
     ids.reset()
     after = ids.next()
     assert before[:18] != after[:18] and uuid.UUID(after).version == 4
+
+
+def test_event_times_are_what_datetime_writes_for_each_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The clock's text, made once per second and millisecond, is `isoformat` of that
+    millisecond with a `Z`: across milliseconds, seconds, days and a leap day, called
+    again within a millisecond, and after a step back (a clock set back)."""
+    clock = _Clock()
+    moments = [
+        1_764_586_955_123,  # 2025-12-01T11:02:35.123Z
+        1_764_586_955_123,  # the same millisecond again: the cached text
+        1_764_586_955_999,
+        1_764_586_956_000,  # the next second
+        1_764_633_599_999,  # a day's last millisecond
+        1_764_633_600_000,  # the next day
+        1_709_251_199_007,  # 2024-02-29T23:59:59.007Z: a leap day
+        1_764_586_955_122,  # back in time
+        0,
+    ]
+    for ms in moments:
+        monkeypatch.setattr(time, "time_ns", lambda ms=ms: ms * 1_000_000 + 999_999)
+        expected = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+        assert clock.now() == expected.replace("+00:00", "Z")
