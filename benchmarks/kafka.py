@@ -24,7 +24,7 @@ from confluent_kafka import KafkaException
 from eventbus import Context, EventBus
 
 from .core import Scenario, Stopwatch, metrics_of
-from .pacing import broker_scenarios, drive, wait_for_count, warm_up_count
+from .pacing import broker_scenarios, drive, pause, wait_for_count, warm_up_count
 from .servers import KAFKA_BOOTSTRAP
 from .targets import EVENTBUS, FASTSTREAM, LEAN, RAW_KAFKA
 from .workload import (
@@ -280,9 +280,9 @@ def _raw_produce(
     start = time.perf_counter()
     for i in range(count):
         if rate is not None:
-            ahead = start + i / rate - time.perf_counter()
-            if ahead > 0.001:
-                time.sleep(ahead)
+            wait = pause(start + i / rate - time.perf_counter())
+            if wait:
+                time.sleep(wait)
         _raw_send(producer, topic, i, report, headers, pad, model)
         producer.poll(0)
     producer.flush(60)
