@@ -5,7 +5,7 @@ Many publishes are in flight at once (up to `confirm_window`), each awaiting its
 confirm, so throughput is not one round trip per message. A batch (`send_many`) fills
 the window's free slots in one write (`frames`) and collects its confirms in one
 coroutine; its publishes take their tickets, keep their order and recover exactly as
-single ones do.
+single ones do. A single `send` is written the same way, as a batch of one.
 
 aiormq correlates a `basic.return` with its publish by `message_id` (the event id) and
 the broker sends the return before the confirm, so an unroutable event fails its own
@@ -103,9 +103,10 @@ class _Pending:
         self.match: tuple[AbstractChannel, int] | None = None
 
     async def write(self, channel: AbstractChannel) -> Any:
-        """aiormq's own publish (a recovery's writes, a single `send`): it queues the
-        frames before it first suspends, and does not wait for the socket (the confirm
-        says more, later). Lost, not stuck, when the channel closes first (`lost_with`)."""
+        """aiormq's own publish (a recovery's writes; every write where the channel cannot
+        take a batch, `frames.batching`): it queues the frames before it first suspends,
+        and does not wait for the socket (the confirm says more, later). Lost, not stuck,
+        when the channel closes first (`lost_with`)."""
         aio: Any = channel  # `wait` is not on aiormq's abstract channel
         with lost_with(channel):
             return await aio.basic_publish(
@@ -368,22 +369,23 @@ class Publisher:
         mandatory: bool,
         ticket: int,
     ) -> None:
-        """Holding the turn of `ticket`: write, pass the turn on, await the confirm."""
+        """Holding the turn of `ticket`: write, pass the turn on, await the confirm.
+
+        Written as a batch of one (`frames.write_batch`): what stays alive while the
+        confirm is awaited is the entry and its confirmation future, not aiormq's
+        `basic_publish` coroutine with its frames, timer and lock context (about a third
+        of the objects a publish in flight holds, which a busy service's concurrent
+        publishes keep long enough for the collector's oldest generation)."""
+        entry = _Pending(exchange, routing_key, body, properties, mandatory, stream, None)
         try:
-            channel = await self._ready(stream, deadline, properties)
+            [attempt] = await self._write_batch([entry], ticket, deadline)
         except BaseException:
             self._abandon(ticket)
             raise
-        entry = _Pending(exchange, routing_key, body, properties, mandatory, stream, channel)
-        self._pending[ticket] = entry
         try:
-            # aiormq queues the frames before the coroutine first suspends, and the next
-            # ticket only runs after that: the turn passes on in wire order
-            attempt = entry.write(channel)
-            self._advance()
             await self._confirmed(entry, attempt, deadline)
         finally:
-            del self._pending[ticket]
+            self._pending.pop(ticket, None)
             _forget(entry)
 
     async def _confirmed(self, entry: _Pending, attempt: Awaitable[Any], deadline: float) -> None:

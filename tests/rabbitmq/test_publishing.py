@@ -1,12 +1,14 @@
 """Batched publishing (`Publisher.send_many`, `frames.write_batch`): many publishes in one
 write, each still confirmed, returned or refused on its own, in the order of the call,
 within the confirm window; and the same outcome through aiormq's own publish when the
-channel cannot take a batch.
+channel cannot take a batch. A single publish is written as a batch of one, and holds
+no write coroutine while it awaits its confirm.
 
 No `from __future__ import annotations`: handlers are annotated with per-test classes.
 """
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -245,3 +247,35 @@ async def test_a_batch_cancelled_before_its_frames_were_queued_gives_its_tags_ba
         await bus.publish_many([ev.Created(order_id="second"), ev.Created(order_id="third")])
         await until(lambda: len(seen) == 3, what="the publishes after the cancelled batch")
     assert seen == ["first", "second", "third"]
+
+
+async def test_a_single_publish_in_flight_holds_no_write_coroutine(rabbit: Broker) -> None:
+    """An awaited publish in flight holds its entry and its confirmation future, not a
+    write coroutine with aiormq's frames, timer and lock context: a busy service's
+    concurrent publishes live long enough to be promoted, and every object they hold
+    makes the collector's full passes come sooner (see `Publisher._send`)."""
+    ev, seen, bus = recording(rabbit, confirm_window=1024)
+    count = 300
+
+    def writes() -> int:
+        return sum(
+            1
+            for o in gc.get_objects()
+            if type(o).__name__ == "coroutine"
+            and o.cr_frame is not None
+            and o.cr_code.co_name in {"write", "basic_publish"}
+        )
+
+    async with bus:
+        await bus.publish(ev.Created(order_id="first"))  # the exchange is declared
+        publishing = [
+            asyncio.create_task(bus.publish(ev.Created(order_id=f"o{i}"))) for i in range(count)
+        ]
+        await asyncio.sleep(0)  # each publish wrote its frames and awaits its confirm
+        waiting = sum(1 for task in publishing if not task.done())
+        held = writes()
+        await asyncio.gather(*publishing)
+        await until(lambda: len(seen) == count + 1, what="every publish")
+    assert waiting > count // 2, f"only {waiting} of {count} publishes were in flight"
+    assert held == 0, f"{held} write coroutines held by {waiting} publishes in flight"
+    assert sorted(seen) == sorted(["first", *(f"o{i}" for i in range(count))])
