@@ -9,6 +9,7 @@ No `from __future__ import annotations`: handlers are annotated with per-test cl
 
 import asyncio
 import gc
+import types
 from typing import Any
 
 import pytest
@@ -261,7 +262,7 @@ async def test_a_single_publish_in_flight_holds_no_write_coroutine(rabbit: Broke
         return sum(
             1
             for o in gc.get_objects()
-            if type(o).__name__ == "coroutine"
+            if isinstance(o, types.CoroutineType)
             and o.cr_frame is not None
             and o.cr_code.co_name in {"write", "basic_publish"}
         )
