@@ -185,6 +185,8 @@ class Load:
         self._lanes: list[asyncio.Task[None]] = []
         self.started_at: float | None = None
         self.stopped_at: float | None = None
+        #: the buses this load consumes and publishes on (for `status`)
+        self._buses: dict[str, EventBus] = {}
 
     # --- consuming ------------------------------------------------------------------------
 
@@ -202,6 +204,7 @@ class Load:
             concurrency=self.concurrency,
             **options,
         )(handle)
+        self._buses["consumer"] = bus
 
     def record(self, key: str, n: int, at: float | None = None) -> None:
         """One delivery of event `n` of `key`, handled `at` (`time.monotonic()`, default
@@ -223,12 +226,32 @@ class Load:
         """Wait until `count` more distinct events are handled than now; -> seconds it took."""
         target = self.handled + count
         started = time.monotonic()
-        await until(
-            lambda: self.handled >= target,
-            timeout=timeout,
-            what=what or f"{count} more handled events ({self.handled} of {target})",
-        )
+        try:
+            await until(lambda: self.handled >= target, timeout=timeout)
+        except AssertionError:
+            what = what or f"{count} more handled events"
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what} "
+                f"({self.handled} of {target}); {self.status()}"
+            ) from None
         return time.monotonic() - started
+
+    def status(self) -> str:
+        """Where the load stands now, for a failure message: the publishes' outcomes,
+        seconds since the last confirm and the last handled event, and what each bus's
+        health says is missing (a group not attached, a lost connection)."""
+        now = time.monotonic()
+        states = Counter(self.outcomes.values())
+        parts = [
+            "publishes " + ", ".join(f"{k}={v}" for k, v in sorted(states.items())),
+            f"last confirm {now - self.confirmed_at[-1]:.1f}s ago" if self.confirmed_at else "",
+            f"last handled {now - self.delivered_at[-1]:.1f}s ago" if self.delivered_at else "",
+        ]
+        for role, bus in self._buses.items():
+            health = bus.health()
+            reasons = "; ".join(health.reasons()) or "ok"
+            parts.append(f"{role} bus: {reasons}, {health.reconnects} reconnects")
+        return ", ".join(part for part in parts if part)
 
     async def drain(self, timeout: float = 120.0) -> None:
         """Wait until every confirmed event has been handled (fails naming how many not)."""
@@ -240,11 +263,13 @@ class Load:
                 if state == "confirmed" and item not in self._seen
             )
 
-        await until(
-            lambda: missing() == 0,
-            timeout=timeout,
-            what="every confirmed event handled",
-        )
+        try:
+            await until(lambda: missing() == 0, timeout=timeout)
+        except AssertionError:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for every confirmed event to be handled "
+                f"({missing()} not); {self.status()}"
+            ) from None
 
     # --- publishing -----------------------------------------------------------------------
 
@@ -255,6 +280,7 @@ class Load:
         outcome: a publish that never returns is a hang and fails the scenario."""
         self._stop.clear()
         self.started_at = time.monotonic()
+        self._buses.setdefault("publishing", bus)
         self._lanes = [asyncio.create_task(self._lane(bus, key)) for key in self.keys]
         try:
             yield self

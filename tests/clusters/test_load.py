@@ -67,3 +67,24 @@ def test_deliveries_reported_by_several_processes_count_in_the_order_they_were_h
     load.record("a", 3, at=3.0)
     load.record("a", 2, at=4.0)  # handled after 3
     assert load.order_breaks() == [("a", 3, 2)]
+
+
+async def test_a_stall_says_where_the_load_stood() -> None:
+    """A scenario that times out names the publishes' outcomes and what each bus's health
+    says is missing: the message of a failed CI run is all there is to go on."""
+    consumer, publisher = EventBus("memory://"), EventBus("memory://")
+    load = Load(unique("load"), scenario="stall", broker="memory", keys=2, rate=500)
+    load.attach(consumer)
+    async with consumer, publisher:
+        async with load.publishing(publisher):
+            await load.progress(20)
+            await consumer.stop()  # the group goes away; publishing goes on
+            with pytest.raises(AssertionError) as stalled:
+                await load.progress(10_000, timeout=0.5)
+        with pytest.raises(AssertionError) as undrained:
+            await load.drain(timeout=0.2)
+    text = str(stalled.value)
+    assert "timed out after 0.5s waiting for 10000 more handled events" in text
+    assert "publishes confirmed=" in text and "last handled" in text
+    assert "consumer bus: not running" in text and "publishing bus: ok" in text
+    assert "not)" in str(undrained.value) and "consumer bus:" in str(undrained.value)
