@@ -17,8 +17,9 @@ from pathlib import Path
 
 from eventbus.log import configure as configure_logging
 
+from .calibration import Calibration, busy_warning
 from .core import Scenario, run_scenarios
-from .report import load, write
+from .report import load, machine, write
 
 #: broker name -> module with `scenarios(quick) -> list[Scenario]`
 SUITES = {
@@ -73,8 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = selected(scenarios, args.only)
     if not scenarios:
         parser.error(f"no scenario matches --only {args.only!r}")
+    calibration = Calibration().start()
+    if warning := busy_warning(calibration.to_json()):
+        print(warning, file=sys.stderr)
     outcomes = asyncio.run(run_scenarios(scenarios, repetitions, args.progress))
-    paths = write(outcomes, args.out, "quick" if args.quick else "full")
+    info = machine()
+    info["calibration"] = calibration.finish().to_json()
+    paths = write(outcomes, args.out, "quick" if args.quick else "full", info)
     print(paths["markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in paths.values()))
     failed = [f"{o.scenario.broker}/{o.scenario.name}/{i}" for o in outcomes for i in o.errors]

@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .calibration import describe
 from .core import CPU, SERVER_CPU, Outcome, Scenario
 from .targets import evaluate
 
@@ -102,6 +103,7 @@ def to_markdown(outcomes: list[Outcome], mode: str, info: dict[str, Any] | None 
         f"Benchmark results ({mode} mode), {info['date']}: {info['cpu']}, {info['cores']} cores, "
         f"Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
         "",
+        *([calibrated, ""] if (calibrated := describe(info.get("calibration"))) else []),
         "| broker | scenario | implementation | median | spread (min-max) | p50 / p99 "
         "| CPU µs/event | server CPU µs/event | eventbus vs this |",
         "|---|---|---|---|---|---|---|---|---|",

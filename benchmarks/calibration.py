@@ -1,0 +1,157 @@
+"""How fast this machine ran Python during a benchmark run, and how much of it others took:
+the figures that let a reader compare two runs.
+
+Ratios measured side by side in one run hold across machines; absolute figures do not.
+On the VMs these benchmarks run on, the same code's CPU per event has differed by 40%
+between two runs of one day (another VM, a noisy neighbour). Each run therefore records:
+
+- `reference_us`: the CPU time (µs) of a fixed piece of pure-Python work shaped like a
+  client's per-event work (a dict built, a uuid made, JSON encoded and decoded, a few
+  attribute reads), the best of several rounds, measured before the first scenario and
+  after the last. Lower is faster. Two runs whose reference figures differ by 30% can be
+  expected to differ so in every absolute CPU figure; a drift between start and end says
+  the machine changed speed during the run.
+- `steal_pct`: the share of the machine's CPU time the hypervisor gave to other guests
+  during the run (`steal` in /proc/stat): a noisy neighbour, in one number.
+- `load_before`: the one-minute load average before the run started: something else was
+  running if it is well above zero (the benchmark's own brokers idle near it).
+
+`busy_warning` says in words when either is high enough to distrust absolute figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: reference units per round, and rounds (the best counts: interference only slows down)
+UNITS = 2_000
+ROUNDS = 7
+#: above these, absolute figures of the run are not to be trusted (ratios still are)
+STEAL_WARNING_PCT = 5.0
+LOAD_WARNING = 1.0
+DRIFT_WARNING = 0.15
+
+_STAT = Path("/proc/stat")
+
+
+def reference_unit(n: int) -> None:
+    """The reference work, `n` times: what a client does per event in pure Python."""
+    dumps, loads, uuid4 = json.dumps, json.loads, uuid.uuid4
+    for i in range(n):
+        attributes = {
+            "id": str(uuid4()),
+            "source": "benchmarks",
+            "type": "order.created",
+            "specversion": "1.0",
+            "n": i,
+        }
+        body = dumps(attributes, separators=(",", ":")).encode()
+        back = loads(body)
+        if back["n"] != i or len(back["id"]) != 36:
+            raise AssertionError("reference unit computed a wrong result")
+
+
+def reference_us(units: int = UNITS, rounds: int = ROUNDS) -> float:
+    """CPU µs of one reference unit: the best of `rounds` rounds of `units` each."""
+    reference_unit(units // 10)  # warm-up
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        reference_unit(units)
+        best = min(best, time.process_time() - started)
+    return best / units * 1e6
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(all, steal) CPU ticks of the machine since boot (None off Linux)."""
+    try:
+        first = _STAT.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not first or first[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is inside user/nice)
+    ticks = [int(value) for value in first[1:9]]
+    return sum(ticks), ticks[7] if len(ticks) > 7 else 0
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+@dataclass
+class Calibration:
+    """The machine's figures over one run: `start()` before it, `finish()` after."""
+
+    reference_us_start: float | None = None
+    reference_us_end: float | None = None
+    steal_pct: float | None = None
+    load_before: float | None = None
+    _ticks: tuple[int, int] | None = None
+
+    def start(self) -> Calibration:
+        self.load_before = load_average()
+        self.reference_us_start = reference_us()
+        self._ticks = cpu_ticks()
+        return self
+
+    def finish(self) -> Calibration:
+        ticks = cpu_ticks()
+        if ticks is not None and self._ticks is not None:
+            total, steal = ticks[0] - self._ticks[0], ticks[1] - self._ticks[1]
+            self.steal_pct = 100.0 * steal / total if total > 0 else 0.0
+        self.reference_us_end = reference_us()
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        """What results.json keeps (under `machine.calibration`)."""
+        figures = {
+            "reference_us_start": self.reference_us_start,
+            "reference_us_end": self.reference_us_end,
+            "steal_pct": self.steal_pct,
+            "load_before": self.load_before,
+        }
+        return {k: None if v is None else round(v, 3) for k, v in figures.items()}
+
+
+def describe(figures: dict[str, Any] | None) -> str:
+    """One sentence for the report's header (empty for a run recorded without them)."""
+    if not figures:
+        return ""
+    parts = []
+    start, end = figures.get("reference_us_start"), figures.get("reference_us_end")
+    if start is not None:
+        shown = f"{start:.2f} µs of CPU" + (f" at the start, {end:.2f} at the end" if end else "")
+        parts.append(f"reference unit {shown} (lower is faster)")
+    if figures.get("steal_pct") is not None:
+        parts.append(f"CPU steal {figures['steal_pct']:.1f}% over the run")
+    if figures.get("load_before") is not None:
+        parts.append(f"load average {figures['load_before']:.2f} before it")
+    warning = busy_warning(figures)
+    return "Machine: " + "; ".join(parts) + "." + (f" **{warning}**" if warning else "")
+
+
+def busy_warning(figures: dict[str, Any]) -> str:
+    """Why the run's absolute figures are not to be trusted, or ''."""
+    reasons = []
+    steal = figures.get("steal_pct")
+    if steal is not None and steal > STEAL_WARNING_PCT:
+        reasons.append(f"the hypervisor took {steal:.1f}% of the CPU")
+    load = figures.get("load_before")
+    if load is not None and load > LOAD_WARNING:
+        reasons.append(f"the load average was {load:.2f} before the run (something else ran)")
+    start, end = figures.get("reference_us_start"), figures.get("reference_us_end")
+    if start and end and abs(end - start) / start > DRIFT_WARNING:
+        reasons.append(f"the machine's speed drifted by {100 * (end - start) / start:+.0f}%")
+    if not reasons:
+        return ""
+    return "Busy machine: " + ", ".join(reasons) + "; compare ratios, not absolute figures."
