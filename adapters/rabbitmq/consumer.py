@@ -78,6 +78,8 @@ if TYPE_CHECKING:
 #: seconds `backlog()` may take (a channel, one passive declare per queue) before it
 #: gives up and returns None
 BACKLOG_TIMEOUT = 5.0
+#: how long `close` lets a backlog count in flight finish before it cancels it
+COUNT_GRACE = 1.0
 
 
 class GroupConsumer:
@@ -212,11 +214,10 @@ class GroupConsumer:
         counting = asyncio.create_task(self._ready_counts(), name="rabbitmq-backlog")
         self._counting.add(counting)
         counting.add_done_callback(self._counting.discard)
-        try:
-            done, _ = await asyncio.wait([counting], timeout=BACKLOG_TIMEOUT)
-        except asyncio.CancelledError:
-            counting.cancel()
-            raise
+        # a cancelled caller (the bus stopping) leaves the count running: `close` lets it
+        # finish. Cancelled while its channel opens, aiormq would close the channel with
+        # a warning on stderr, past structlog, on every start and stop of a bus.
+        done, _ = await asyncio.wait([counting], timeout=BACKLOG_TIMEOUT)
         if not done:
             # given up on: it closes its channel in the background (`close` waits for it)
             counting.cancel()
@@ -283,6 +284,8 @@ class GroupConsumer:
         await self._stop_keeper()
         if self._membership is not None:
             await self._membership.leave()
+        if self._counting:  # a backlog count in flight: a channel opened and closed
+            await asyncio.wait(self._counting, timeout=COUNT_GRACE)
         releasing: list[asyncio.Future[Any]] = [
             *self._releasing.values(),
             *self._stamping,
