@@ -282,6 +282,13 @@ class AsyncProducer:
         `message`, which the publishing caller holds anyway."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         reports = _Reports(self, future, 1, message=message)
+        if not self._try_produce_message(message, reports):
+            await self._produce(record_of(message), reports)
+        await future
+
+    def _try_produce_message(self, message: EventMessage, reports: _Reports) -> bool:
+        """Hand one event message to librdkafka, its headers made just now; False if the
+        local queue is full (then the caller waits for room with a record: rare)."""
         try:
             self.producer.produce(
                 message.stream,
@@ -290,12 +297,12 @@ class AsyncProducer:
                 headers=to_kafka_headers(message.attributes, message.attempt),  # type: ignore[arg-type]
                 on_delivery=reports,
             )
-        except BufferError:  # local queue full: wait for room (rare; a record is made)
-            await self._produce(record_of(message), reports)
+            return True
+        except BufferError:
+            return False
         except KafkaException as exc:
             error = exc.args[0] if exc.args else exc
             raise _failure(self.configs, record_of(message), error) from None
-        await future
 
     async def submit(self, record: Record) -> asyncio.Future[None]:
         """Produce one record; -> the future of its delivery report (its failure is
@@ -331,21 +338,10 @@ class AsyncProducer:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         reports = _Reports(self, future, len(messages))
-        produce = self.producer.produce
+        try_produce = self._try_produce_message
         for message in messages:  # no coroutine per record: the loop is yielded only when full
-            try:
-                produce(
-                    message.stream,
-                    message.body,
-                    message.key,
-                    headers=to_kafka_headers(message.attributes, message.attempt),  # type: ignore[arg-type]
-                    on_delivery=reports,
-                )
-            except BufferError:
+            if not try_produce(message, reports):
                 await self._produce(record_of(message), reports)
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else exc
-                raise _failure(self.configs, record_of(message), error) from None
         # ours (`Broker.publish_many`): none stays alive while the reports are awaited
         del message
         messages.clear()
