@@ -13,8 +13,10 @@ between two runs of one day (another VM, a noisy neighbour). Each run therefore 
   the machine changed speed during the run.
 - `steal_pct`: the share of the machine's CPU time the hypervisor gave to other guests
   during the run (`steal` in /proc/stat): a noisy neighbour, in one number.
-- `load_before`: the one-minute load average before the run started: something else was
-  running if it is well above zero (the benchmark's own brokers idle near it).
+- `busy_before_pct`: how busy the machine's CPUs were during the second before the run
+  started, while the benchmark itself only waited: something else was running if it is
+  well above the few percent the benchmark's own idle brokers take. (Not the load
+  average: its one-minute figure still carries what ran the minute before.)
 
 `busy_warning` says in words when either is high enough to distrust absolute figures.
 """
@@ -22,7 +24,6 @@ between two runs of one day (another VM, a noisy neighbour). Each run therefore 
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ UNITS = 2_000
 ROUNDS = 7
 #: above these, absolute figures of the run are not to be trusted (ratios still are)
 STEAL_WARNING_PCT = 5.0
-LOAD_WARNING = 1.0
+BUSY_WARNING_PCT = 20.0
 DRIFT_WARNING = 0.15
 
 _STAT = Path("/proc/stat")
@@ -68,24 +69,28 @@ def reference_us(units: int = UNITS, rounds: int = ROUNDS) -> float:
     return best / units * 1e6
 
 
-def cpu_ticks() -> tuple[int, int] | None:
-    """(all, steal) CPU ticks of the machine since boot (None off Linux)."""
+def cpu_ticks() -> tuple[int, int, int] | None:
+    """(all, idle, steal) CPU ticks of the machine since boot (None off Linux); idle
+    counts iowait too."""
     try:
         first = _STAT.read_text().split("\n", 1)[0].split()
     except OSError:
         return None
-    if not first or first[0] != "cpu":
+    if not first or first[0] != "cpu" or len(first) < 9:
         return None
     # user nice system idle iowait irq softirq steal (guest time is inside user/nice)
     ticks = [int(value) for value in first[1:9]]
-    return sum(ticks), ticks[7] if len(ticks) > 7 else 0
+    return sum(ticks), ticks[3] + ticks[4], ticks[7]
 
 
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
+def busy_pct(seconds: float = 1.0) -> float | None:
+    """How busy the machine's CPUs are over the next `seconds` (this process sleeps)."""
+    before = cpu_ticks()
+    time.sleep(seconds)
+    after = cpu_ticks()
+    if before is None or after is None or after[0] <= before[0]:
         return None
+    return 100.0 * (1 - (after[1] - before[1]) / (after[0] - before[0]))
 
 
 @dataclass
@@ -95,11 +100,11 @@ class Calibration:
     reference_us_start: float | None = None
     reference_us_end: float | None = None
     steal_pct: float | None = None
-    load_before: float | None = None
-    _ticks: tuple[int, int] | None = None
+    busy_before_pct: float | None = None
+    _ticks: tuple[int, int, int] | None = None
 
     def start(self) -> Calibration:
-        self.load_before = load_average()
+        self.busy_before_pct = busy_pct()
         self.reference_us_start = reference_us()
         self._ticks = cpu_ticks()
         return self
@@ -107,7 +112,7 @@ class Calibration:
     def finish(self) -> Calibration:
         ticks = cpu_ticks()
         if ticks is not None and self._ticks is not None:
-            total, steal = ticks[0] - self._ticks[0], ticks[1] - self._ticks[1]
+            total, steal = ticks[0] - self._ticks[0], ticks[2] - self._ticks[2]
             self.steal_pct = 100.0 * steal / total if total > 0 else 0.0
         self.reference_us_end = reference_us()
         return self
@@ -118,7 +123,7 @@ class Calibration:
             "reference_us_start": self.reference_us_start,
             "reference_us_end": self.reference_us_end,
             "steal_pct": self.steal_pct,
-            "load_before": self.load_before,
+            "busy_before_pct": self.busy_before_pct,
         }
         return {k: None if v is None else round(v, 3) for k, v in figures.items()}
 
@@ -134,8 +139,8 @@ def describe(figures: dict[str, Any] | None) -> str:
         parts.append(f"reference unit {shown} (lower is faster)")
     if figures.get("steal_pct") is not None:
         parts.append(f"CPU steal {figures['steal_pct']:.1f}% over the run")
-    if figures.get("load_before") is not None:
-        parts.append(f"load average {figures['load_before']:.2f} before it")
+    if figures.get("busy_before_pct") is not None:
+        parts.append(f"CPUs {figures['busy_before_pct']:.0f}% busy the second before it")
     warning = busy_warning(figures)
     return "Machine: " + "; ".join(parts) + "." + (f" **{warning}**" if warning else "")
 
@@ -146,9 +151,9 @@ def busy_warning(figures: dict[str, Any]) -> str:
     steal = figures.get("steal_pct")
     if steal is not None and steal > STEAL_WARNING_PCT:
         reasons.append(f"the hypervisor took {steal:.1f}% of the CPU")
-    load = figures.get("load_before")
-    if load is not None and load > LOAD_WARNING:
-        reasons.append(f"the load average was {load:.2f} before the run (something else ran)")
+    busy = figures.get("busy_before_pct")
+    if busy is not None and busy > BUSY_WARNING_PCT:
+        reasons.append(f"the CPUs were {busy:.0f}% busy before the run (something else ran)")
     start, end = figures.get("reference_us_start"), figures.get("reference_us_end")
     if start and end and abs(end - start) / start > DRIFT_WARNING:
         reasons.append(f"the machine's speed drifted by {100 * (end - start) / start:+.0f}%")
