@@ -12,7 +12,7 @@ between two runs of one day (another VM, a noisy neighbour). Each run therefore 
   expected to differ so in every absolute CPU figure; a drift between start and end says
   the machine changed speed during the run.
 - `steal_pct`: the share of the machine's CPU time the hypervisor gave to other guests
-  during the run (`steal` in /proc/stat): a noisy neighbour, in one number.
+  during the run (`steal` of the machine's CPU times): a noisy neighbour, in one number.
 - `busy_before_pct`: how busy the machine's CPUs were during the second before the run
   started, while the benchmark itself only waited: something else was running if it is
   well above the few percent the benchmark's own idle brokers take. (Not the load
@@ -27,8 +27,9 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+import psutil
 
 #: reference units per round, and rounds (the best counts: interference only slows down)
 UNITS = 2_000
@@ -37,8 +38,6 @@ ROUNDS = 7
 STEAL_WARNING_PCT = 5.0
 BUSY_WARNING_PCT = 20.0
 DRIFT_WARNING = 0.15
-
-_STAT = Path("/proc/stat")
 
 
 def reference_unit(n: int) -> None:
@@ -69,26 +68,22 @@ def reference_us(units: int = UNITS, rounds: int = ROUNDS) -> float:
     return best / units * 1e6
 
 
-def cpu_ticks() -> tuple[int, int, int] | None:
-    """(all, idle, steal) CPU ticks of the machine since boot (None off Linux); idle
-    counts iowait too."""
-    try:
-        first = _STAT.read_text().split("\n", 1)[0].split()
-    except OSError:
-        return None
-    if not first or first[0] != "cpu" or len(first) < 9:
-        return None
-    # user nice system idle iowait irq softirq steal (guest time is inside user/nice)
-    ticks = [int(value) for value in first[1:9]]
-    return sum(ticks), ticks[3] + ticks[4], ticks[7]
+def cpu_times() -> tuple[float, float, float]:
+    """(all, idle, steal) CPU seconds of the machine since boot (psutil, as
+    `servers` uses it); idle counts iowait too, steal is 0 where the OS has none. Guest
+    time is left out of the sum: Linux counts it inside user and nice already."""
+    times = psutil.cpu_times()
+    fields = times._asdict()
+    total = sum(v for k, v in fields.items() if k not in ("guest", "guest_nice"))
+    return total, times.idle + fields.get("iowait", 0.0), fields.get("steal", 0.0)
 
 
 def busy_pct(seconds: float = 1.0) -> float | None:
     """How busy the machine's CPUs are over the next `seconds` (this process sleeps)."""
-    before = cpu_ticks()
+    before = cpu_times()
     time.sleep(seconds)
-    after = cpu_ticks()
-    if before is None or after is None or after[0] <= before[0]:
+    after = cpu_times()
+    if after[0] <= before[0]:
         return None
     return 100.0 * (1 - (after[1] - before[1]) / (after[0] - before[0]))
 
@@ -101,18 +96,18 @@ class Calibration:
     reference_us_end: float | None = None
     steal_pct: float | None = None
     busy_before_pct: float | None = None
-    _ticks: tuple[int, int, int] | None = None
+    _times: tuple[float, float, float] | None = None
 
     def start(self) -> Calibration:
         self.busy_before_pct = busy_pct()
         self.reference_us_start = reference_us()
-        self._ticks = cpu_ticks()
+        self._times = cpu_times()
         return self
 
     def finish(self) -> Calibration:
-        ticks = cpu_ticks()
-        if ticks is not None and self._ticks is not None:
-            total, steal = ticks[0] - self._ticks[0], ticks[2] - self._ticks[2]
+        times = cpu_times()
+        if self._times is not None:
+            total, steal = times[0] - self._times[0], times[2] - self._times[2]
             self.steal_pct = 100.0 * steal / total if total > 0 else 0.0
         self.reference_us_end = reference_us()
         return self
